@@ -1,0 +1,702 @@
+//! The public handle, [`IngressClient`], and its builder.
+
+use std::sync::atomic::{fence, AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, unbounded, Receiver, Sender, TrySendError};
+use parking_lot::Mutex;
+use protobuf::Message;
+
+use crate::envelope::Envelope;
+use crate::error::{Error, Result};
+use crate::proto::envelope as pb;
+use crate::stats::{Counters, DropReason, Stats};
+use crate::tls::TlsConfig;
+use crate::transport::{ChannelSettings, GrpcTransport};
+use crate::worker::{framed_len, Control, Queued, Settings, Worker};
+use crate::LOG_TARGET;
+
+/// Where the agent listens on every Cloud Foundry VM and container.
+pub const DEFAULT_ADDR: &str = "localhost:3458";
+/// Envelopes that may wait for the sender thread before `emit` starts dropping.
+pub const DEFAULT_QUEUE_CAPACITY: usize = 10_000;
+/// Envelopes per `EnvelopeBatch`.
+pub const DEFAULT_BATCH_MAX_ENVELOPES: usize = 100;
+/// Encoded bytes per `EnvelopeBatch`; also the largest envelope accepted.
+pub const DEFAULT_BATCH_MAX_BYTES: usize = 1024 * 1024;
+/// The agent's limit on one gRPC message; `batch_max_bytes` may not exceed it.
+pub const AGENT_MAX_MESSAGE_BYTES: usize = 10 * 1024 * 1024;
+/// The longest an envelope waits in a partial batch.
+pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+/// How long one batch write may wait for the agent before the stream is dropped.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long dropping the last handle waits for queued envelopes to be written.
+pub const DEFAULT_CLOSE_ON_DROP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a timed-out close waits for the cancelled sender thread to exit.
+const ABORT_GRACE: Duration = Duration::from_millis(500);
+
+/// Sends envelopes to a Loggregator agent from any thread.
+///
+/// `emit` never blocks and never fails: it queues the envelope for the
+/// sender thread, or drops and counts it (see [`Stats::dropped`]). The handle
+/// is cheap to clone; the sender thread stops when [`close`](Self::close) is
+/// called or the last clone is dropped, which flushes with a bounded wait
+/// ([`DEFAULT_CLOSE_ON_DROP_TIMEOUT`]).
+///
+/// ```no_run
+/// use loggregator::{Envelope, IngressClient, TlsConfig};
+/// use std::time::{Duration, SystemTime};
+///
+/// let tls = TlsConfig::from_files("ca.crt", "client.crt", "client.key")?.server_name("metron");
+/// let client = IngressClient::builder()
+///     .addr("localhost:3458")
+///     .tls(tls)
+///     .tag("deployment", "cf")
+///     .build()?;
+///
+/// let start = SystemTime::now();
+/// client.emit(Envelope::log("hello").source("my-app", "0").stdout().tag("k", "v"));
+/// client.emit(Envelope::counter("requests").delta(5));
+/// client.emit(Envelope::gauge().metric("cpu", 35.5, "percentage").metric("memory", 1.0e8, "bytes"));
+/// client.emit(Envelope::timer("db_query", start, SystemTime::now()));
+/// client.emit(Envelope::event("Application Status", "Application is healthy"));
+/// client.send(vec![Envelope::event("deploy", "v42").into()], Duration::from_secs(2))?;
+/// client.flush(Duration::from_secs(5))?;
+/// println!("{:?}", client.stats());
+/// client.close(Duration::from_secs(5))?;
+/// # Ok::<(), loggregator::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct IngressClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    addr: String,
+    data: Sender<Queued>,
+    /// Kept so envelopes that slip in after the sender thread stopped can be
+    /// counted instead of vanishing with the channel.
+    leftovers: Receiver<Queued>,
+    control: Sender<Control>,
+    counters: Arc<Counters>,
+    /// Set when close begins: later emits are dropped.
+    closed: AtomicBool,
+    /// Set when the sender thread has stopped: a racing emit counts its own envelope.
+    stopped: AtomicBool,
+    batch_max_bytes: usize,
+    global_tags: Vec<(String, String)>,
+    /// Bytes the global tags can add to one encoded envelope.
+    global_tags_bytes: usize,
+    close_on_drop_timeout: Duration,
+    sender_thread: Mutex<Option<SenderThread>>,
+}
+
+struct SenderThread {
+    handle: JoinHandle<()>,
+    /// Disconnects when the thread exits.
+    exited: Receiver<()>,
+    /// Dropping it cancels whatever gRPC call the thread is waiting on.
+    abort: Sender<()>,
+}
+
+impl IngressClient {
+    /// Starts configuring a client.
+    ///
+    /// ```
+    /// let builder = loggregator::IngressClient::builder().queue_capacity(1_000);
+    /// ```
+    pub fn builder() -> IngressClientBuilder {
+        IngressClientBuilder::default()
+    }
+
+    /// Queues an envelope for the sender thread; returns at once.
+    ///
+    /// The envelope is dropped and counted instead when the queue is full,
+    /// when it alone encodes larger than `batch_max_bytes`, when it is a
+    /// counter with delta and total 0 not made with `reset()`, or after
+    /// `close`. The first drop logs one warning (target `loggregator`).
+    ///
+    /// ```no_run
+    /// # let client: loggregator::IngressClient = unimplemented!();
+    /// client.emit(loggregator::Envelope::log("hello").source("my-app", "0"));
+    /// ```
+    pub fn emit(&self, envelope: impl Into<Envelope>) {
+        let inner = &*self.inner;
+        inner.counters.emitted.fetch_add(1, Ordering::Relaxed);
+        let envelope = envelope.into();
+        if inner.closed.load(Ordering::Acquire) {
+            return inner.drop_envelopes(DropReason::Closed, 1);
+        }
+        if envelope.is_accidental_reset() {
+            return inner.drop_envelopes(DropReason::ZeroCounter, 1);
+        }
+        if inner.accounted_size(&envelope) > inner.batch_max_bytes {
+            return inner.drop_envelopes(DropReason::TooLarge, 1);
+        }
+        let queued = Queued {
+            envelope: envelope.into_proto(),
+        };
+        match inner.data.try_send(queued) {
+            Ok(()) => {
+                // Pairs with the fence in `close`: either the closer's last
+                // drain sees this envelope, or this sees `stopped`.
+                fence(Ordering::SeqCst);
+                if inner.stopped.load(Ordering::Relaxed) {
+                    inner.drain_leftovers();
+                }
+            }
+            Err(TrySendError::Full(_)) => inner.drop_envelopes(DropReason::QueueFull, 1),
+            Err(TrySendError::Disconnected(_)) => inner.drop_envelopes(DropReason::Closed, 1),
+        }
+    }
+
+    /// Sends envelopes at once with the unary `Send` call and waits for the
+    /// agent to confirm them, at most `timeout`. Client-wide tags are added.
+    ///
+    /// It does not wait for envelopes queued by `emit`, and it is not part of
+    /// emit's counts in [`Stats`]; a failure counts in `errors`.
+    ///
+    /// ```no_run
+    /// # let client: loggregator::IngressClient = unimplemented!();
+    /// use loggregator::Envelope;
+    /// use std::time::Duration;
+    ///
+    /// client.send(vec![Envelope::event("deploy", "v42").into()], Duration::from_secs(2))?;
+    /// # Ok::<(), loggregator::Error>(())
+    /// ```
+    pub fn send(&self, envelopes: Vec<Envelope>, timeout: Duration) -> Result<()> {
+        let inner = &*self.inner;
+        let started = Instant::now();
+        if inner.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        let count = envelopes.len() as u64;
+        let batch = inner.encode_batch(envelopes)?;
+        let (reply, replied) = bounded(1);
+        inner
+            .control
+            .send(Control::Send {
+                batch,
+                timeout,
+                reply,
+            })
+            .map_err(|_| Error::Closed)?;
+        let timed_out = || Error::Timeout {
+            waited: started.elapsed(),
+            undelivered: count,
+        };
+        let pending = match replied.recv_deadline(started + timeout) {
+            Ok(pending) => pending?,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => return Err(timed_out()),
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return Err(Error::Closed),
+        };
+        pending().inspect_err(|error| inner.counters.record_error(error))
+    }
+
+    /// Waits until everything emitted before this call has been written to
+    /// the agent's stream, at most `timeout`.
+    ///
+    /// Returns [`Error::Undelivered`] when some of it was dropped because the
+    /// agent did not accept it, [`Error::Timeout`] when time ran out (the
+    /// envelopes stay queued), and [`Error::Closed`] after `close`.
+    ///
+    /// ```no_run
+    /// # let client: loggregator::IngressClient = unimplemented!();
+    /// client.flush(std::time::Duration::from_secs(5))?;
+    /// # Ok::<(), loggregator::Error>(())
+    /// ```
+    pub fn flush(&self, timeout: Duration) -> Result<()> {
+        let inner = &*self.inner;
+        let started = Instant::now();
+        if inner.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        let (reply, replied) = bounded(1);
+        inner
+            .control
+            .send(Control::Flush(reply))
+            .map_err(|_| Error::Closed)?;
+        match replied.recv_timeout(timeout) {
+            Ok(result) => result,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => Err(Error::Timeout {
+                waited: started.elapsed(),
+                undelivered: inner.undelivered(),
+            }),
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Err(Error::Closed),
+        }
+    }
+
+    /// Writes everything queued, half-closes the stream, waits for the agent
+    /// to end the call (its confirmation that it read everything) and stops
+    /// the sender thread, all within about `timeout`.
+    ///
+    /// On timeout the pending gRPC call is cancelled, the thread stops, and
+    /// [`Error::Timeout`] says how many envelopes were not delivered. Later
+    /// emits are dropped (reason `closed`); closing again returns `Ok`.
+    ///
+    /// ```no_run
+    /// # let client: loggregator::IngressClient = unimplemented!();
+    /// client.close(std::time::Duration::from_secs(5))?;
+    /// # Ok::<(), loggregator::Error>(())
+    /// ```
+    pub fn close(&self, timeout: Duration) -> Result<()> {
+        self.inner.close(timeout)
+    }
+
+    /// A snapshot of the counters.
+    ///
+    /// ```no_run
+    /// # let client: loggregator::IngressClient = unimplemented!();
+    /// let stats = client.stats();
+    /// println!("sent {} dropped {}", stats.sent, stats.dropped.total());
+    /// ```
+    pub fn stats(&self) -> Stats {
+        self.inner.counters.snapshot(self.inner.data.len())
+    }
+
+    /// The address the client connects to.
+    ///
+    /// ```no_run
+    /// # let client: loggregator::IngressClient = unimplemented!();
+    /// assert_eq!(client.addr(), "localhost:3458");
+    /// ```
+    pub fn addr(&self) -> &str {
+        &self.inner.addr
+    }
+}
+
+impl std::fmt::Debug for IngressClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IngressClient")
+            .field("addr", &self.inner.addr)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl Inner {
+    fn drop_envelopes(&self, reason: DropReason, count: u64) {
+        if self.counters.drop_envelopes(reason, count) {
+            log::warn!(
+                target: LOG_TARGET,
+                "dropping envelopes: {}; further drops are only counted in stats()",
+                reason.describe()
+            );
+        }
+    }
+
+    /// The most an envelope can take in a batch once the global tags are merged.
+    fn accounted_size(&self, envelope: &Envelope) -> usize {
+        framed_len(envelope.as_proto().compute_size() as usize + self.global_tags_bytes)
+    }
+
+    fn undelivered(&self) -> u64 {
+        self.data.len() as u64 + self.counters.in_flight.load(Ordering::Relaxed)
+    }
+
+    fn drain_leftovers(&self) {
+        let count = self.leftovers.try_iter().count() as u64;
+        if count > 0 {
+            self.drop_envelopes(DropReason::Closed, count);
+        }
+    }
+
+    /// Encodes envelopes for a unary send, with the global tags merged.
+    fn encode_batch(&self, envelopes: Vec<Envelope>) -> Result<Vec<u8>> {
+        let mut batch = pb::EnvelopeBatch::new();
+        for envelope in envelopes {
+            if envelope.is_accidental_reset() {
+                return Err(Error::Rejected(DropReason::ZeroCounter.describe().to_string()));
+            }
+            let mut envelope = envelope.into_proto();
+            for (key, value) in &self.global_tags {
+                if !envelope.tags.contains_key(key) {
+                    envelope.tags.insert(key.clone(), value.clone());
+                }
+            }
+            batch.batch.push(envelope);
+        }
+        let size = batch.compute_size() as usize;
+        if size > self.batch_max_bytes {
+            return Err(Error::Rejected(format!(
+                "the batch encodes to {size} bytes, more than batch_max_bytes ({})",
+                self.batch_max_bytes
+            )));
+        }
+        batch
+            .write_to_bytes()
+            .map_err(|e| Error::Rejected(format!("cannot encode the batch: {e}")))
+    }
+
+    fn close(&self, timeout: Duration) -> Result<()> {
+        let started = Instant::now();
+        let deadline = started + timeout;
+        let mut sender_thread = self.sender_thread.lock();
+        let Some(thread) = sender_thread.take() else {
+            return Ok(());
+        };
+        self.closed.store(true, Ordering::Release);
+        let (reply, replied) = bounded(1);
+        let _ = self.control.send(Control::Close { deadline, reply });
+        let result = match replied.recv_deadline(deadline) {
+            Ok(result) => result,
+            Err(_) => {
+                let undelivered = self.undelivered();
+                drop(thread.abort);
+                Err(Error::Timeout {
+                    waited: started.elapsed(),
+                    undelivered,
+                })
+            }
+        };
+        // The thread ends right after replying, or promptly once aborted.
+        let exited = thread.exited.recv_deadline(Instant::now().max(deadline) + ABORT_GRACE);
+        let stopped = matches!(exited, Err(crossbeam_channel::RecvTimeoutError::Disconnected));
+        if !stopped || thread.handle.join().is_err() {
+            log::error!(target: LOG_TARGET, "the sender thread did not stop; leaving it behind");
+        }
+        self.stopped.store(true, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        self.drain_leftovers();
+        let stats = self.counters.snapshot(self.data.len());
+        log::info!(
+            target: LOG_TARGET,
+            "closed: emitted {}, sent {}, dropped {} ({:?})",
+            stats.emitted,
+            stats.sent,
+            stats.dropped.total(),
+            stats.dropped
+        );
+        result
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Err(error) = self.close(self.close_on_drop_timeout) {
+            log::warn!(target: LOG_TARGET, "closing on drop: {error}");
+        }
+    }
+}
+
+/// Configures and starts an [`IngressClient`]; made by [`IngressClient::builder`].
+///
+/// Every setting has a default (the `DEFAULT_*` constants) except
+/// [`tls`](Self::tls): the agents accept only mutual TLS.
+///
+/// ```no_run
+/// use loggregator::{IngressClient, TlsConfig};
+/// use std::time::Duration;
+///
+/// let client = IngressClient::builder()
+///     .tls(TlsConfig::from_files("ca.crt", "client.crt", "client.key")?)
+///     .queue_capacity(50_000)
+///     .batch_max_envelopes(500)
+///     .flush_interval(Duration::from_millis(250))
+///     .build()?;
+/// # Ok::<(), loggregator::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until build() is called"]
+pub struct IngressClientBuilder {
+    addr: String,
+    tls: Option<TlsConfig>,
+    global_tags: Vec<(String, String)>,
+    queue_capacity: usize,
+    batch_max_envelopes: usize,
+    batch_max_bytes: usize,
+    flush_interval: Duration,
+    write_timeout: Duration,
+    close_on_drop_timeout: Duration,
+}
+
+impl Default for IngressClientBuilder {
+    fn default() -> IngressClientBuilder {
+        IngressClientBuilder {
+            addr: DEFAULT_ADDR.to_string(),
+            tls: None,
+            global_tags: Vec::new(),
+            queue_capacity: DEFAULT_QUEUE_CAPACITY,
+            batch_max_envelopes: DEFAULT_BATCH_MAX_ENVELOPES,
+            batch_max_bytes: DEFAULT_BATCH_MAX_BYTES,
+            flush_interval: DEFAULT_FLUSH_INTERVAL,
+            write_timeout: DEFAULT_WRITE_TIMEOUT,
+            close_on_drop_timeout: DEFAULT_CLOSE_ON_DROP_TIMEOUT,
+        }
+    }
+}
+
+impl IngressClientBuilder {
+    /// The agent's address, `host:port` (default [`DEFAULT_ADDR`],
+    /// `localhost:3458`). The name verified on its certificate is set on the
+    /// [`TlsConfig`], not here.
+    ///
+    /// ```
+    /// let builder = loggregator::IngressClient::builder().addr("127.0.0.1:3459");
+    /// ```
+    pub fn addr(mut self, addr: impl Into<String>) -> Self {
+        self.addr = addr.into();
+        self
+    }
+
+    /// The certificates for mutual TLS; required.
+    ///
+    /// ```no_run
+    /// let tls = loggregator::TlsConfig::from_files("ca.crt", "client.crt", "client.key")?;
+    /// let builder = loggregator::IngressClient::builder().tls(tls);
+    /// # Ok::<(), loggregator::Error>(())
+    /// ```
+    pub fn tls(mut self, tls: TlsConfig) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Adds a tag to every envelope; an envelope's own tag of the same key wins.
+    ///
+    /// ```
+    /// let builder = loggregator::IngressClient::builder().tag("deployment", "cf").tag("az", "z1");
+    /// ```
+    pub fn tag(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        let key = key.into();
+        self.global_tags.retain(|(existing, _)| *existing != key);
+        self.global_tags.push((key, value.into()));
+        self
+    }
+
+    /// How many envelopes may wait for the sender thread (default
+    /// [`DEFAULT_QUEUE_CAPACITY`], 10,000); beyond it `emit` drops and counts.
+    /// Must be at least `batch_max_envelopes`.
+    ///
+    /// ```
+    /// let builder = loggregator::IngressClient::builder().queue_capacity(100_000);
+    /// ```
+    pub fn queue_capacity(mut self, capacity: usize) -> Self {
+        self.queue_capacity = capacity;
+        self
+    }
+
+    /// The most envelopes in one `EnvelopeBatch` (default
+    /// [`DEFAULT_BATCH_MAX_ENVELOPES`], 100).
+    ///
+    /// ```
+    /// let builder = loggregator::IngressClient::builder().batch_max_envelopes(1_000);
+    /// ```
+    pub fn batch_max_envelopes(mut self, count: usize) -> Self {
+        self.batch_max_envelopes = count;
+        self
+    }
+
+    /// The most encoded bytes in one `EnvelopeBatch` (default
+    /// [`DEFAULT_BATCH_MAX_BYTES`], 1 MiB; at most
+    /// [`AGENT_MAX_MESSAGE_BYTES`], the agent's 10 MiB limit). A single
+    /// envelope larger than this is dropped at `emit` (reason `too_large`).
+    ///
+    /// ```
+    /// let builder = loggregator::IngressClient::builder().batch_max_bytes(4 << 20);
+    /// ```
+    pub fn batch_max_bytes(mut self, bytes: usize) -> Self {
+        self.batch_max_bytes = bytes;
+        self
+    }
+
+    /// The longest an envelope waits in a partial batch (default
+    /// [`DEFAULT_FLUSH_INTERVAL`], 100 ms).
+    ///
+    /// ```
+    /// let builder = loggregator::IngressClient::builder()
+    ///     .flush_interval(std::time::Duration::from_millis(500));
+    /// ```
+    pub fn flush_interval(mut self, interval: std::time::Duration) -> Self {
+        self.flush_interval = interval;
+        self
+    }
+
+    /// How long one batch write may wait for the agent to take it (default
+    /// [`DEFAULT_WRITE_TIMEOUT`], 10 s); past it the stream is cancelled and
+    /// the batch counted as `write_failed`.
+    ///
+    /// ```
+    /// let builder = loggregator::IngressClient::builder()
+    ///     .write_timeout(std::time::Duration::from_secs(2));
+    /// ```
+    pub fn write_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.write_timeout = timeout;
+        self
+    }
+
+    /// How long dropping the last handle waits to deliver what is queued
+    /// (default [`DEFAULT_CLOSE_ON_DROP_TIMEOUT`], 5 s).
+    ///
+    /// ```
+    /// let builder = loggregator::IngressClient::builder()
+    ///     .close_on_drop_timeout(std::time::Duration::from_secs(1));
+    /// ```
+    pub fn close_on_drop_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.close_on_drop_timeout = timeout;
+        self
+    }
+
+    /// Checks the settings and starts the sender thread. It does not connect:
+    /// an agent that is down now is tried again with each batch.
+    ///
+    /// ```
+    /// use loggregator::{Error, IngressClient};
+    ///
+    /// let err = IngressClient::builder().build().unwrap_err();
+    /// assert!(matches!(err, Error::Config { setting: "tls", .. }));
+    /// ```
+    pub fn build(self) -> Result<IngressClient> {
+        let tls = self.validate()?;
+        let counters = Arc::new(Counters::default());
+        let (data_tx, data_rx) = bounded(self.queue_capacity);
+        let (control_tx, control_rx) = unbounded();
+        let (abort_tx, abort_rx) = bounded(0);
+        let (exited_tx, exited_rx) = bounded::<()>(0);
+        let settings = Settings {
+            batch_max_envelopes: self.batch_max_envelopes,
+            batch_max_bytes: self.batch_max_bytes,
+            flush_interval: self.flush_interval,
+            global_tags: self.global_tags.clone(),
+        };
+        let channel = ChannelSettings {
+            addr: self.addr.clone(),
+            tls,
+            write_timeout: self.write_timeout,
+        };
+        let worker_counters = counters.clone();
+        let worker_data = data_rx.clone();
+        let handle = std::thread::Builder::new()
+            .name("loggregator-sender".to_string())
+            .spawn(move || {
+                let _exited = exited_tx;
+                let transport = GrpcTransport::new(&channel, abort_rx);
+                Worker::new(transport, worker_data, control_rx, settings, worker_counters).run();
+            })
+            .map_err(Error::Spawn)?;
+        let global_tags_bytes = self
+            .global_tags
+            .iter()
+            .map(|(key, value)| framed_len(framed_len(key.len()) + framed_len(value.len())))
+            .sum();
+        Ok(IngressClient {
+            inner: Arc::new(Inner {
+                addr: self.addr,
+                data: data_tx,
+                leftovers: data_rx,
+                control: control_tx,
+                counters,
+                closed: AtomicBool::new(false),
+                stopped: AtomicBool::new(false),
+                batch_max_bytes: self.batch_max_bytes,
+                global_tags: self.global_tags,
+                global_tags_bytes,
+                close_on_drop_timeout: self.close_on_drop_timeout,
+                sender_thread: Mutex::new(Some(SenderThread {
+                    handle,
+                    exited: exited_rx,
+                    abort: abort_tx,
+                })),
+            }),
+        })
+    }
+
+    fn validate(&self) -> Result<TlsConfig> {
+        let invalid = |setting: &'static str, problem: &str| Error::Config {
+            setting,
+            problem: problem.to_string(),
+        };
+        let Some(tls) = self.tls.clone() else {
+            return Err(invalid(
+                "tls",
+                "is required: the agents accept only mutual TLS (see TlsConfig::from_files)",
+            ));
+        };
+        check_addr(&self.addr).map_err(|problem| invalid("addr", &problem))?;
+        let name = tls.verified_name();
+        if name.is_empty() || name.contains(|c: char| c == '\0' || c.is_whitespace()) {
+            return Err(invalid(
+                "server_name",
+                &format!("{name:?} is not a host name"),
+            ));
+        }
+        if self.queue_capacity == 0 {
+            return Err(invalid("queue_capacity", "must be at least 1"));
+        }
+        if self.batch_max_envelopes == 0 {
+            return Err(invalid("batch_max_envelopes", "must be at least 1"));
+        }
+        if self.batch_max_envelopes > self.queue_capacity {
+            return Err(invalid(
+                "batch_max_envelopes",
+                &format!(
+                    "{} is more than queue_capacity ({}); a batch could never fill",
+                    self.batch_max_envelopes, self.queue_capacity
+                ),
+            ));
+        }
+        if self.batch_max_bytes < 1024 || self.batch_max_bytes > AGENT_MAX_MESSAGE_BYTES {
+            return Err(invalid(
+                "batch_max_bytes",
+                &format!(
+                    "{} is outside 1 KiB to {AGENT_MAX_MESSAGE_BYTES} bytes (the agent's message limit)",
+                    self.batch_max_bytes
+                ),
+            ));
+        }
+        for (setting, value) in [
+            ("flush_interval", self.flush_interval),
+            ("write_timeout", self.write_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(setting, "must be longer than zero"));
+            }
+        }
+        if self.global_tags.iter().any(|(key, _)| key.is_empty()) {
+            return Err(invalid("tag", "a tag key must not be empty"));
+        }
+        Ok(tls)
+    }
+}
+
+/// Accepts `host:port` (host a name, an IPv4 address or a bracketed IPv6
+/// address) and `unix:/path`.
+fn check_addr(addr: &str) -> std::result::Result<(), String> {
+    if addr.contains(|c: char| c == '\0' || c.is_whitespace()) {
+        return Err(format!("{addr:?} contains a NUL byte or white space"));
+    }
+    if let Some(path) = addr.strip_prefix("unix:") {
+        return if path.is_empty() {
+            Err(format!("{addr:?} names no socket path"))
+        } else {
+            Ok(())
+        };
+    }
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return Err(format!("{addr:?} is not host:port"));
+    };
+    if host.is_empty() || (host.contains(':') && !(host.starts_with('[') && host.ends_with(']'))) {
+        return Err(format!("{addr:?} is not host:port (write IPv6 as [::1]:3458)"));
+    }
+    match port.parse::<u16>() {
+        Ok(port) if port > 0 => Ok(()),
+        _ => Err(format!("{addr:?} has no valid port (1 to 65535)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_addr;
+
+    #[test]
+    fn addresses() {
+        for good in ["localhost:3458", "127.0.0.1:3459", "[::1]:3458", "metron:1", "unix:/tmp/a.sock"] {
+            assert_eq!(check_addr(good), Ok(()), "{good}");
+        }
+        for bad in ["localhost", ":3458", "localhost:0", "localhost:70000", "host:port", "::1:3458", "a b:1", "unix:", "x\0:1"] {
+            assert!(check_addr(bad).is_err(), "{bad}");
+        }
+    }
+}

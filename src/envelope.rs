@@ -1,0 +1,543 @@
+//! Envelope builders: one constructor per kind, shared setters for source and tags.
+
+use std::marker::PhantomData;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::proto::envelope as pb;
+
+/// One Loggregator v2 envelope, ready to emit.
+///
+/// Made with [`Envelope::log`], [`Envelope::counter`], [`Envelope::gauge`],
+/// [`Envelope::timer`] or [`Envelope::event`]; each returns a builder whose
+/// setters chain and which converts into an `Envelope` with `.into()` or
+/// [`build`](EnvelopeBuilder::build). The timestamp is set when the builder
+/// is made.
+///
+/// ```
+/// use loggregator::Envelope;
+///
+/// let env: Envelope = Envelope::log("hello").source("my-app", "0").stdout().tag("k", "v").into();
+/// assert_eq!(env.as_proto().source_id, "my-app");
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct Envelope {
+    inner: pb::Envelope,
+    /// A counter built with [`CounterEnvelope::reset`], the only way to send
+    /// `delta == 0 && total == 0`.
+    reset: bool,
+}
+
+/// Marker types naming the kind an [`EnvelopeBuilder`] builds.
+pub mod kind {
+    /// A log line.
+    #[derive(Debug, Clone, Copy)]
+    pub enum Log {}
+    /// A counter increment or total.
+    #[derive(Debug, Clone, Copy)]
+    pub enum Counter {}
+    /// A set of gauge metrics.
+    #[derive(Debug, Clone, Copy)]
+    pub enum Gauge {}
+    /// A timed span.
+    #[derive(Debug, Clone, Copy)]
+    pub enum Timer {}
+    /// A titled event.
+    #[derive(Debug, Clone, Copy)]
+    pub enum Event {}
+}
+
+/// Builds a log envelope; see [`Envelope::log`].
+pub type LogEnvelope = EnvelopeBuilder<kind::Log>;
+/// Builds a counter envelope; see [`Envelope::counter`].
+pub type CounterEnvelope = EnvelopeBuilder<kind::Counter>;
+/// Builds a gauge envelope; see [`Envelope::gauge`].
+pub type GaugeEnvelope = EnvelopeBuilder<kind::Gauge>;
+/// Builds a timer envelope; see [`Envelope::timer`].
+pub type TimerEnvelope = EnvelopeBuilder<kind::Timer>;
+/// Builds an event envelope; see [`Envelope::event`].
+pub type EventEnvelope = EnvelopeBuilder<kind::Event>;
+
+/// A point in time as Unix nanoseconds, the unit of envelope timestamps.
+///
+/// Converts from [`SystemTime`] (saturating far outside the years 1678 to
+/// 2262) and from `i64` nanoseconds.
+///
+/// ```
+/// use loggregator::UnixNanos;
+/// use std::time::{Duration, UNIX_EPOCH};
+///
+/// assert_eq!(UnixNanos::from(UNIX_EPOCH + Duration::from_secs(2)).as_i64(), 2_000_000_000);
+/// assert_eq!(UnixNanos::from(5).as_i64(), 5);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct UnixNanos(i64);
+
+impl UnixNanos {
+    /// The current time.
+    ///
+    /// ```
+    /// assert!(loggregator::UnixNanos::now().as_i64() > 0);
+    /// ```
+    pub fn now() -> UnixNanos {
+        SystemTime::now().into()
+    }
+
+    /// Nanoseconds since the Unix epoch.
+    ///
+    /// ```
+    /// assert_eq!(loggregator::UnixNanos::from(-1).as_i64(), -1);
+    /// ```
+    pub fn as_i64(self) -> i64 {
+        self.0
+    }
+}
+
+impl From<SystemTime> for UnixNanos {
+    fn from(time: SystemTime) -> UnixNanos {
+        let nanos = match time.duration_since(UNIX_EPOCH) {
+            Ok(after) => i64::try_from(after.as_nanos()).unwrap_or(i64::MAX),
+            Err(before) => i64::try_from(before.duration().as_nanos())
+                .map(|n| -n)
+                .unwrap_or(i64::MIN),
+        };
+        UnixNanos(nanos)
+    }
+}
+
+impl From<i64> for UnixNanos {
+    fn from(nanos: i64) -> UnixNanos {
+        UnixNanos(nanos)
+    }
+}
+
+/// The kind of an envelope.
+///
+/// ```
+/// use loggregator::{Envelope, EnvelopeKind};
+///
+/// assert_eq!(Envelope::gauge().build().kind(), Some(EnvelopeKind::Gauge));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum EnvelopeKind {
+    /// A log line.
+    Log,
+    /// A counter.
+    Counter,
+    /// A set of gauge metrics.
+    Gauge,
+    /// A timer.
+    Timer,
+    /// An event.
+    Event,
+}
+
+impl Envelope {
+    /// A log line; `payload` may be any bytes. It goes to stderr (`ERR`) like
+    /// the Go client's logs, unless [`stdout`](LogEnvelope::stdout) is called.
+    ///
+    /// ```
+    /// use loggregator::Envelope;
+    ///
+    /// let env = Envelope::log(&b"\xff raw bytes"[..]).stdout().build();
+    /// assert_eq!(env.as_proto().log().payload, b"\xff raw bytes");
+    /// ```
+    pub fn log(payload: impl Into<Vec<u8>>) -> LogEnvelope {
+        let mut log = pb::Log::new();
+        log.payload = payload.into();
+        log.type_ = pb::log::Type::ERR.into();
+        EnvelopeBuilder::new(pb::envelope::Message::Log(log))
+    }
+
+    /// A counter named `name` with a delta of 1; the agent adds deltas up into
+    /// a total per name, source and tags.
+    ///
+    /// ```
+    /// let env = loggregator::Envelope::counter("requests").delta(5).build();
+    /// assert_eq!(env.as_proto().counter().delta, 5);
+    /// ```
+    pub fn counter(name: impl Into<String>) -> CounterEnvelope {
+        let mut counter = pb::Counter::new();
+        counter.name = name.into();
+        counter.delta = 1;
+        EnvelopeBuilder::new(pb::envelope::Message::Counter(counter))
+    }
+
+    /// A gauge with no metrics yet; add them with
+    /// [`metric`](GaugeEnvelope::metric).
+    ///
+    /// ```
+    /// let env = loggregator::Envelope::gauge().metric("cpu", 35.5, "percentage").build();
+    /// assert_eq!(env.as_proto().gauge().metrics["cpu"].value, 35.5);
+    /// ```
+    pub fn gauge() -> GaugeEnvelope {
+        EnvelopeBuilder::new(pb::envelope::Message::Gauge(pb::Gauge::new()))
+    }
+
+    /// A timer from `start` to `stop`, each a [`SystemTime`] or Unix nanoseconds.
+    ///
+    /// ```
+    /// use std::time::SystemTime;
+    ///
+    /// let start = SystemTime::now();
+    /// let env = loggregator::Envelope::timer("db_query", start, SystemTime::now()).build();
+    /// assert!(env.as_proto().timer().stop >= env.as_proto().timer().start);
+    /// ```
+    pub fn timer(
+        name: impl Into<String>,
+        start: impl Into<UnixNanos>,
+        stop: impl Into<UnixNanos>,
+    ) -> TimerEnvelope {
+        let mut timer = pb::Timer::new();
+        timer.name = name.into();
+        timer.start = start.into().as_i64();
+        timer.stop = stop.into().as_i64();
+        EnvelopeBuilder::new(pb::envelope::Message::Timer(timer))
+    }
+
+    /// An event with a title and a body.
+    ///
+    /// ```
+    /// let env = loggregator::Envelope::event("Application Status", "healthy").build();
+    /// assert_eq!(env.as_proto().event().title, "Application Status");
+    /// ```
+    pub fn event(title: impl Into<String>, body: impl Into<String>) -> EventEnvelope {
+        let mut event = pb::Event::new();
+        event.title = title.into();
+        event.body = body.into();
+        EnvelopeBuilder::new(pb::envelope::Message::Event(event))
+    }
+
+    /// Wraps a raw protobuf envelope, for fields the builders do not cover.
+    /// A zero timestamp is sent as it is: the agent does not fill it in.
+    ///
+    /// ```
+    /// use loggregator::{proto::envelope as pb, Envelope};
+    ///
+    /// let mut raw = pb::Envelope::new();
+    /// raw.timestamp = 1;
+    /// assert_eq!(Envelope::from_proto(raw).as_proto().timestamp, 1);
+    /// ```
+    pub fn from_proto(inner: pb::Envelope) -> Envelope {
+        Envelope {
+            inner,
+            reset: false,
+        }
+    }
+
+    /// The protobuf message that will be sent (before the client's global tags
+    /// are merged in).
+    ///
+    /// ```
+    /// let env = loggregator::Envelope::event("t", "b").build();
+    /// assert!(env.as_proto().timestamp > 0);
+    /// ```
+    pub fn as_proto(&self) -> &pb::Envelope {
+        &self.inner
+    }
+
+    /// The protobuf message, by value.
+    ///
+    /// ```
+    /// let raw = loggregator::Envelope::event("t", "b").build().into_proto();
+    /// assert_eq!(raw.event().body, "b");
+    /// ```
+    pub fn into_proto(self) -> pb::Envelope {
+        self.inner
+    }
+
+    /// Which kind of envelope this is, or `None` for a raw envelope without a
+    /// message.
+    ///
+    /// ```
+    /// use loggregator::{Envelope, EnvelopeKind};
+    ///
+    /// assert_eq!(Envelope::counter("c").build().kind(), Some(EnvelopeKind::Counter));
+    /// ```
+    pub fn kind(&self) -> Option<EnvelopeKind> {
+        use pb::envelope::Message;
+        Some(match self.inner.message.as_ref()? {
+            Message::Log(_) => EnvelopeKind::Log,
+            Message::Counter(_) => EnvelopeKind::Counter,
+            Message::Gauge(_) => EnvelopeKind::Gauge,
+            Message::Timer(_) => EnvelopeKind::Timer,
+            Message::Event(_) => EnvelopeKind::Event,
+        })
+    }
+
+    /// True for a counter with `delta == 0 && total == 0` that was not made
+    /// with [`CounterEnvelope::reset`]: the agent would reset its total.
+    pub(crate) fn is_accidental_reset(&self) -> bool {
+        match &self.inner.message {
+            Some(pb::envelope::Message::Counter(c)) => c.delta == 0 && c.total == 0 && !self.reset,
+            _ => false,
+        }
+    }
+}
+
+impl From<pb::Envelope> for Envelope {
+    fn from(inner: pb::Envelope) -> Envelope {
+        Envelope::from_proto(inner)
+    }
+}
+
+/// Builds one envelope of kind `K`; made by the constructors on [`Envelope`].
+///
+/// The setters shared by every kind live here; kind-specific ones are on
+/// [`LogEnvelope`], [`CounterEnvelope`] and [`GaugeEnvelope`].
+///
+/// ```
+/// use loggregator::{Envelope, EnvelopeBuilder};
+///
+/// let builder = Envelope::event("deploy", "v42").source("my-app", "3").tag("env", "prod");
+/// let env = builder.build();
+/// assert_eq!(env.as_proto().instance_id, "3");
+/// assert_eq!(env.as_proto().tags["env"], "prod");
+/// ```
+#[derive(Clone, Debug)]
+#[must_use = "an envelope builder does nothing until it is emitted"]
+pub struct EnvelopeBuilder<K> {
+    envelope: Envelope,
+    kind: PhantomData<K>,
+}
+
+impl<K> EnvelopeBuilder<K> {
+    fn new(message: pb::envelope::Message) -> EnvelopeBuilder<K> {
+        let mut inner = pb::Envelope::new();
+        inner.timestamp = UnixNanos::now().as_i64();
+        inner.message = Some(message);
+        EnvelopeBuilder {
+            envelope: Envelope::from_proto(inner),
+            kind: PhantomData,
+        }
+    }
+
+    /// Sets the source id (the app GUID or component name) and instance id.
+    ///
+    /// ```
+    /// let env = loggregator::Envelope::log("x").source("app-guid", "2").build();
+    /// assert_eq!(env.as_proto().source_id, "app-guid");
+    /// ```
+    pub fn source(self, source_id: impl Into<String>, instance_id: impl Into<String>) -> Self {
+        self.source_id(source_id).instance_id(instance_id)
+    }
+
+    /// Sets the source id alone.
+    ///
+    /// ```
+    /// let env = loggregator::Envelope::log("x").source_id("app-guid").build();
+    /// assert_eq!(env.as_proto().source_id, "app-guid");
+    /// ```
+    pub fn source_id(mut self, source_id: impl Into<String>) -> Self {
+        self.envelope.inner.source_id = source_id.into();
+        self
+    }
+
+    /// Sets the instance id alone.
+    ///
+    /// ```
+    /// let env = loggregator::Envelope::log("x").instance_id("7").build();
+    /// assert_eq!(env.as_proto().instance_id, "7");
+    /// ```
+    pub fn instance_id(mut self, instance_id: impl Into<String>) -> Self {
+        self.envelope.inner.instance_id = instance_id.into();
+        self
+    }
+
+    /// Adds a tag; it wins over a client-wide tag of the same key.
+    ///
+    /// ```
+    /// let env = loggregator::Envelope::log("x").tag("a", "1").tag("a", "2").build();
+    /// assert_eq!(env.as_proto().tags["a"], "2");
+    /// ```
+    pub fn tag(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.envelope.inner.tags.insert(key.into(), value.into());
+        self
+    }
+
+    /// Replaces the timestamp taken when the builder was made.
+    ///
+    /// ```
+    /// let env = loggregator::Envelope::log("x").timestamp(42).build();
+    /// assert_eq!(env.as_proto().timestamp, 42);
+    /// ```
+    pub fn timestamp(mut self, at: impl Into<UnixNanos>) -> Self {
+        self.envelope.inner.timestamp = at.into().as_i64();
+        self
+    }
+
+    /// Finishes the envelope.
+    ///
+    /// ```
+    /// let env = loggregator::Envelope::counter("c").build();
+    /// assert_eq!(env.as_proto().counter().name, "c");
+    /// ```
+    pub fn build(self) -> Envelope {
+        self.envelope
+    }
+}
+
+impl<K> From<EnvelopeBuilder<K>> for Envelope {
+    fn from(builder: EnvelopeBuilder<K>) -> Envelope {
+        builder.envelope
+    }
+}
+
+impl EnvelopeBuilder<kind::Log> {
+    /// Marks the log as written to stdout (`OUT`).
+    ///
+    /// ```
+    /// use loggregator::proto::envelope::log::Type;
+    ///
+    /// let env = loggregator::Envelope::log("x").stdout().build();
+    /// assert_eq!(env.as_proto().log().type_.enum_value(), Ok(Type::OUT));
+    /// ```
+    pub fn stdout(self) -> Self {
+        self.log_type(pb::log::Type::OUT)
+    }
+
+    /// Marks the log as written to stderr (`ERR`), the default.
+    ///
+    /// ```
+    /// use loggregator::proto::envelope::log::Type;
+    ///
+    /// let env = loggregator::Envelope::log("x").stdout().stderr().build();
+    /// assert_eq!(env.as_proto().log().type_.enum_value(), Ok(Type::ERR));
+    /// ```
+    pub fn stderr(self) -> Self {
+        self.log_type(pb::log::Type::ERR)
+    }
+
+    fn log_type(mut self, log_type: pb::log::Type) -> Self {
+        if let Some(pb::envelope::Message::Log(log)) = &mut self.envelope.inner.message {
+            log.type_ = log_type.into();
+        }
+        self
+    }
+}
+
+impl EnvelopeBuilder<kind::Counter> {
+    /// Sets the increment since the last envelope for this counter.
+    ///
+    /// A counter with both delta and total 0 makes the agent reset its total,
+    /// so the client refuses to send one (counted as dropped, reason
+    /// `zero_counter`) unless it was made with [`reset`](Self::reset).
+    ///
+    /// ```
+    /// let env = loggregator::Envelope::counter("bytes").delta(1024).build();
+    /// assert_eq!(env.as_proto().counter().delta, 1024);
+    /// ```
+    pub fn delta(mut self, delta: u64) -> Self {
+        self.with_counter(|counter| counter.delta = delta);
+        self
+    }
+
+    /// Reports an absolute total instead of an increment: sets `total` and,
+    /// like the Go client's total helper, a delta of 0.
+    ///
+    /// ```
+    /// let env = loggregator::Envelope::counter("restarts").total(3).build();
+    /// let counter = env.as_proto().counter();
+    /// assert_eq!((counter.delta, counter.total), (0, 3));
+    /// ```
+    pub fn total(mut self, total: u64) -> Self {
+        self.with_counter(|counter| {
+            counter.total = total;
+            counter.delta = 0;
+        });
+        self
+    }
+
+    /// Asks the agent to reset this counter's total to 0 (`delta == 0 &&
+    /// total == 0`), the one way to send that combination on purpose.
+    ///
+    /// ```
+    /// let env = loggregator::Envelope::counter("requests").reset().build();
+    /// let counter = env.as_proto().counter();
+    /// assert_eq!((counter.delta, counter.total), (0, 0));
+    /// ```
+    pub fn reset(mut self) -> Self {
+        self.with_counter(|counter| {
+            counter.total = 0;
+            counter.delta = 0;
+        });
+        self.envelope.reset = true;
+        self
+    }
+
+    fn with_counter(&mut self, change: impl FnOnce(&mut pb::Counter)) {
+        if let Some(pb::envelope::Message::Counter(counter)) = &mut self.envelope.inner.message {
+            change(counter);
+        }
+    }
+}
+
+impl EnvelopeBuilder<kind::Gauge> {
+    /// Adds (or replaces) a metric: its value and unit, for example
+    /// `("memory", 1.0e8, "bytes")`.
+    ///
+    /// ```
+    /// let env = loggregator::Envelope::gauge()
+    ///     .metric("cpu", 35.5, "percentage")
+    ///     .metric("memory", 1.0e8, "bytes")
+    ///     .build();
+    /// assert_eq!(env.as_proto().gauge().metrics["memory"].unit, "bytes");
+    /// ```
+    pub fn metric(mut self, name: impl Into<String>, value: f64, unit: impl Into<String>) -> Self {
+        if let Some(pb::envelope::Message::Gauge(gauge)) = &mut self.envelope.inner.message {
+            let mut metric = pb::GaugeValue::new();
+            metric.value = value;
+            metric.unit = unit.into();
+            gauge.metrics.insert(name.into(), metric);
+        }
+        self
+    }
+}
+
+/// One readable line: kind, source, the message's fields, then the tags in
+/// key order. Non-UTF-8 log bytes are shown escaped.
+///
+/// ```
+/// let env = loggregator::Envelope::counter("requests").delta(5).source("app", "0").tag("k", "v");
+/// assert_eq!(env.build().to_string(), "counter app/0 requests delta=5 total=0 {k=v}");
+/// ```
+impl std::fmt::Display for Envelope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use pb::envelope::Message;
+        let env = &self.inner;
+        let kind = match self.kind() {
+            Some(kind) => format!("{kind:?}").to_lowercase(),
+            None => "empty".to_string(),
+        };
+        write!(f, "{kind} {}/{}", env.source_id, env.instance_id)?;
+        match &env.message {
+            Some(Message::Log(log)) => {
+                let stream = match log.type_.enum_value() {
+                    Ok(pb::log::Type::OUT) => "OUT",
+                    _ => "ERR",
+                };
+                write!(f, " {stream} \"{}\"", log.payload.escape_ascii())?;
+            }
+            Some(Message::Counter(c)) => write!(f, " {} delta={} total={}", c.name, c.delta, c.total)?,
+            Some(Message::Gauge(g)) => {
+                let mut metrics: Vec<_> = g.metrics.iter().collect();
+                metrics.sort_by(|a, b| a.0.cmp(b.0));
+                for (name, metric) in metrics {
+                    write!(f, " {name}={}[{}]", metric.value, metric.unit)?;
+                }
+            }
+            Some(Message::Timer(t)) => {
+                write!(f, " {} {}ns", t.name, t.stop.saturating_sub(t.start))?;
+            }
+            Some(Message::Event(e)) => write!(f, " \"{}\": \"{}\"", e.title, e.body)?,
+            None => {}
+        }
+        let mut tags: Vec<_> = env.tags.iter().collect();
+        tags.sort();
+        if !tags.is_empty() {
+            let tags: Vec<String> = tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            write!(f, " {{{}}}", tags.join(", "))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,121 @@
+//! The one error type of the crate.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// What went wrong, with enough detail to act on.
+///
+/// ```
+/// use loggregator::{Error, TlsConfig};
+///
+/// match TlsConfig::from_files("/nonexistent/ca.crt", "client.crt", "client.key") {
+///     Err(Error::Io { path, .. }) => assert!(path.ends_with("ca.crt")),
+///     other => panic!("unexpected: {other:?}"),
+/// }
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A certificate or key file is missing or unreadable.
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        /// The file that could not be read.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A certificate or key is not usable PEM: not PEM at all, a NUL byte,
+    /// no certificate in a CA bundle, or text OpenSSL cannot parse.
+    #[error("{origin}: {problem}")]
+    Pem {
+        /// Where it came from: the file path, or which PEM argument.
+        origin: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+
+    /// The private key does not belong to the certificate.
+    #[error("the private key {key} does not match the certificate {certificate}")]
+    KeyMismatch {
+        /// Where the certificate came from.
+        certificate: String,
+        /// Where the key came from.
+        key: String,
+    },
+
+    /// The TLS library refused the configuration.
+    #[error("TLS configuration rejected: {0}")]
+    Tls(String),
+
+    /// A builder setting is out of range or malformed.
+    #[error("invalid setting `{setting}`: {problem}")]
+    Config {
+        /// The setting's name, as the builder method is called.
+        setting: &'static str,
+        /// What is wrong with the value.
+        problem: String,
+    },
+
+    /// The agent could not be reached, refused the connection, or ended a call
+    /// with an error status.
+    #[error("agent at {addr}: {status}{hint}", hint = hint_suffix(hint))]
+    Agent {
+        /// The address the client connects to.
+        addr: String,
+        /// The gRPC status and message, for example `UNAVAILABLE: failed to connect`.
+        status: String,
+        /// What to check, when the cause is recognisable (TLS names, CAs, no listener).
+        hint: Option<String>,
+    },
+
+    /// Envelopes covered by a flush or close were dropped because the agent
+    /// did not accept them; `stats()` has the counts by reason.
+    #[error("{count} envelopes were not delivered: {cause}")]
+    Undelivered {
+        /// How many envelopes were dropped during the call.
+        count: u64,
+        /// The last error from the agent.
+        cause: String,
+    },
+
+    /// The operation did not finish within its timeout.
+    #[error("timed out after {waited:?} with {undelivered} envelopes not yet delivered")]
+    Timeout {
+        /// How long the caller waited.
+        waited: Duration,
+        /// Envelopes still queued or being written when the time ran out.
+        undelivered: u64,
+    },
+
+    /// An envelope or batch given to `send` cannot be sent: too large, or a
+    /// counter that would reset the agent's total.
+    #[error("rejected: {0}")]
+    Rejected(String),
+
+    /// The sender thread could not be started.
+    #[error("cannot start the sender thread: {0}")]
+    Spawn(#[source] std::io::Error),
+
+    /// The client was closed; nothing more can be sent with it.
+    #[error("the client is closed")]
+    Closed,
+}
+
+fn hint_suffix(hint: &Option<String>) -> String {
+    match hint {
+        Some(hint) => format!(" (hint: {hint})"),
+        None => String::new(),
+    }
+}
+
+/// The crate's result type.
+///
+/// ```
+/// fn connect() -> loggregator::Result<()> {
+///     Ok(())
+/// }
+/// # connect().unwrap();
+/// ```
+pub type Result<T, E = Error> = std::result::Result<T, E>;

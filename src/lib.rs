@@ -1,0 +1,55 @@
+//! A blocking client for Cloud Foundry's Loggregator v2 Ingress API.
+//!
+//! Every Cloud Foundry VM and app container runs a Loggregator agent on
+//! `localhost:3458` that takes logs and metrics over gRPC with mutual TLS.
+//! This crate lets threaded and synchronous Rust programs send to it with one
+//! non-blocking call, [`IngressClient::emit`], from any thread: no async
+//! runtime in your code. A dedicated sender thread batches envelopes and
+//! writes them on a `BatchSender` stream.
+//!
+//! ```no_run
+//! use loggregator::{Envelope, IngressClient, TlsConfig};
+//! use std::time::Duration;
+//!
+//! let tls = TlsConfig::from_files("ca.crt", "client.crt", "client.key")?; // verifies "metron"
+//! let client = IngressClient::builder().tls(tls).tag("deployment", "cf").build()?;
+//! client.emit(Envelope::log("hello").source("my-app", "0"));
+//! client.emit(Envelope::counter("requests").delta(5));
+//! client.close(Duration::from_secs(5))?;
+//! # Ok::<(), loggregator::Error>(())
+//! ```
+//!
+//! With the `testing` feature, [`spy`] provides a real mTLS agent and
+//! throwaway certificates for integration tests.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod client;
+mod envelope;
+mod error;
+pub mod proto;
+mod stats;
+mod tls;
+mod transport;
+mod worker;
+
+#[cfg(feature = "testing")]
+pub mod spy;
+
+pub use client::{
+    IngressClient, IngressClientBuilder, AGENT_MAX_MESSAGE_BYTES, DEFAULT_ADDR,
+    DEFAULT_BATCH_MAX_BYTES, DEFAULT_BATCH_MAX_ENVELOPES, DEFAULT_CLOSE_ON_DROP_TIMEOUT,
+    DEFAULT_FLUSH_INTERVAL, DEFAULT_QUEUE_CAPACITY, DEFAULT_WRITE_TIMEOUT,
+};
+pub use envelope::{
+    kind, CounterEnvelope, Envelope, EnvelopeBuilder, EnvelopeKind, EventEnvelope, GaugeEnvelope,
+    LogEnvelope, TimerEnvelope, UnixNanos,
+};
+pub use error::{Error, Result};
+pub use stats::{Dropped, Stats};
+pub use tls::{TlsConfig, DEFAULT_SERVER_NAME};
+
+/// The `log` target of the crate's own diagnostics, so they can be filtered
+/// (and kept out of any logger that forwards to Loggregator).
+pub const LOG_TARGET: &str = "loggregator";

@@ -1,0 +1,160 @@
+//! Delivery counters shared by the handle and the sender thread, and their snapshot.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+
+use parking_lot::Mutex;
+
+/// A snapshot of what the client has done, from [`IngressClient::stats`](crate::IngressClient::stats).
+///
+/// Every envelope passed to `emit` is counted once in `emitted` and ends up
+/// in exactly one of `sent`, `dropped`, `queued` or `in_flight`; after
+/// `close`, `emitted == sent + dropped.total()`.
+///
+/// ```
+/// use loggregator::Stats;
+///
+/// let stats = Stats::default();
+/// assert_eq!(stats.emitted, stats.sent + stats.dropped.total() + stats.queued + stats.in_flight);
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Envelopes passed to `emit`.
+    pub emitted: u64,
+    /// Envelopes written to a stream and accepted by gRPC.
+    pub sent: u64,
+    /// Envelopes given up on, by reason.
+    pub dropped: Dropped,
+    /// Batches written.
+    pub batches: u64,
+    /// Failed stream opens, writes, closes and unary sends.
+    pub errors: u64,
+    /// Streams opened after the first one.
+    pub reconnects: u64,
+    /// Envelopes waiting in the queue.
+    pub queued: u64,
+    /// Envelopes taken from the queue by the sender thread and not yet sent or dropped.
+    pub in_flight: u64,
+    /// The last error seen, if any.
+    pub last_error: Option<String>,
+}
+
+/// Dropped envelopes, one count per reason.
+///
+/// ```
+/// let dropped = loggregator::Dropped::default();
+/// assert_eq!(dropped.total(), 0);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Dropped {
+    /// The queue was full when `emit` was called.
+    pub queue_full: u64,
+    /// The envelope alone encodes larger than `batch_max_bytes`.
+    pub too_large: u64,
+    /// Emitted after `close`, or still queued when close gave up.
+    pub closed: u64,
+    /// The agent did not accept the batch holding it.
+    pub write_failed: u64,
+    /// A counter with `delta == 0 && total == 0` not made with `reset()`.
+    pub zero_counter: u64,
+}
+
+impl Dropped {
+    /// The sum of all reasons.
+    ///
+    /// ```
+    /// let mut dropped = loggregator::Dropped::default();
+    /// dropped.queue_full = 2;
+    /// dropped.closed = 1;
+    /// assert_eq!(dropped.total(), 3);
+    /// ```
+    pub fn total(&self) -> u64 {
+        self.queue_full + self.too_large + self.closed + self.write_failed + self.zero_counter
+    }
+}
+
+/// Why an envelope was dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum DropReason {
+    QueueFull,
+    TooLarge,
+    Closed,
+    WriteFailed,
+    ZeroCounter,
+}
+
+impl DropReason {
+    pub(crate) fn describe(self) -> &'static str {
+        match self {
+            DropReason::QueueFull => "the queue is full",
+            DropReason::TooLarge => "it is larger than batch_max_bytes",
+            DropReason::Closed => "the client is closed",
+            DropReason::WriteFailed => "the agent did not accept it",
+            DropReason::ZeroCounter => "a counter with delta 0 and total 0 would reset the agent's total",
+        }
+    }
+}
+
+/// The live counters behind [`Stats`].
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub emitted: AtomicU64,
+    pub sent: AtomicU64,
+    pub batches: AtomicU64,
+    pub errors: AtomicU64,
+    pub reconnects: AtomicU64,
+    pub in_flight: AtomicU64,
+    dropped_queue_full: AtomicU64,
+    dropped_too_large: AtomicU64,
+    dropped_closed: AtomicU64,
+    dropped_write_failed: AtomicU64,
+    dropped_zero_counter: AtomicU64,
+    warned_about_drops: AtomicBool,
+    last_error: Mutex<Option<String>>,
+}
+
+impl Counters {
+    /// Counts `count` envelopes as dropped; returns true for the first drop
+    /// ever, so the caller can warn once.
+    pub(crate) fn drop_envelopes(&self, reason: DropReason, count: u64) -> bool {
+        let counter = match reason {
+            DropReason::QueueFull => &self.dropped_queue_full,
+            DropReason::TooLarge => &self.dropped_too_large,
+            DropReason::Closed => &self.dropped_closed,
+            DropReason::WriteFailed => &self.dropped_write_failed,
+            DropReason::ZeroCounter => &self.dropped_zero_counter,
+        };
+        counter.fetch_add(count, Relaxed);
+        !self.warned_about_drops.swap(true, Relaxed)
+    }
+
+    fn dropped(&self) -> Dropped {
+        Dropped {
+            queue_full: self.dropped_queue_full.load(Relaxed),
+            too_large: self.dropped_too_large.load(Relaxed),
+            closed: self.dropped_closed.load(Relaxed),
+            write_failed: self.dropped_write_failed.load(Relaxed),
+            zero_counter: self.dropped_zero_counter.load(Relaxed),
+        }
+    }
+
+    pub(crate) fn record_error(&self, error: &crate::Error) {
+        self.errors.fetch_add(1, Relaxed);
+        *self.last_error.lock() = Some(error.to_string());
+    }
+
+    pub(crate) fn snapshot(&self, queued: usize) -> Stats {
+        Stats {
+            emitted: self.emitted.load(Relaxed),
+            sent: self.sent.load(Relaxed),
+            dropped: self.dropped(),
+            batches: self.batches.load(Relaxed),
+            errors: self.errors.load(Relaxed),
+            reconnects: self.reconnects.load(Relaxed),
+            queued: queued as u64,
+            in_flight: self.in_flight.load(Relaxed),
+            last_error: self.last_error.lock().clone(),
+        }
+    }
+}

@@ -1,0 +1,317 @@
+//! The gRPC side: an mTLS grpcio channel, the Ingress method descriptors, and
+//! blocking waits on grpcio's futures that give up at a deadline or on abort.
+
+use std::future::Future;
+use std::io::Read;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{at, bounded, select, Receiver, Sender};
+use futures::SinkExt;
+use grpcio::{
+    CallOption, ChannelBuilder, ChannelCredentialsBuilder, Client, ClientCStreamReceiver,
+    ClientCStreamSender, EnvBuilder, Environment, GrpcSlice, Marshaller, MessageReader, Method,
+    MethodType, RpcStatusCode, WriteFlags,
+};
+
+use crate::error::{Error, Result};
+use crate::proto::ingress::{BatchSenderResponse, SendResponse};
+use crate::tls::TlsConfig;
+use crate::worker::{BatchStream, PendingSend, Transport};
+
+/// Requests are `EnvelopeBatch` messages the sender thread has already
+/// encoded; they pass through as bytes.
+const RAW: Marshaller<GrpcSlice> = Marshaller {
+    ser: raw_ser,
+    de: raw_de,
+};
+
+fn raw_ser(message: &GrpcSlice, out: &mut GrpcSlice) -> grpcio::Result<()> {
+    *out = message.clone();
+    Ok(())
+}
+
+fn raw_de(mut reader: MessageReader) -> grpcio::Result<GrpcSlice> {
+    let mut bytes = Vec::new();
+    reader
+        .read_to_end(&mut bytes)
+        .map_err(|e| grpcio::Error::Codec(Box::new(e)))?;
+    Ok(GrpcSlice::from(bytes))
+}
+
+/// `loggregator.v2.Ingress/BatchSender`, client side.
+const BATCH_SENDER: Method<GrpcSlice, BatchSenderResponse> = Method {
+    ty: MethodType::ClientStreaming,
+    name: "/loggregator.v2.Ingress/BatchSender",
+    req_mar: RAW,
+    resp_mar: Marshaller {
+        ser: grpcio::pb_ser,
+        de: grpcio::pb_de,
+    },
+};
+
+/// `loggregator.v2.Ingress/Send`, client side.
+const SEND: Method<GrpcSlice, SendResponse> = Method {
+    ty: MethodType::Unary,
+    name: "/loggregator.v2.Ingress/Send",
+    req_mar: RAW,
+    resp_mar: Marshaller {
+        ser: grpcio::pb_ser,
+        de: grpcio::pb_de,
+    },
+};
+
+/// What the channel is built from.
+#[derive(Clone, Debug)]
+pub(crate) struct ChannelSettings {
+    pub addr: String,
+    pub tls: TlsConfig,
+    pub write_timeout: Duration,
+}
+
+pub(crate) struct GrpcTransport {
+    client: Client,
+    waiter: Waiter,
+    addr: String,
+    server_name: String,
+    write_timeout: Duration,
+    // Declared last so it is dropped after the channel that uses it.
+    _env: Arc<Environment>,
+}
+
+impl GrpcTransport {
+    /// Builds the channel; it connects on the first call. `abort` ends every
+    /// wait at once when it receives or disconnects.
+    pub(crate) fn new(settings: &ChannelSettings, abort: Receiver<()>) -> GrpcTransport {
+        let env = Arc::new(
+            EnvBuilder::new()
+                .cq_count(1)
+                .name_prefix("loggregator-grpc")
+                .build(),
+        );
+        let tls = &settings.tls;
+        let credentials = ChannelCredentialsBuilder::new()
+            .root_cert(tls.ca_pem().to_vec())
+            .cert(tls.cert_pem().to_vec(), tls.key_pem().to_vec())
+            .build();
+        let channel = ChannelBuilder::new(env.clone())
+            .override_ssl_target(tls.verified_name())
+            .set_credentials(credentials)
+            .connect(&settings.addr);
+        GrpcTransport {
+            client: Client::new(channel),
+            waiter: Waiter::new(abort),
+            addr: settings.addr.clone(),
+            server_name: tls.verified_name().to_string(),
+            write_timeout: settings.write_timeout,
+            _env: env,
+        }
+    }
+
+    fn error(&self, error: grpcio::Error) -> Error {
+        agent_error(&self.addr, &self.server_name, error)
+    }
+}
+
+impl Transport for GrpcTransport {
+    type Stream = GrpcStream;
+
+    fn open(&mut self) -> Result<GrpcStream> {
+        let (sink, response) = self
+            .client
+            .client_streaming(&BATCH_SENDER, CallOption::default())
+            .map_err(|e| self.error(e))?;
+        Ok(GrpcStream {
+            sink,
+            response,
+            waiter: self.waiter.clone(),
+            addr: self.addr.clone(),
+            server_name: self.server_name.clone(),
+            write_timeout: self.write_timeout,
+        })
+    }
+
+    fn send(&mut self, batch: &[u8], timeout: Duration) -> Result<PendingSend> {
+        let request = GrpcSlice::from(batch);
+        let response = self
+            .client
+            .unary_call_async(&SEND, &request, CallOption::default().timeout(timeout))
+            .map_err(|e| self.error(e))?;
+        let (addr, server_name) = (self.addr.clone(), self.server_name.clone());
+        // The call carries its own deadline, so this wait ends by then.
+        Ok(Box::new(move || {
+            futures::executor::block_on(response)
+                .map(drop)
+                .map_err(|e| agent_error(&addr, &server_name, e))
+        }))
+    }
+}
+
+pub(crate) struct GrpcStream {
+    sink: ClientCStreamSender<GrpcSlice>,
+    response: ClientCStreamReceiver<BatchSenderResponse>,
+    waiter: Waiter,
+    addr: String,
+    server_name: String,
+    write_timeout: Duration,
+}
+
+impl GrpcStream {
+    fn error(&self, error: grpcio::Error) -> Error {
+        agent_error(&self.addr, &self.server_name, error)
+    }
+
+    fn timeout(&self, waited: Duration, what: &str) -> Error {
+        Error::Agent {
+            addr: self.addr.clone(),
+            status: format!("{what} not done after {waited:?}"),
+            hint: Some("the agent is not reading; it may be overloaded or stuck".to_string()),
+        }
+    }
+}
+
+impl BatchStream for GrpcStream {
+    fn write(&mut self, batch: &[u8]) -> Result<()> {
+        let message = (GrpcSlice::from(batch), WriteFlags::default());
+        let deadline = Instant::now() + self.write_timeout;
+        let waited = self.waiter.wait(self.sink.send(message), deadline);
+        match waited {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(self.error(error)),
+            Err(_) => Err(self.timeout(self.write_timeout, "write")),
+        }
+        // On error the caller drops the stream, which cancels the call.
+    }
+
+    fn finish(mut self, deadline: Instant) -> Result<()> {
+        let started = Instant::now();
+        let closed = match self.waiter.wait(self.sink.close(), deadline) {
+            Ok(result) => result,
+            Err(_) => return Err(self.timeout(started.elapsed(), "half-close")),
+        };
+        let ended = match closed {
+            Ok(()) => match self.waiter.wait(&mut self.response, deadline) {
+                Ok(result) => result.map(drop),
+                Err(_) => return Err(self.timeout(started.elapsed(), "end of call")),
+            },
+            // The call already ended: its status says how.
+            Err(error) => Err(error),
+        };
+        match ended {
+            Ok(()) => Ok(()),
+            Err(error) if is_clean_end(&error) => Ok(()),
+            Err(error) => Err(self.error(error)),
+        }
+    }
+}
+
+/// The real agents end a half-closed stream with UNKNOWN "EOF" once they
+/// have read everything; it confirms the stream just as OK does.
+fn is_clean_end(error: &grpcio::Error) -> bool {
+    match error {
+        grpcio::Error::RpcFailure(status) | grpcio::Error::RpcFinished(Some(status)) => {
+            status.code() == RpcStatusCode::OK
+                || (status.code() == RpcStatusCode::UNKNOWN && status.message() == "EOF")
+        }
+        _ => false,
+    }
+}
+
+fn agent_error(addr: &str, server_name: &str, error: grpcio::Error) -> Error {
+    let status = match &error {
+        grpcio::Error::RpcFailure(status) | grpcio::Error::RpcFinished(Some(status)) => {
+            let code = format!("{:?}", status.code());
+            let code = code.split_once('-').map_or(code.as_str(), |(_, name)| name);
+            if status.message().is_empty() {
+                code.to_string()
+            } else {
+                format!("{code}: {}", status.message())
+            }
+        }
+        other => other.to_string(),
+    };
+    let hint = hint_for(&status, addr, server_name);
+    Error::Agent {
+        addr: addr.to_string(),
+        status,
+        hint,
+    }
+}
+
+/// Recognises the usual causes in gRPC's status text and says what to check.
+fn hint_for(status: &str, addr: &str, server_name: &str) -> Option<String> {
+    let lower = status.to_ascii_lowercase();
+    let hint = if lower.contains("peer name") || lower.contains("hostname") {
+        format!(
+            "the agent's certificate is not valid for the name `{server_name}` the client verified; \
+             set TlsConfig::server_name to a name in that certificate (the agents use `metron`)"
+        )
+    } else if lower.contains("certificate verify failed") || lower.contains("certificate_verify_failed") {
+        "the agent's certificate is not signed by the CA in the client's CA file".to_string()
+    } else if lower.contains("handshake") || lower.contains("ssl") || lower.contains("tls") {
+        "the TLS handshake failed: check that the client certificate is signed by the agent's CA \
+         and allows client authentication"
+            .to_string()
+    } else if lower.contains("connection refused") || lower.contains("failed to connect") {
+        format!("no agent is listening at {addr}")
+    } else {
+        return None;
+    };
+    Some(hint)
+}
+
+/// Why a wait ended without the future completing.
+#[derive(Debug)]
+pub(crate) enum Interrupted {
+    Deadline,
+    Aborted,
+}
+
+/// Blocks the sender thread on one grpcio future at a time, waking when
+/// gRPC signals progress, at a deadline, or when the handle aborts.
+#[derive(Clone)]
+pub(crate) struct Waiter {
+    abort: Receiver<()>,
+}
+
+struct ChannelWaker(Sender<()>);
+
+impl Wake for ChannelWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        // A full channel already holds a wake-up.
+        let _ = self.0.try_send(());
+    }
+}
+
+impl Waiter {
+    pub(crate) fn new(abort: Receiver<()>) -> Waiter {
+        Waiter { abort }
+    }
+
+    pub(crate) fn wait<F: Future + Unpin>(
+        &self,
+        mut future: F,
+        deadline: Instant,
+    ) -> std::result::Result<F::Output, Interrupted> {
+        let (wake_tx, woken) = bounded(1);
+        let waker = Waker::from(Arc::new(ChannelWaker(wake_tx)));
+        let mut context = Context::from_waker(&waker);
+        let timer = at(deadline);
+        loop {
+            if let Poll::Ready(output) = Pin::new(&mut future).poll(&mut context) {
+                return Ok(output);
+            }
+            select! {
+                recv(woken) -> _ => {}
+                recv(self.abort) -> _ => return Err(Interrupted::Aborted),
+                recv(timer) -> _ => return Err(Interrupted::Deadline),
+            }
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! Shared set-up: certificates, a spy agent, a client, and a log capture.
+
+use std::sync::{Mutex, Once};
+use std::time::Duration;
+
+use loggregator::spy::{SpyAgent, TestCerts};
+use loggregator::{IngressClient, IngressClientBuilder};
+
+/// The longest any test waits for something it expects.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+pub struct Setup {
+    pub certs: TestCerts,
+    pub agent: SpyAgent,
+}
+
+pub fn setup() -> Setup {
+    capture_logs();
+    let certs = TestCerts::generate().expect("certificates");
+    let agent = SpyAgent::start(&certs).expect("spy agent");
+    Setup { certs, agent }
+}
+
+impl Setup {
+    /// A builder pointed at the spy, with its client certificate.
+    pub fn builder(&self) -> IngressClientBuilder {
+        IngressClient::builder()
+            .addr(self.agent.addr())
+            .tls(self.certs.client_tls().expect("client TLS"))
+    }
+
+    pub fn client(&self) -> IngressClient {
+        self.builder().build().expect("client")
+    }
+}
+
+/// A loopback address where nothing listens.
+pub fn unused_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    addr.to_string()
+}
+
+static LOGS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+struct Capture;
+
+impl log::Log for Capture {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        metadata.target().starts_with("loggregator")
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if self.enabled(record.metadata()) {
+            let line = format!("{} {}: {}", record.level(), record.target(), record.args());
+            LOGS.lock().unwrap().push(line);
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+/// Installs a logger that keeps the crate's records for `logged`.
+pub fn capture_logs() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        log::set_logger(&Capture).unwrap();
+        log::set_max_level(log::LevelFilter::Info);
+    });
+}
+
+/// Captured records containing `needle` (tests run in parallel, so look for
+/// something only the calling test can have caused).
+pub fn logged(needle: &str) -> Vec<String> {
+    LOGS.lock()
+        .unwrap()
+        .iter()
+        .filter(|line| line.contains(needle))
+        .cloned()
+        .collect()
+}

@@ -1,0 +1,8 @@
+//! End-to-end tests: the client against the spy agent over mutual TLS on loopback.
+
+mod batching;
+mod bad_input;
+mod common;
+mod delivery;
+mod round_trip;
+mod unary;
