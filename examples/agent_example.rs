@@ -80,7 +80,10 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let metrics = tick(METRIC_INTERVAL);
     let mut cpu = CpuMeter::new();
     let mut sent_logs = 0u64;
-    println!("sending to {} as {}; Ctrl-C to stop", args.agent_addr, args.source_id);
+    println!(
+        "sending to {} as {}; Ctrl-C to stop",
+        args.agent_addr, args.source_id
+    );
     loop {
         select! {
             recv(stop) -> _ => break,
@@ -132,7 +135,11 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
 /// Resident memory from /proc (Linux); 0 elsewhere.
 fn resident_bytes() -> f64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: f64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0.0);
+    let pages: f64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0.0);
     pages * 4096.0
 }
 
@@ -147,7 +154,10 @@ impl CpuMeter {
     const TICKS_PER_SECOND: f64 = 100.0;
 
     fn new() -> CpuMeter {
-        CpuMeter { last_ticks: cpu_ticks(), last_at: Instant::now() }
+        CpuMeter {
+            last_ticks: cpu_ticks(),
+            last_at: Instant::now(),
+        }
     }
 
     fn percentage(&mut self) -> f64 {
@@ -155,14 +165,25 @@ impl CpuMeter {
         let elapsed = now.duration_since(self.last_at).as_secs_f64();
         let used = (ticks - self.last_ticks) / Self::TICKS_PER_SECOND;
         (self.last_ticks, self.last_at) = (ticks, now);
-        if elapsed > 0.0 { 100.0 * used / elapsed } else { 0.0 }
+        if elapsed > 0.0 {
+            100.0 * used / elapsed
+        } else {
+            0.0
+        }
     }
 }
 
 fn cpu_ticks() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     // Fields after the command name, which is in parentheses and may hold spaces.
-    let fields: Vec<&str> = stat.rsplit_once(')').map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
-    let field = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     field(11) + field(12) // utime, stime
 }

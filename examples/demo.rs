@@ -11,7 +11,10 @@ use loggregator::{Envelope, EnvelopeKind, IngressClient};
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let certs = TestCerts::generate()?;
     let agent = SpyAgent::start(&certs)?;
-    println!("spy agent listening on {} (mutual TLS, server name metron)", agent.addr());
+    println!(
+        "spy agent listening on {} (mutual TLS, server name metron)",
+        agent.addr()
+    );
 
     let client = IngressClient::builder()
         .addr(agent.addr())
@@ -20,9 +23,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build()?;
 
     let start = SystemTime::now();
-    client.emit(Envelope::log("hello from Rust").source("demo-app", "0").stdout().tag("k", "v"));
+    client.emit(
+        Envelope::log("hello from Rust")
+            .source("demo-app", "0")
+            .stdout()
+            .tag("k", "v"),
+    );
     client.emit(Envelope::log("something went wrong").source("demo-app", "0"));
-    client.emit(Envelope::counter("requests").source("demo-app", "0").delta(5));
+    client.emit(
+        Envelope::counter("requests")
+            .source("demo-app", "0")
+            .delta(5),
+    );
     client.emit(
         Envelope::gauge()
             .source("demo-app", "0")
@@ -30,9 +42,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .metric("memory", 1.0e8, "bytes"),
     );
     client.emit(Envelope::timer("db_query", start, SystemTime::now()).source("demo-app", "0"));
-    client.emit(Envelope::event("Application Status", "Application is healthy").source("demo-app", "0"));
+    client.emit(
+        Envelope::event("Application Status", "Application is healthy").source("demo-app", "0"),
+    );
     client.send(
-        vec![Envelope::event("deploy", "v42").source("demo-app", "0").into()],
+        vec![
+            Envelope::event("deploy", "v42")
+                .source("demo-app", "0")
+                .into(),
+        ],
         Duration::from_secs(5),
     )?;
     client.close(Duration::from_secs(5))?;

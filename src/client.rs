@@ -1,22 +1,22 @@
 //! The public handle, [`IngressClient`], and its builder.
 
-use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering, fence};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, unbounded, Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender, TrySendError, bounded, unbounded};
 use parking_lot::Mutex;
 use protobuf::Message;
 
+use crate::LOG_TARGET;
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::proto::envelope as pb;
 use crate::stats::{Counters, DropReason, Stats};
 use crate::tls::TlsConfig;
 use crate::transport::{ChannelSettings, GrpcTransport};
-use crate::worker::{framed_len, Control, Queued, Settings, Worker};
-use crate::LOG_TARGET;
+use crate::worker::{Control, Queued, Settings, Worker, framed_len};
 
 /// Where the agent listens on every Cloud Foundry VM and container.
 pub const DEFAULT_ADDR: &str = "localhost:3458";
@@ -309,7 +309,9 @@ impl Inner {
         let mut batch = pb::EnvelopeBatch::new();
         for envelope in envelopes {
             if envelope.is_accidental_reset() {
-                return Err(Error::Rejected(DropReason::ZeroCounter.describe().to_string()));
+                return Err(Error::Rejected(
+                    DropReason::ZeroCounter.describe().to_string(),
+                ));
             }
             let mut envelope = envelope.into_proto();
             for (key, value) in &self.global_tags {
@@ -353,8 +355,13 @@ impl Inner {
             }
         };
         // The thread ends right after replying, or promptly once aborted.
-        let exited = thread.exited.recv_deadline(Instant::now().max(deadline) + ABORT_GRACE);
-        let stopped = matches!(exited, Err(crossbeam_channel::RecvTimeoutError::Disconnected));
+        let exited = thread
+            .exited
+            .recv_deadline(Instant::now().max(deadline) + ABORT_GRACE);
+        let stopped = matches!(
+            exited,
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected)
+        );
         if !stopped || thread.handle.join().is_err() {
             log::error!(target: LOG_TARGET, "the sender thread did not stop; leaving it behind");
         }
@@ -573,7 +580,14 @@ impl IngressClientBuilder {
             .spawn(move || {
                 let _exited = exited_tx;
                 let transport = GrpcTransport::new(&channel, abort_rx);
-                Worker::new(transport, worker_data, control_rx, settings, worker_counters).run();
+                Worker::new(
+                    transport,
+                    worker_data,
+                    control_rx,
+                    settings,
+                    worker_counters,
+                )
+                .run();
             })
             .map_err(Error::Spawn)?;
         let global_tags_bytes = self
@@ -678,7 +692,9 @@ fn check_addr(addr: &str) -> std::result::Result<(), String> {
         return Err(format!("{addr:?} is not host:port"));
     };
     if host.is_empty() || (host.contains(':') && !(host.starts_with('[') && host.ends_with(']'))) {
-        return Err(format!("{addr:?} is not host:port (write IPv6 as [::1]:3458)"));
+        return Err(format!(
+            "{addr:?} is not host:port (write IPv6 as [::1]:3458)"
+        ));
     }
     match port.parse::<u16>() {
         Ok(port) if port > 0 => Ok(()),
@@ -692,10 +708,26 @@ mod tests {
 
     #[test]
     fn addresses() {
-        for good in ["localhost:3458", "127.0.0.1:3459", "[::1]:3458", "metron:1", "unix:/tmp/a.sock"] {
+        for good in [
+            "localhost:3458",
+            "127.0.0.1:3459",
+            "[::1]:3458",
+            "metron:1",
+            "unix:/tmp/a.sock",
+        ] {
             assert_eq!(check_addr(good), Ok(()), "{good}");
         }
-        for bad in ["localhost", ":3458", "localhost:0", "localhost:70000", "host:port", "::1:3458", "a b:1", "unix:", "x\0:1"] {
+        for bad in [
+            "localhost",
+            ":3458",
+            "localhost:0",
+            "localhost:70000",
+            "host:port",
+            "::1:3458",
+            "a b:1",
+            "unix:",
+            "x\0:1",
+        ] {
             assert!(check_addr(bad).is_err(), "{bad}");
         }
     }

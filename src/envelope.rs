@@ -518,7 +518,9 @@ impl std::fmt::Display for Envelope {
                 };
                 write!(f, " {stream} \"{}\"", log.payload.escape_ascii())?;
             }
-            Some(Message::Counter(c)) => write!(f, " {} delta={} total={}", c.name, c.delta, c.total)?,
+            Some(Message::Counter(c)) => {
+                write!(f, " {} delta={} total={}", c.name, c.delta, c.total)?
+            }
             Some(Message::Gauge(g)) => {
                 let mut metrics: Vec<_> = g.metrics.iter().collect();
                 metrics.sort_by(|a, b| a.0.cmp(b.0));

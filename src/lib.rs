@@ -38,17 +38,17 @@ mod worker;
 pub mod spy;
 
 pub use client::{
-    IngressClient, IngressClientBuilder, AGENT_MAX_MESSAGE_BYTES, DEFAULT_ADDR,
-    DEFAULT_BATCH_MAX_BYTES, DEFAULT_BATCH_MAX_ENVELOPES, DEFAULT_CLOSE_ON_DROP_TIMEOUT,
-    DEFAULT_FLUSH_INTERVAL, DEFAULT_QUEUE_CAPACITY, DEFAULT_WRITE_TIMEOUT,
+    AGENT_MAX_MESSAGE_BYTES, DEFAULT_ADDR, DEFAULT_BATCH_MAX_BYTES, DEFAULT_BATCH_MAX_ENVELOPES,
+    DEFAULT_CLOSE_ON_DROP_TIMEOUT, DEFAULT_FLUSH_INTERVAL, DEFAULT_QUEUE_CAPACITY,
+    DEFAULT_WRITE_TIMEOUT, IngressClient, IngressClientBuilder,
 };
 pub use envelope::{
-    kind, CounterEnvelope, Envelope, EnvelopeBuilder, EnvelopeKind, EventEnvelope, GaugeEnvelope,
-    LogEnvelope, TimerEnvelope, UnixNanos,
+    CounterEnvelope, Envelope, EnvelopeBuilder, EnvelopeKind, EventEnvelope, GaugeEnvelope,
+    LogEnvelope, TimerEnvelope, UnixNanos, kind,
 };
 pub use error::{Error, Result};
 pub use stats::{Dropped, Stats};
-pub use tls::{TlsConfig, DEFAULT_SERVER_NAME};
+pub use tls::{DEFAULT_SERVER_NAME, TlsConfig};
 
 /// The `log` target of the crate's own diagnostics, so they can be filtered
 /// (and kept out of any logger that forwards to Loggregator).

@@ -91,7 +91,9 @@ impl DropReason {
             DropReason::TooLarge => "it is larger than batch_max_bytes",
             DropReason::Closed => "the client is closed",
             DropReason::WriteFailed => "the agent did not accept it",
-            DropReason::ZeroCounter => "a counter with delta 0 and total 0 would reset the agent's total",
+            DropReason::ZeroCounter => {
+                "a counter with delta 0 and total 0 would reset the agent's total"
+            }
         }
     }
 }

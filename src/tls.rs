@@ -227,8 +227,7 @@ impl Pem {
 fn check_with_tls_library(roots: &[X509], cert_pem: &[u8], key: &PKey<Private>) -> Result<()> {
     let tls_error = |e: &dyn fmt::Display| Error::Tls(e.to_string());
     let pkcs8 = key.private_key_to_pem_pkcs8().map_err(|e| tls_error(&e))?;
-    let identity =
-        native_tls::Identity::from_pkcs8(cert_pem, &pkcs8).map_err(|e| tls_error(&e))?;
+    let identity = native_tls::Identity::from_pkcs8(cert_pem, &pkcs8).map_err(|e| tls_error(&e))?;
     let mut builder = native_tls::TlsConnector::builder();
     builder.identity(identity);
     for root in roots {

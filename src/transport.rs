@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{at, bounded, select, Receiver, Sender};
+use crossbeam_channel::{Receiver, Sender, at, bounded, select};
 use futures::SinkExt;
 use grpcio::{
     CallOption, ChannelBuilder, ChannelCredentialsBuilder, Client, ClientCStreamReceiver,
@@ -243,18 +243,20 @@ fn agent_error(addr: &str, server_name: &str, error: grpcio::Error) -> Error {
 /// Recognises the usual causes in gRPC's status text and says what to check.
 fn hint_for(status: &str, addr: &str, server_name: &str) -> Option<String> {
     let lower = status.to_ascii_lowercase();
-    let hint = if lower.contains("peer name") || lower.contains("hostname") {
+    let hint = if lower.contains("peer name") {
         format!(
-            "the agent's certificate is not valid for the name `{server_name}` the client verified; \
-             set TlsConfig::server_name to a name in that certificate (the agents use `metron`)"
+            "the agent's certificate is not valid for `{server_name}`, the name the client \
+             verified; set TlsConfig::server_name to a name the certificate holds"
         )
-    } else if lower.contains("certificate verify failed") || lower.contains("certificate_verify_failed") {
-        "the agent's certificate is not signed by the CA in the client's CA file".to_string()
-    } else if lower.contains("handshake") || lower.contains("ssl") || lower.contains("tls") {
-        "the TLS handshake failed: check that the client certificate is signed by the agent's CA \
-         and allows client authentication"
+    } else if lower.contains("certificate verify failed")
+        || lower.contains("certificate_verify_failed")
+    {
+        "the agent's certificate is not signed by the CA the client trusts (ca file)".to_string()
+    } else if lower.contains("socket closed") || lower.contains("handshake") {
+        "the agent closed the connection during the TLS handshake: it probably refused the \
+         client certificate (not signed by the agent's CA, or without clientAuth usage)"
             .to_string()
-    } else if lower.contains("connection refused") || lower.contains("failed to connect") {
+    } else if lower.contains("connection refused") {
         format!("no agent is listening at {addr}")
     } else {
         return None;

@@ -4,18 +4,18 @@
 //! sends, so the batching, deadline and flush logic is tested here with
 //! in-memory fakes.
 
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{at, never, select_biased, Receiver, Sender};
+use crossbeam_channel::{Receiver, Sender, at, never, select_biased};
 use protobuf::rt::WireType;
 use protobuf::{CodedOutputStream, Message};
 
+use crate::LOG_TARGET;
 use crate::error::{Error, Result};
 use crate::proto::envelope as pb;
 use crate::stats::{Counters, DropReason};
-use crate::LOG_TARGET;
 
 /// An envelope on its way to the sender thread.
 pub(crate) struct Queued {
@@ -76,7 +76,7 @@ pub(crate) struct Settings {
 
 /// The encoded size of `len` as a protobuf varint.
 pub(crate) fn varint_len(len: u64) -> usize {
-    ((64 - (len | 1).leading_zeros() as usize) + 6) / 7
+    (64 - (len | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 /// The bytes an envelope of encoded size `size` takes inside an `EnvelopeBatch`.
@@ -246,7 +246,9 @@ impl<T: Transport> Worker<T> {
             return;
         }
         self.batch_len += 1;
-        self.counters.in_flight.store(self.batch_len as u64, Relaxed);
+        self.counters
+            .in_flight
+            .store(self.batch_len as u64, Relaxed);
         if self.batch_started.is_none() {
             self.batch_started = Some(Instant::now());
         }
@@ -316,7 +318,8 @@ impl<T: Transport> Worker<T> {
 
 /// Appends `envelope` to an encoded `EnvelopeBatch` as one `batch` field.
 fn encode_framed(envelope: &pb::Envelope, size: usize, out: &mut Vec<u8>) -> protobuf::Result<()> {
-    let size = u32::try_from(size).map_err(|_| protobuf::Error::from(std::io::Error::other("envelope too large")))?;
+    let size = u32::try_from(size)
+        .map_err(|_| protobuf::Error::from(std::io::Error::other("envelope too large")))?;
     let mut stream = CodedOutputStream::vec(out);
     stream.write_tag(1, WireType::LengthDelimited)?;
     stream.write_raw_varint32(size)?;
@@ -575,7 +578,10 @@ mod tests {
         harness.emit(1);
         harness.emit(2);
         let result = harness.flush();
-        assert!(matches!(result, Err(Error::Undelivered { count: 2, .. })), "{result:?}");
+        assert!(
+            matches!(result, Err(Error::Undelivered { count: 2, .. })),
+            "{result:?}"
+        );
         let stats = harness.counters.snapshot(0);
         assert_eq!(stats.dropped.write_failed, 2);
         assert_eq!(stats.errors, 1);
@@ -590,7 +596,10 @@ mod tests {
     #[test]
     fn global_tags_are_merged_and_envelope_tags_win() {
         let settings = Settings {
-            global_tags: vec![("deployment".into(), "cf".into()), ("k".into(), "global".into())],
+            global_tags: vec![
+                ("deployment".into(), "cf".into()),
+                ("k".into(), "global".into()),
+            ],
             ..settings()
         };
         let harness = start(settings, Script::default());
@@ -613,7 +622,13 @@ mod tests {
         let harness = start(settings(), Script::default());
         harness.emit(1);
         let seen = harness.close();
-        assert!(matches!(seen.as_slice(), [Seen::Opened, Seen::Batch(_), Seen::Finished]), "{seen:?}");
+        assert!(
+            matches!(
+                seen.as_slice(),
+                [Seen::Opened, Seen::Batch(_), Seen::Finished]
+            ),
+            "{seen:?}"
+        );
     }
 
     #[test]

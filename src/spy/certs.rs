@@ -12,7 +12,7 @@ use openssl::rsa::Rsa;
 use openssl::x509::extension::{
     BasicConstraints, ExtendedKeyUsage, KeyUsage, SubjectAlternativeName, SubjectKeyIdentifier,
 };
-use openssl::x509::{X509Builder, X509NameBuilder, X509};
+use openssl::x509::{X509, X509Builder, X509NameBuilder};
 
 use crate::tls::TlsConfig;
 
@@ -42,7 +42,9 @@ pub struct TestCerts {
 
 impl std::fmt::Debug for TestCerts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TestCerts").field("dir", &self.dir.path()).finish()
+        f.debug_struct("TestCerts")
+            .field("dir", &self.dir.path())
+            .finish()
     }
 }
 
@@ -77,7 +79,9 @@ impl TestCerts {
         let client_key = rsa_key()?;
         let client = leaf_certificate(&ca, &ca_key, &client_key, Role::Client, &[])?;
         let certs = TestCerts {
-            dir: tempfile::Builder::new().prefix("loggregator-certs").tempdir()?,
+            dir: tempfile::Builder::new()
+                .prefix("loggregator-certs")
+                .tempdir()?,
             ca_pem: ca.to_pem()?,
             server_cert_pem: server.to_pem()?,
             server_key_pem: server_key.private_key_to_pem_pkcs8()?,
@@ -178,7 +182,7 @@ impl TestCerts {
     /// ```
     /// # let certs = loggregator::spy::TestCerts::generate()?;
     /// let tls = certs.client_tls()?;
-    /// # Ok::<(), loggregator::Error>(())
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn client_tls(&self) -> crate::Result<TlsConfig> {
         TlsConfig::from_files(
@@ -225,7 +229,10 @@ fn builder(subject: &str, key: &PKey<Private>, days: u32) -> CertResult<X509Buil
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
-    let (not_before, not_after) = (Asn1Time::from_unix(now - 86_400)?, Asn1Time::days_from_now(days)?);
+    let (not_before, not_after) = (
+        Asn1Time::from_unix(now - 86_400)?,
+        Asn1Time::days_from_now(days)?,
+    );
     cert.set_not_before(&not_before)?;
     cert.set_not_after(&not_after)?;
     Ok(cert)
@@ -240,7 +247,13 @@ fn ca_certificate(key: &PKey<Private>) -> CertResult<X509> {
     };
     cert.set_issuer_name(&name)?;
     cert.append_extension(BasicConstraints::new().critical().ca().build()?)?;
-    cert.append_extension(KeyUsage::new().critical().key_cert_sign().crl_sign().build()?)?;
+    cert.append_extension(
+        KeyUsage::new()
+            .critical()
+            .key_cert_sign()
+            .crl_sign()
+            .build()?,
+    )?;
     let key_id = SubjectKeyIdentifier::new().build(&cert.x509v3_context(None, None))?;
     cert.append_extension(key_id)?;
     cert.sign(key, MessageDigest::sha256())?;

@@ -202,7 +202,9 @@ pub struct SpyAgent {
 
 impl std::fmt::Debug for SpyAgent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SpyAgent").field("addr", &self.addr).finish()
+        f.debug_struct("SpyAgent")
+            .field("addr", &self.addr)
+            .finish()
     }
 }
 
@@ -216,7 +218,12 @@ impl SpyAgent {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn start(certs: &TestCerts) -> io::Result<SpyAgent> {
-        let env = Arc::new(EnvBuilder::new().cq_count(1).name_prefix("spy-agent").build());
+        let env = Arc::new(
+            EnvBuilder::new()
+                .cq_count(1)
+                .name_prefix("spy-agent")
+                .build(),
+        );
         let state = Arc::new(State::default());
         let service = ServiceBuilder::new()
             .add_client_streaming_handler(&BATCH_SENDER, {
@@ -224,9 +231,14 @@ impl SpyAgent {
                 move |ctx: RpcContext<'_>,
                       stream: RequestStream<EnvelopeBatch>,
                       sink: ClientStreamingSink<BatchSenderResponse>| {
-                    serve_stream(&ctx, state.clone(), Rpc::BatchSender, stream, sink, |batch| {
-                        batch.batch
-                    })
+                    serve_stream(
+                        &ctx,
+                        state.clone(),
+                        Rpc::BatchSender,
+                        stream,
+                        sink,
+                        |batch| batch.batch,
+                    )
                 }
             })
             .add_client_streaming_handler(&SENDER, {
@@ -407,8 +419,11 @@ fn serve_stream<Req, Resp>(
         let _ = match end {
             StreamEnd::Ok => sink.success(Resp::new()).await,
             StreamEnd::Eof => {
-                sink.fail(RpcStatus::with_message(RpcStatusCode::UNKNOWN, "EOF".into()))
-                    .await
+                sink.fail(RpcStatus::with_message(
+                    RpcStatusCode::UNKNOWN,
+                    "EOF".into(),
+                ))
+                .await
             }
             StreamEnd::Internal(message) => {
                 sink.fail(RpcStatus::with_message(RpcStatusCode::INTERNAL, message))

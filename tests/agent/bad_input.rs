@@ -6,7 +6,7 @@ use std::time::Duration;
 use loggregator::spy::{SpyAgent, TestCerts};
 use loggregator::{Envelope, Error, IngressClient, TlsConfig};
 
-use crate::common::{logged, setup, WAIT};
+use crate::common::{WAIT, logged, setup};
 
 fn write(dir: &std::path::Path, name: &str, bytes: &[u8]) -> std::path::PathBuf {
     let path = dir.join(name);
@@ -18,7 +18,8 @@ fn write(dir: &std::path::Path, name: &str, bytes: &[u8]) -> std::path::PathBuf 
 fn a_missing_file_names_the_file() {
     let certs = TestCerts::generate().unwrap();
     let missing = certs.dir().join("nope.key");
-    let err = TlsConfig::from_files(certs.ca_file(), certs.client_cert_file(), &missing).unwrap_err();
+    let err =
+        TlsConfig::from_files(certs.ca_file(), certs.client_cert_file(), &missing).unwrap_err();
     match &err {
         Error::Io { path, source } => {
             assert_eq!(path, &missing);
@@ -32,17 +33,36 @@ fn a_missing_file_names_the_file() {
 #[test]
 fn text_that_is_not_pem_names_the_file_and_the_problem() {
     let certs = TestCerts::generate().unwrap();
-    let garbage = write(certs.dir(), "garbage.crt", b"hello, I am not a certificate\n");
-    let err = TlsConfig::from_files(&garbage, certs.client_cert_file(), certs.client_key_file()).unwrap_err();
-    assert!(matches!(&err, Error::Pem { origin, .. } if origin.ends_with("garbage.crt")), "{err:?}");
+    let garbage = write(
+        certs.dir(),
+        "garbage.crt",
+        b"hello, I am not a certificate\n",
+    );
+    let err = TlsConfig::from_files(&garbage, certs.client_cert_file(), certs.client_key_file())
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Pem { origin, .. } if origin.ends_with("garbage.crt")),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("not PEM"), "{err}");
 
-    let broken = write(certs.dir(), "broken.crt", b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n");
+    let broken = write(
+        certs.dir(),
+        "broken.crt",
+        b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    );
     let err = TlsConfig::from_files(certs.ca_file(), &broken, certs.client_key_file()).unwrap_err();
-    assert!(matches!(&err, Error::Pem { origin, .. } if origin.ends_with("broken.crt")), "{err:?}");
+    assert!(
+        matches!(&err, Error::Pem { origin, .. } if origin.ends_with("broken.crt")),
+        "{err:?}"
+    );
 
-    let err = TlsConfig::from_files(certs.ca_file(), certs.client_cert_file(), certs.ca_file()).unwrap_err();
-    assert!(matches!(&err, Error::Pem { problem, .. } if problem.contains("private key")), "{err:?}");
+    let err = TlsConfig::from_files(certs.ca_file(), certs.client_cert_file(), certs.ca_file())
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Pem { problem, .. } if problem.contains("private key")),
+        "{err:?}"
+    );
 }
 
 #[test]
@@ -51,22 +71,34 @@ fn a_pem_with_a_nul_byte_is_refused_before_grpc_sees_it() {
     let mut ca = certs.ca_pem().to_vec();
     ca.insert(30, 0);
     let err = TlsConfig::from_pem(ca, certs.client_cert_pem(), certs.client_key_pem()).unwrap_err();
-    assert!(matches!(&err, Error::Pem { origin, problem } if origin == "CA certificate" && problem.contains("NUL byte at offset 30")), "{err:?}");
+    assert!(
+        matches!(&err, Error::Pem { origin, problem } if origin == "CA certificate" && problem.contains("NUL byte at offset 30")),
+        "{err:?}"
+    );
 }
 
 #[test]
 fn an_empty_ca_is_refused() {
     let certs = TestCerts::generate().unwrap();
     let empty = write(certs.dir(), "empty.crt", b"\n");
-    let err = TlsConfig::from_files(&empty, certs.client_cert_file(), certs.client_key_file()).unwrap_err();
-    assert!(matches!(&err, Error::Pem { problem, .. } if problem == "is empty"), "{err:?}");
+    let err = TlsConfig::from_files(&empty, certs.client_cert_file(), certs.client_key_file())
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Pem { problem, .. } if problem == "is empty"),
+        "{err:?}"
+    );
 }
 
 #[test]
 fn a_key_that_does_not_match_its_certificate_is_refused() {
     let certs = TestCerts::generate().unwrap();
     let other = TestCerts::generate().unwrap();
-    let err = TlsConfig::from_files(certs.ca_file(), certs.client_cert_file(), other.client_key_file()).unwrap_err();
+    let err = TlsConfig::from_files(
+        certs.ca_file(),
+        certs.client_cert_file(),
+        other.client_key_file(),
+    )
+    .unwrap_err();
     match &err {
         Error::KeyMismatch { certificate, key } => {
             assert!(certificate.ends_with("client.crt"));
@@ -92,7 +124,10 @@ fn debug_output_never_shows_the_key() {
     let shown = format!("{tls:?} {tls:#?}");
     let key = String::from_utf8(certs.client_key_pem().to_vec()).unwrap();
     let key_body = key.lines().nth(1).unwrap();
-    assert!(!shown.contains("PRIVATE KEY") && !shown.contains(key_body), "{shown}");
+    assert!(
+        !shown.contains("PRIVATE KEY") && !shown.contains(key_body),
+        "{shown}"
+    );
     assert!(shown.contains("redacted"));
 }
 
@@ -103,14 +138,32 @@ fn bad_settings_name_the_setting() {
     let cases: Vec<(&str, loggregator::IngressClientBuilder)> = vec![
         ("addr", IngressClient::builder().addr("localhost")),
         ("addr", IngressClient::builder().addr("localhost:99999")),
-        ("server_name", IngressClient::builder().tls(tls.clone().server_name("me\0tron"))),
+        (
+            "server_name",
+            IngressClient::builder().tls(tls.clone().server_name("me\0tron")),
+        ),
         ("queue_capacity", IngressClient::builder().queue_capacity(0)),
-        ("batch_max_envelopes", IngressClient::builder().queue_capacity(10).batch_max_envelopes(11)),
-        ("batch_max_bytes", IngressClient::builder().batch_max_bytes(11 << 20)),
-        ("flush_interval", IngressClient::builder().flush_interval(Duration::ZERO)),
+        (
+            "batch_max_envelopes",
+            IngressClient::builder()
+                .queue_capacity(10)
+                .batch_max_envelopes(11),
+        ),
+        (
+            "batch_max_bytes",
+            IngressClient::builder().batch_max_bytes(11 << 20),
+        ),
+        (
+            "flush_interval",
+            IngressClient::builder().flush_interval(Duration::ZERO),
+        ),
     ];
     for (expected, builder) in cases {
-        let builder = if expected == "server_name" { builder } else { builder.tls(tls.clone()) };
+        let builder = if expected == "server_name" {
+            builder
+        } else {
+            builder.tls(tls.clone())
+        };
         match builder.build() {
             Err(Error::Config { setting, problem }) => assert_eq!(setting, expected, "{problem}"),
             other => panic!("{expected}: {other:?}"),
@@ -124,12 +177,18 @@ fn assert_refused(client: IngressClient, expected_in_error: &str) {
     let started = std::time::Instant::now();
     client.emit(Envelope::log("refused"));
     let flushed = client.flush(WAIT);
-    assert!(matches!(flushed, Err(Error::Undelivered { count: 1, .. })), "{flushed:?}");
+    assert!(
+        matches!(flushed, Err(Error::Undelivered { count: 1, .. })),
+        "{flushed:?}"
+    );
     let stats = client.stats();
     let last_error = stats.last_error.clone().unwrap();
     assert!(last_error.contains(expected_in_error), "{last_error}");
     // One batch: one attempt on a new stream, no retry loop.
-    assert_eq!((stats.errors, stats.dropped.write_failed, stats.sent), (1, 1, 0));
+    assert_eq!(
+        (stats.errors, stats.dropped.write_failed, stats.sent),
+        (1, 1, 0)
+    );
     client.close(WAIT).unwrap();
     assert!(started.elapsed() < WAIT);
     assert!(!logged("cannot deliver envelopes").is_empty());
@@ -139,9 +198,18 @@ fn assert_refused(client: IngressClient, expected_in_error: &str) {
 fn a_client_certificate_from_another_ca_is_refused_and_reported() {
     let setup = setup();
     let stranger = TestCerts::generate().unwrap();
-    let tls = TlsConfig::from_pem(setup.certs.ca_pem(), stranger.client_cert_pem(), stranger.client_key_pem()).unwrap();
-    let client = IngressClient::builder().addr(setup.agent.addr()).tls(tls).build().unwrap();
-    assert_refused(client, "UNAVAILABLE");
+    let tls = TlsConfig::from_pem(
+        setup.certs.ca_pem(),
+        stranger.client_cert_pem(),
+        stranger.client_key_pem(),
+    )
+    .unwrap();
+    let client = IngressClient::builder()
+        .addr(setup.agent.addr())
+        .tls(tls)
+        .build()
+        .unwrap();
+    assert_refused(client, "refused the client certificate");
     assert!(setup.agent.envelopes().is_empty());
 }
 
@@ -149,7 +217,11 @@ fn a_client_certificate_from_another_ca_is_refused_and_reported() {
 fn a_wrong_server_name_is_refused_and_the_hint_names_it() {
     let certs = TestCerts::generate_with_server_names(&["doppler"]).unwrap();
     let agent = SpyAgent::start(&certs).unwrap();
-    let client = IngressClient::builder().addr(agent.addr()).tls(certs.client_tls().unwrap()).build().unwrap();
+    let client = IngressClient::builder()
+        .addr(agent.addr())
+        .tls(certs.client_tls().unwrap())
+        .build()
+        .unwrap();
     assert_refused(client, "`metron`");
     assert!(agent.envelopes().is_empty());
 

@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use loggregator::spy::Rpc;
 use loggregator::Envelope;
+use loggregator::spy::Rpc;
 
-use crate::common::{setup, WAIT};
+use crate::common::{WAIT, setup};
 
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -26,7 +26,13 @@ fn a_batch_closes_at_the_envelope_count() {
     setup.agent.wait_for_envelopes(25, WAIT);
     let sizes: Vec<usize> = setup.agent.batches().iter().map(|b| b.envelopes).collect();
     assert_eq!(sizes, vec![10, 10, 5]);
-    assert!(setup.agent.batches().iter().all(|b| b.rpc == Rpc::BatchSender && b.stream == 1));
+    assert!(
+        setup
+            .agent
+            .batches()
+            .iter()
+            .all(|b| b.rpc == Rpc::BatchSender && b.stream == 1)
+    );
     client.close(WAIT).unwrap();
 }
 
@@ -70,7 +76,13 @@ fn an_envelope_larger_than_the_byte_limit_is_dropped_at_emit() {
     let stats = client.stats();
     assert_eq!(stats.dropped.too_large, 1);
     assert_eq!(stats.emitted, stats.sent + stats.dropped.total());
-    assert!(setup.agent.batches().iter().all(|b| b.encoded_bytes <= 4096));
+    assert!(
+        setup
+            .agent
+            .batches()
+            .iter()
+            .all(|b| b.encoded_bytes <= 4096)
+    );
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::time::Duration;
 use loggregator::spy::StreamEnd;
 use loggregator::{Envelope, Error};
 
-use crate::common::{setup, WAIT};
+use crate::common::{WAIT, setup};
 
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -24,7 +24,11 @@ fn eight_threads_of_ten_thousand_arrive_exactly_once_in_order() {
             std::thread::spawn(move || {
                 barrier.wait();
                 for n in 0..EACH {
-                    client.emit(Envelope::log("x").source_id(format!("thread-{t}")).timestamp(n));
+                    client.emit(
+                        Envelope::log("x")
+                            .source_id(format!("thread-{t}"))
+                            .timestamp(n),
+                    );
                 }
             })
         })
@@ -34,11 +38,16 @@ fn eight_threads_of_ten_thousand_arrive_exactly_once_in_order() {
     }
     client.close(WAIT).unwrap();
     let stats = client.stats();
-    assert_eq!((stats.emitted, stats.sent, stats.dropped.total()), (80_000, 80_000, 0));
+    assert_eq!(
+        (stats.emitted, stats.sent, stats.dropped.total()),
+        (80_000, 80_000, 0)
+    );
 
     let mut seen: HashMap<String, Vec<i64>> = HashMap::new();
     for envelope in setup.agent.envelopes() {
-        seen.entry(envelope.source_id.clone()).or_default().push(envelope.timestamp);
+        seen.entry(envelope.source_id.clone())
+            .or_default()
+            .push(envelope.timestamp);
     }
     assert_eq!(seen.len(), THREADS);
     for (source, timestamps) in seen {
@@ -74,7 +83,9 @@ fn close_confirms_the_stream_when_the_agent_answers_eof_or_ok() {
         setup.agent.set_stream_end(end.clone());
         let client = setup.client();
         client.emit(Envelope::log("last words"));
-        client.close(WAIT).unwrap_or_else(|e| panic!("{end:?}: {e}"));
+        client
+            .close(WAIT)
+            .unwrap_or_else(|e| panic!("{end:?}: {e}"));
         assert!(setup.agent.wait_for_streams_ended(1, WAIT), "{end:?}");
         assert_eq!(setup.agent.envelopes().len(), 1, "{end:?}");
     }
@@ -83,11 +94,15 @@ fn close_confirms_the_stream_when_the_agent_answers_eof_or_ok() {
 #[test]
 fn close_reports_an_agent_that_ends_the_stream_with_an_error() {
     let setup = setup();
-    setup.agent.set_stream_end(StreamEnd::Internal("disk full".into()));
+    setup
+        .agent
+        .set_stream_end(StreamEnd::Internal("disk full".into()));
     let client = setup.client();
     client.emit(Envelope::log("x"));
     match client.close(WAIT) {
-        Err(Error::Agent { status, .. }) => assert!(status.contains("INTERNAL: disk full"), "{status}"),
+        Err(Error::Agent { status, .. }) => {
+            assert!(status.contains("INTERNAL: disk full"), "{status}")
+        }
         other => panic!("expected an agent error, got {other:?}"),
     }
     assert!(client.stats().last_error.unwrap().contains("disk full"));
@@ -101,7 +116,10 @@ fn after_close_emits_are_dropped_and_counted_and_calls_say_closed() {
     client.close(WAIT).unwrap();
     client.emit(Envelope::log("after"));
     assert!(matches!(client.flush(WAIT), Err(Error::Closed)));
-    assert!(matches!(client.send(vec![Envelope::log("x").into()], WAIT), Err(Error::Closed)));
+    assert!(matches!(
+        client.send(vec![Envelope::log("x").into()], WAIT),
+        Err(Error::Closed)
+    ));
     client.close(WAIT).unwrap();
     let stats = client.stats();
     assert_eq!((stats.emitted, stats.sent, stats.dropped.closed), (2, 1, 1));

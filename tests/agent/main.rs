@@ -1,7 +1,7 @@
 //! End-to-end tests: the client against the spy agent over mutual TLS on loopback.
 
-mod batching;
 mod bad_input;
+mod batching;
 mod common;
 mod delivery;
 mod round_trip;

@@ -5,7 +5,7 @@ use std::time::Duration;
 use loggregator::spy::Rpc;
 use loggregator::{Envelope, Error, IngressClient};
 
-use crate::common::{setup, unused_addr, WAIT};
+use crate::common::{WAIT, setup, unused_addr};
 
 #[test]
 fn send_returns_after_the_agent_has_the_envelopes() {
@@ -13,7 +13,10 @@ fn send_returns_after_the_agent_has_the_envelopes() {
     let client = setup.builder().tag("deployment", "cf").build().unwrap();
     client
         .send(
-            vec![Envelope::event("deploy", "v42").into(), Envelope::counter("deploys").into()],
+            vec![
+                Envelope::event("deploy", "v42").into(),
+                Envelope::counter("deploys").into(),
+            ],
             WAIT,
         )
         .unwrap();
@@ -34,9 +37,18 @@ fn send_fails_within_its_timeout_when_the_agent_is_down() {
         .tls(setup.certs.client_tls().unwrap())
         .build()
         .unwrap();
-    let result = client.send(vec![Envelope::event("deploy", "v42").into()], Duration::from_secs(2));
+    let result = client.send(
+        vec![Envelope::event("deploy", "v42").into()],
+        Duration::from_secs(2),
+    );
     match result {
-        Err(Error::Agent { status, .. }) => assert!(status.contains("UNAVAILABLE") || status.contains("DEADLINE"), "{status}"),
+        Err(Error::Agent { status, hint, .. }) => {
+            assert!(status.starts_with("UNAVAILABLE"), "{status}");
+            assert_eq!(
+                hint.unwrap(),
+                format!("no agent is listening at {}", client.addr())
+            );
+        }
         Err(Error::Timeout { undelivered: 1, .. }) => {}
         other => panic!("{other:?}"),
     }
