@@ -19,7 +19,7 @@ use loggregator::{Envelope, IngressClient, TlsConfig};
 
 /// Sends logs and metrics to a Loggregator agent over mutual TLS.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
     /// The agent's gRPC address.
     #[arg(long, default_value = "localhost:3458")]

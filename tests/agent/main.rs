@@ -4,5 +4,6 @@ mod bad_input;
 mod batching;
 mod common;
 mod delivery;
+mod examples;
 mod round_trip;
 mod unary;

@@ -1,0 +1,114 @@
+//! The examples, run as a user would run them.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::common::setup;
+
+/// Examples are built next to the test binaries by `cargo test`.
+fn example(name: &str) -> Command {
+    let deps = std::env::current_exe().unwrap();
+    let path: PathBuf = deps
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run through cargo test",
+        path.display()
+    );
+    Command::new(path)
+}
+
+#[test]
+fn the_demo_receives_every_kind_and_drops_nothing() {
+    let output = example("demo").output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        stdout.lines().last(),
+        Some("received 7 envelopes: log=2 counter=1 gauge=1 timer=1 event=2; dropped 0")
+    );
+}
+
+#[test]
+fn the_agent_example_reports_a_bad_certificate_path_and_fails() {
+    let output = example("agent_example")
+        .args([
+            "--ca-file",
+            "/nonexistent/ca.crt",
+            "--cert-file",
+            "c.crt",
+            "--key-file",
+            "c.key",
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("cannot read /nonexistent/ca.crt"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_agent_example_sends_logs_and_metrics_until_its_duration_ends() {
+    let setup = setup();
+    let certs = &setup.certs;
+    let output = example("agent_example")
+        .arg("--agent-addr")
+        .arg(setup.agent.addr())
+        .arg("--ca-file")
+        .arg(certs.ca_file())
+        .arg("--cert-file")
+        .arg(certs.client_cert_file())
+        .arg("--key-file")
+        .arg(certs.client_key_file())
+        .args([
+            "--source-id",
+            "example-test",
+            "--log-interval",
+            "500ms",
+            "--metric-count",
+            "7",
+        ])
+        .args(["--duration", "5500ms"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let received = setup.agent.envelopes();
+    assert!(received.iter().all(|e| e.source_id == "example-test"));
+    let logs = received.iter().filter(|e| e.has_log()).count();
+    assert!(logs >= 5, "{logs} logs");
+    let counter = received
+        .iter()
+        .find(|e| e.has_counter())
+        .expect("a counter");
+    assert_eq!(counter.counter().delta, 7);
+    let gauge = received.iter().find(|e| e.has_gauge()).expect("a gauge");
+    assert_eq!(gauge.gauge().metrics["memory"].unit, "bytes");
+    assert_eq!(gauge.gauge().metrics["cpu"].unit, "percentage");
+    assert!(received.iter().any(|e| e.has_event()));
+    let stats_line = stdout
+        .lines()
+        .find(|l| l.starts_with("emitted"))
+        .expect("stats");
+    assert!(
+        stats_line.contains(&format!("sent {}", received.len())),
+        "{stats_line}"
+    );
+    assert!(stats_line.contains("dropped 0"), "{stats_line}");
+}
