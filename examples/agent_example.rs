@@ -1,8 +1,8 @@
 //! The Loggregator docs' agent integration example, as a blocking Rust program.
 //!
-//! Every `--log-interval` it emits a log; every 5 seconds a counter (delta
-//! `--metric-count`), a gauge with this process's memory and CPU, and an
-//! event. Ctrl-C or the end of `--duration` closes the client and prints its
+//! Every `--log-interval` it emits a log; every `--metric-interval` (5 s) a
+//! counter (delta `--metric-count`), a gauge with this process's memory and
+//! CPU, and an event. Ctrl-C or the end of `--duration` closes the client and prints its
 //! stats.
 //!
 //! ```text
@@ -42,15 +42,16 @@ struct Args {
     /// How often to emit a log, for example 1s or 250ms.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     log_interval: Duration,
-    /// The delta of the counter emitted every 5 seconds.
+    /// The delta of the counter emitted every metric interval.
     #[arg(long, default_value_t = 10)]
     metric_count: u64,
+    /// How often to emit the counter, gauge and event.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    metric_interval: Duration,
     /// Stop after this long, for example 30s; runs until Ctrl-C when absent.
     #[arg(long, value_parser = humantime::parse_duration)]
     duration: Option<Duration>,
 }
-
-const METRIC_INTERVAL: Duration = Duration::from_secs(5);
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -77,7 +78,7 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     })?;
     let end = args.duration.map_or_else(never, after);
     let logs = tick(args.log_interval);
-    let metrics = tick(METRIC_INTERVAL);
+    let metrics = tick(args.metric_interval);
     let mut cpu = CpuMeter::new();
     let mut sent_logs = 0u64;
     println!(

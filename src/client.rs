@@ -16,7 +16,7 @@ use crate::proto::envelope as pb;
 use crate::stats::{Counters, DropReason, Stats};
 use crate::tls::TlsConfig;
 use crate::transport::{ChannelSettings, GrpcTransport};
-use crate::worker::{Control, Queued, Settings, Worker, framed_len};
+use crate::worker::{Control, LONGEST_WAIT, Queued, Settings, Worker, deadline_after, framed_len};
 
 /// Where the agent listens on every Cloud Foundry VM and container.
 pub const DEFAULT_ADDR: &str = "localhost:3458";
@@ -34,6 +34,9 @@ pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long dropping the last handle waits for queued envelopes to be written.
 pub const DEFAULT_CLOSE_ON_DROP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The largest `queue_capacity`: the queue's slots are allocated up front.
+pub const MAX_QUEUE_CAPACITY: usize = 1_000_000;
 
 /// How long a timed-out close waits for the cancelled sender thread to exit.
 const ABORT_GRACE: Duration = Duration::from_millis(500);
@@ -170,6 +173,7 @@ impl IngressClient {
     pub fn send(&self, envelopes: Vec<Envelope>, timeout: Duration) -> Result<()> {
         let inner = &*self.inner;
         let started = Instant::now();
+        let deadline = deadline_after(timeout);
         if inner.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
@@ -180,20 +184,21 @@ impl IngressClient {
             .control
             .send(Control::Send {
                 batch,
-                timeout,
+                deadline,
                 reply,
             })
             .map_err(|_| Error::Closed)?;
-        let timed_out = || Error::Timeout {
-            waited: started.elapsed(),
-            undelivered: count,
-        };
-        let pending = match replied.recv_deadline(started + timeout) {
-            Ok(pending) => pending?,
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => return Err(timed_out()),
+        let result = match replied.recv_deadline(deadline) {
+            // The call carries the same deadline, so this wait ends by then too.
+            Ok(pending) => pending.and_then(|pending| pending()),
+            // The sender thread skips a send whose deadline has passed.
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => Err(Error::Timeout {
+                waited: started.elapsed(),
+                undelivered: count,
+            }),
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return Err(Error::Closed),
         };
-        pending().inspect_err(|error| inner.counters.record_error(error))
+        result.inspect_err(|error| inner.counters.record_error(error))
     }
 
     /// Waits until everything emitted before this call has been written to
@@ -214,13 +219,14 @@ impl IngressClient {
         if inner.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
+        let failed_before = inner.counters.write_failed();
         let (reply, replied) = bounded(1);
         inner
             .control
             .send(Control::Flush(reply))
             .map_err(|_| Error::Closed)?;
-        match replied.recv_timeout(timeout) {
-            Ok(result) => result,
+        match replied.recv_deadline(deadline_after(timeout)) {
+            Ok(result) => result.and_then(|()| inner.undelivered_since(failed_before)),
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => Err(Error::Timeout {
                 waited: started.elapsed(),
                 undelivered: inner.undelivered(),
@@ -297,6 +303,21 @@ impl Inner {
         self.data.len() as u64 + self.counters.in_flight.load(Ordering::Relaxed)
     }
 
+    /// `Error::Undelivered` if batches were dropped since `failed_before`
+    /// was read; a flush or close covers everything queued before it, so any
+    /// such drop may be one of its envelopes.
+    fn undelivered_since(&self, failed_before: u64) -> Result<()> {
+        let count = self.counters.write_failed() - failed_before;
+        if count == 0 {
+            return Ok(());
+        }
+        let cause = self.counters.snapshot(0).last_error;
+        Err(Error::Undelivered {
+            count,
+            cause: cause.unwrap_or_else(|| "unknown".to_string()),
+        })
+    }
+
     fn drain_leftovers(&self) {
         let count = self.leftovers.try_iter().count() as u64;
         if count > 0 {
@@ -335,16 +356,23 @@ impl Inner {
 
     fn close(&self, timeout: Duration) -> Result<()> {
         let started = Instant::now();
-        let deadline = started + timeout;
-        let mut sender_thread = self.sender_thread.lock();
+        let deadline = deadline_after(timeout);
+        // Another close may be under way: wait for it no longer than our own timeout.
+        let Some(mut sender_thread) = self.sender_thread.try_lock_until(deadline) else {
+            return Err(Error::Timeout {
+                waited: started.elapsed(),
+                undelivered: self.undelivered(),
+            });
+        };
         let Some(thread) = sender_thread.take() else {
             return Ok(());
         };
         self.closed.store(true, Ordering::Release);
+        let failed_before = self.counters.write_failed();
         let (reply, replied) = bounded(1);
         let _ = self.control.send(Control::Close { deadline, reply });
         let result = match replied.recv_deadline(deadline) {
-            Ok(result) => result,
+            Ok(result) => self.undelivered_since(failed_before).and(result),
             Err(_) => {
                 let undelivered = self.undelivered();
                 drop(thread.abort);
@@ -475,7 +503,8 @@ impl IngressClientBuilder {
 
     /// How many envelopes may wait for the sender thread (default
     /// [`DEFAULT_QUEUE_CAPACITY`], 10,000); beyond it `emit` drops and counts.
-    /// Must be at least `batch_max_envelopes`.
+    /// Must be at least `batch_max_envelopes` and at most
+    /// [`MAX_QUEUE_CAPACITY`]; the queue's memory is reserved up front.
     ///
     /// ```
     /// let builder = loggregator::IngressClient::builder().queue_capacity(100_000);
@@ -636,8 +665,11 @@ impl IngressClientBuilder {
                 &format!("{name:?} is not a host name"),
             ));
         }
-        if self.queue_capacity == 0 {
-            return Err(invalid("queue_capacity", "must be at least 1"));
+        if self.queue_capacity == 0 || self.queue_capacity > MAX_QUEUE_CAPACITY {
+            return Err(invalid(
+                "queue_capacity",
+                &format!("must be from 1 to {MAX_QUEUE_CAPACITY}"),
+            ));
         }
         if self.batch_max_envelopes == 0 {
             return Err(invalid("batch_max_envelopes", "must be at least 1"));
@@ -663,9 +695,13 @@ impl IngressClientBuilder {
         for (setting, value) in [
             ("flush_interval", self.flush_interval),
             ("write_timeout", self.write_timeout),
+            ("close_on_drop_timeout", self.close_on_drop_timeout),
         ] {
-            if value.is_zero() {
-                return Err(invalid(setting, "must be longer than zero"));
+            if value.is_zero() || value > LONGEST_WAIT {
+                return Err(invalid(
+                    setting,
+                    "must be longer than zero and at most a day",
+                ));
             }
         }
         if self.global_tags.iter().any(|(key, _)| key.is_empty()) {

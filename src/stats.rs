@@ -141,6 +141,10 @@ impl Counters {
         }
     }
 
+    pub(crate) fn write_failed(&self) -> u64 {
+        self.dropped_write_failed.load(Relaxed)
+    }
+
     pub(crate) fn record_error(&self, error: &crate::Error) {
         self.errors.fetch_add(1, Relaxed);
         *self.last_error.lock() = Some(error.to_string());

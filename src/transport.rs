@@ -19,7 +19,9 @@ use grpcio::{
 use crate::error::{Error, Result};
 use crate::proto::ingress::{BatchSenderResponse, SendResponse};
 use crate::tls::TlsConfig;
-use crate::worker::{BatchStream, PendingSend, Transport};
+use crate::worker::{
+    BatchStream, LONGEST_WAIT, PendingSend, Transport, WriteError, deadline_after,
+};
 
 /// Requests are `EnvelopeBatch` messages the sender thread has already
 /// encoded; they pass through as bytes.
@@ -137,7 +139,11 @@ impl Transport for GrpcTransport {
         let request = GrpcSlice::from(batch);
         let response = self
             .client
-            .unary_call_async(&SEND, &request, CallOption::default().timeout(timeout))
+            .unary_call_async(
+                &SEND,
+                &request,
+                CallOption::default().timeout(timeout.min(LONGEST_WAIT)),
+            )
             .map_err(|e| self.error(e))?;
         let (addr, server_name) = (self.addr.clone(), self.server_name.clone());
         // The call carries its own deadline, so this wait ends by then.
@@ -159,6 +165,18 @@ pub(crate) struct GrpcStream {
 }
 
 impl GrpcStream {
+    /// The call has ended: its status (from the response side) says why,
+    /// which is more useful than the sink's "call finished".
+    fn ended(&mut self, fallback: grpcio::Error) -> grpcio::Error {
+        match self
+            .waiter
+            .wait(&mut self.response, deadline_after(END_STATUS_WAIT))
+        {
+            Ok(Err(error)) => error,
+            Ok(Ok(_)) | Err(_) => fallback,
+        }
+    }
+
     fn error(&self, error: grpcio::Error) -> Error {
         agent_error(&self.addr, &self.server_name, error)
     }
@@ -172,32 +190,41 @@ impl GrpcStream {
     }
 }
 
+/// How long to wait for the status of a call that has already ended.
+const END_STATUS_WAIT: Duration = Duration::from_secs(1);
+
 impl BatchStream for GrpcStream {
-    fn write(&mut self, batch: &[u8]) -> Result<()> {
+    fn write(&mut self, batch: &[u8]) -> std::result::Result<(), WriteError> {
         let message = (GrpcSlice::from(batch), WriteFlags::default());
-        let deadline = Instant::now() + self.write_timeout;
-        let waited = self.waiter.wait(self.sink.send(message), deadline);
+        let waited = self
+            .waiter
+            .wait(self.sink.send(message), deadline_after(self.write_timeout));
+        // On error the caller drops the stream, which cancels the call.
         match waited {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(error)) => Err(self.error(error)),
-            Err(_) => Err(self.timeout(self.write_timeout, "write")),
+            Ok(Err(error)) => {
+                let error = self.ended(error);
+                Err(WriteError::StreamEnded(self.error(error)))
+            }
+            Err(_) => Err(WriteError::Uncertain(
+                self.timeout(self.write_timeout, "write"),
+            )),
         }
-        // On error the caller drops the stream, which cancels the call.
     }
 
     fn finish(mut self, deadline: Instant) -> Result<()> {
         let started = Instant::now();
-        let closed = match self.waiter.wait(self.sink.close(), deadline) {
-            Ok(result) => result,
-            Err(_) => return Err(self.timeout(started.elapsed(), "half-close")),
-        };
-        let ended = match closed {
-            Ok(()) => match self.waiter.wait(&mut self.response, deadline) {
+        let ended = match self.waiter.wait(self.sink.close(), deadline) {
+            Ok(Ok(())) => match self.waiter.wait(&mut self.response, deadline) {
                 Ok(result) => result.map(drop),
                 Err(_) => return Err(self.timeout(started.elapsed(), "end of call")),
             },
-            // The call already ended: its status says how.
-            Err(error) => Err(error),
+            // The call ended before the half-close: its status says how.
+            Ok(Err(error)) => match self.ended(error) {
+                grpcio::Error::RpcFinished(None) => Ok(()),
+                error => Err(error),
+            },
+            Err(_) => return Err(self.timeout(started.elapsed(), "half-close")),
         };
         match ended {
             Ok(()) => Ok(()),

@@ -32,10 +32,11 @@ pub(crate) enum Control {
         deadline: Instant,
         reply: Sender<Result<()>>,
     },
-    /// Start a unary send of an encoded `EnvelopeBatch`; the caller waits for it.
+    /// Start a unary send of an encoded `EnvelopeBatch` unless `deadline`
+    /// has passed; the caller waits for it.
     Send {
         batch: Vec<u8>,
-        timeout: Duration,
+        deadline: Instant,
         reply: Sender<Result<PendingSend>>,
     },
 }
@@ -55,10 +56,27 @@ pub(crate) trait Transport {
     fn send(&mut self, batch: &[u8], timeout: Duration) -> Result<PendingSend>;
 }
 
+/// Why a write failed, which decides whether it may be tried again.
+#[derive(Debug)]
+pub(crate) enum WriteError {
+    /// The stream had already ended: the agent never got the batch.
+    StreamEnded(Error),
+    /// The write was cut short (timeout, abort): the agent may have it.
+    Uncertain(Error),
+}
+
+impl WriteError {
+    fn into_error(self) -> Error {
+        match self {
+            WriteError::StreamEnded(error) | WriteError::Uncertain(error) => error,
+        }
+    }
+}
+
 /// One client stream of encoded `EnvelopeBatch` messages.
 pub(crate) trait BatchStream {
     /// Writes one encoded batch; returns once the transport accepted it.
-    fn write(&mut self, batch: &[u8]) -> Result<()>;
+    fn write(&mut self, batch: &[u8]) -> std::result::Result<(), WriteError>;
 
     /// Half-closes the stream and waits, until `deadline`, for the agent to
     /// end the call after reading everything.
@@ -72,6 +90,14 @@ pub(crate) struct Settings {
     pub batch_max_bytes: usize,
     pub flush_interval: Duration,
     pub global_tags: Vec<(String, String)>,
+}
+
+/// The longest any setting or timeout is honoured, so deadlines never overflow.
+pub(crate) const LONGEST_WAIT: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// `now + wait`, with waits beyond [`LONGEST_WAIT`] shortened to it.
+pub(crate) fn deadline_after(wait: Duration) -> Instant {
+    Instant::now() + wait.min(LONGEST_WAIT)
 }
 
 /// The encoded size of `len` as a protobuf varint.
@@ -96,8 +122,6 @@ pub(crate) struct Worker<T: Transport> {
     batch: Vec<u8>,
     batch_len: usize,
     batch_started: Option<Instant>,
-    /// Envelopes dropped since the current flush or close began.
-    undelivered: u64,
     /// False from the first failure of an outage until a write succeeds again.
     healthy: bool,
 }
@@ -121,7 +145,6 @@ impl<T: Transport> Worker<T> {
             counters,
             batch_len: 0,
             batch_started: None,
-            undelivered: 0,
             healthy: true,
         }
     }
@@ -130,7 +153,7 @@ impl<T: Transport> Worker<T> {
     pub(crate) fn run(mut self) {
         loop {
             let batch_due = match self.batch_started {
-                Some(started) => at(started + self.settings.flush_interval),
+                Some(started) => at(started + self.settings.flush_interval.min(LONGEST_WAIT)),
                 None => never(),
             };
             select_biased! {
@@ -144,15 +167,19 @@ impl<T: Transport> Worker<T> {
                         let _ = reply.send(result);
                         return;
                     }
-                    Ok(Control::Send { batch, timeout, reply }) => {
-                        let pending = self.transport.send(&batch, timeout);
-                        if let Err(error) = &pending {
-                            self.counters.record_error(error);
+                    Ok(Control::Send { batch, deadline, reply }) => {
+                        // A caller that gave up has already counted its error.
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        if !left.is_zero() {
+                            let pending = self.transport.send(&batch, left);
+                            if let Err(error) = &pending {
+                                self.counters.record_error(error);
+                            }
+                            let _ = reply.send(pending);
                         }
-                        let _ = reply.send(pending);
                     }
                     Err(_) => {
-                        let _ = self.close(Instant::now() + Duration::from_secs(1));
+                        let _ = self.close(deadline_after(Duration::from_secs(1)));
                         return;
                     }
                 },
@@ -168,7 +195,7 @@ impl<T: Transport> Worker<T> {
                         }
                     }
                     Err(_) => {
-                        let _ = self.close(Instant::now() + Duration::from_secs(1));
+                        let _ = self.close(deadline_after(Duration::from_secs(1)));
                         return;
                     }
                 },
@@ -179,7 +206,6 @@ impl<T: Transport> Worker<T> {
 
     /// Writes everything that was queued when the request arrived.
     fn flush(&mut self) -> Result<()> {
-        self.undelivered = 0;
         // Envelopes emitted before the request are already in the queue, in
         // order; later ones may follow them, so take only as many as were there.
         for _ in 0..self.data.len() {
@@ -189,11 +215,10 @@ impl<T: Transport> Worker<T> {
             }
         }
         self.write_batch();
-        self.undelivered_result()
+        Ok(())
     }
 
     fn close(&mut self, deadline: Instant) -> Result<()> {
-        self.undelivered = 0;
         while let Ok(queued) = self.data.try_recv() {
             self.push(queued);
         }
@@ -205,50 +230,44 @@ impl<T: Transport> Worker<T> {
         if let Err(error) = &finished {
             self.counters.record_error(error);
         }
-        self.undelivered_result().and(finished)
-    }
-
-    fn undelivered_result(&self) -> Result<()> {
-        if self.undelivered == 0 {
-            return Ok(());
-        }
-        Err(Error::Undelivered {
-            count: self.undelivered,
-            cause: self
-                .counters
-                .snapshot(0)
-                .last_error
-                .unwrap_or_else(|| "unknown".to_string()),
-        })
+        finished
     }
 
     /// Adds one envelope to the batch, writing the batch first if the
     /// envelope would not fit and afterwards if the batch is full.
     fn push(&mut self, queued: Queued) {
+        // In flight from now until its batch is written or dropped.
+        self.counters.in_flight.fetch_add(1, Relaxed);
         let mut envelope = queued.envelope;
+        let size = self.merge_tags(&mut envelope);
+        if self.batch_len > 0 && self.batch.len() + framed_len(size) > self.settings.batch_max_bytes
+        {
+            self.write_batch();
+        }
+        self.append(envelope, size);
+    }
+
+    /// Adds the client-wide tags the envelope lacks; returns its encoded size.
+    fn merge_tags(&self, envelope: &mut pb::Envelope) -> usize {
         for (key, value) in &self.settings.global_tags {
             if !envelope.tags.contains_key(key) {
                 envelope.tags.insert(key.clone(), value.clone());
             }
         }
-        let size = envelope.compute_size() as usize;
-        if self.batch_len > 0 && self.batch.len() + framed_len(size) > self.settings.batch_max_bytes
-        {
-            self.write_batch();
-        }
+        envelope.compute_size() as usize
+    }
+
+    fn append(&mut self, envelope: pb::Envelope, size: usize) {
         let before = self.batch.len();
         if encode_framed(&envelope, size, &mut self.batch).is_err() {
             // Encoding into memory only fails on an inconsistent size; count it
             // rather than send a corrupt batch.
             self.batch.truncate(before);
+            self.counters.in_flight.fetch_sub(1, Relaxed);
             self.counters.drop_envelopes(DropReason::WriteFailed, 1);
-            self.undelivered += 1;
             return;
         }
         self.batch_len += 1;
-        self.counters
-            .in_flight
-            .store(self.batch_len as u64, Relaxed);
         if self.batch_started.is_none() {
             self.batch_started = Some(Instant::now());
         }
@@ -259,9 +278,9 @@ impl<T: Transport> Worker<T> {
         }
     }
 
-    /// Writes the batch. A write that fails on a stream that had worked is
-    /// tried once more on a new stream (the old one may just have ended); a
-    /// write that fails on a new stream drops the batch and counts it.
+    /// Writes the batch. A write that finds a stream that had worked already
+    /// ended is tried once more on a new stream (the agent never got it); a
+    /// write that fails otherwise drops the batch and counts it.
     fn write_batch(&mut self) {
         if self.batch_len == 0 {
             return;
@@ -279,32 +298,33 @@ impl<T: Transport> Worker<T> {
                     }
                     break;
                 }
-                Err(error) => {
+                Err(failure) => {
                     self.stream = None;
+                    let retry = reused && matches!(failure, WriteError::StreamEnded(_));
+                    let error = failure.into_error();
                     self.counters.record_error(&error);
                     if self.healthy {
                         self.healthy = false;
                         log::warn!(target: LOG_TARGET, "cannot deliver envelopes: {error}");
                     }
-                    if !reused {
+                    if !retry {
                         self.counters.drop_envelopes(DropReason::WriteFailed, count);
-                        self.undelivered += count;
                         break;
                     }
                 }
             }
         }
+        self.counters.in_flight.fetch_sub(count, Relaxed);
         self.batch.clear();
         self.batch_len = 0;
         self.batch_started = None;
-        self.counters.in_flight.store(0, Relaxed);
     }
 
-    fn write_on_stream(&mut self) -> Result<()> {
+    fn write_on_stream(&mut self) -> std::result::Result<(), WriteError> {
         let stream = match &mut self.stream {
             Some(stream) => stream,
             None => {
-                let stream = self.transport.open()?;
+                let stream = self.transport.open().map_err(WriteError::StreamEnded)?;
                 if self.streams_opened > 0 {
                     self.counters.reconnects.fetch_add(1, Relaxed);
                 }
@@ -337,6 +357,8 @@ mod tests {
     #[derive(Debug)]
     enum Seen {
         Opened,
+        /// A write is waiting at the script's gate.
+        AtGate,
         Batch(Vec<pb::Envelope>),
         Finished,
     }
@@ -345,7 +367,7 @@ mod tests {
     #[derive(Clone, Default)]
     struct Script {
         /// Results for the next writes, front first; `Ok` once empty.
-        writes: Arc<Mutex<Vec<Result<()>>>>,
+        writes: Arc<Mutex<Vec<std::result::Result<(), WriteError>>>>,
         /// When set, every write waits for a message here first.
         gate: Option<Receiver<()>>,
     }
@@ -377,8 +399,9 @@ mod tests {
     }
 
     impl BatchStream for FakeStream {
-        fn write(&mut self, batch: &[u8]) -> Result<()> {
+        fn write(&mut self, batch: &[u8]) -> std::result::Result<(), WriteError> {
             if let Some(gate) = &self.script.gate {
+                self.seen.send(Seen::AtGate).unwrap();
                 gate.recv().unwrap();
             }
             let scripted = {
@@ -474,7 +497,7 @@ mod tests {
             loop {
                 match self.seen.recv_timeout(WAIT).unwrap() {
                     Seen::Batch(batch) => return batch.iter().map(|e| e.timestamp).collect(),
-                    Seen::Opened | Seen::Finished => continue,
+                    Seen::Opened | Seen::AtGate | Seen::Finished => continue,
                 }
             }
         }
@@ -523,7 +546,6 @@ mod tests {
         harness.emit(1);
         // No flush: only the interval can write it.
         assert_eq!(harness.next_batch(), vec![1]);
-        assert_eq!(harness.counters.sent.load(Relaxed), 1);
         harness.close();
     }
 
@@ -538,8 +560,11 @@ mod tests {
         harness.emit(1);
         let (reply, result) = bounded(1);
         harness.control.send(Control::Flush(reply)).unwrap();
+        assert!(matches!(harness.seen.recv_timeout(WAIT), Ok(Seen::Opened)));
+        assert!(matches!(harness.seen.recv_timeout(WAIT), Ok(Seen::AtGate)));
         // The write is held at the gate: the flush cannot have replied yet.
         assert!(result.try_recv().is_err());
+        assert_eq!(harness.counters.snapshot(0).in_flight, 1);
         release.send(()).unwrap();
         result.recv_timeout(WAIT).unwrap().unwrap();
         assert_eq!(harness.next_batch(), vec![1]);
@@ -554,7 +579,10 @@ mod tests {
         let harness = start(settings(), script.clone());
         harness.emit(1);
         harness.flush().unwrap();
-        script.writes.lock().push(Err(Error::Closed));
+        script
+            .writes
+            .lock()
+            .push(Err(WriteError::StreamEnded(Error::Closed)));
         harness.emit(2);
         harness.flush().unwrap();
         let seen = harness.close();
@@ -573,17 +601,19 @@ mod tests {
     #[test]
     fn a_failed_write_on_a_new_stream_drops_and_counts_the_batch() {
         let script = Script::default();
-        script.writes.lock().push(Err(Error::Closed));
+        script
+            .writes
+            .lock()
+            .push(Err(WriteError::StreamEnded(Error::Closed)));
         let harness = start(settings(), script);
         harness.emit(1);
         harness.emit(2);
-        let result = harness.flush();
-        assert!(
-            matches!(result, Err(Error::Undelivered { count: 2, .. })),
-            "{result:?}"
-        );
+        harness.flush().unwrap();
         let stats = harness.counters.snapshot(0);
-        assert_eq!(stats.dropped.write_failed, 2);
+        assert_eq!(
+            (stats.dropped.write_failed, stats.in_flight, stats.sent),
+            (2, 0, 0)
+        );
         assert_eq!(stats.errors, 1);
         assert_eq!(stats.last_error.as_deref(), Some("the client is closed"));
         harness.emit(3);
@@ -591,6 +621,24 @@ mod tests {
         assert_eq!(harness.next_batch(), vec![3]);
         assert_eq!(harness.counters.snapshot(0).reconnects, 1);
         harness.close();
+    }
+
+    #[test]
+    fn a_write_that_may_have_reached_the_agent_is_not_retried() {
+        let script = Script::default();
+        let harness = start(settings(), script.clone());
+        harness.emit(1);
+        harness.flush().unwrap();
+        script
+            .writes
+            .lock()
+            .push(Err(WriteError::Uncertain(Error::Closed)));
+        harness.emit(2);
+        harness.flush().unwrap();
+        assert_eq!(harness.counters.snapshot(0).dropped.write_failed, 1);
+        let seen = harness.close();
+        let opened = seen.iter().filter(|s| matches!(s, Seen::Opened)).count();
+        assert_eq!(opened, 1, "{seen:?}");
     }
 
     #[test]

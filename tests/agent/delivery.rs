@@ -154,3 +154,44 @@ fn the_handle_is_send_sync_and_clone() {
     fn assert_traits<T: Send + Sync + Clone + 'static>() {}
     assert_traits::<loggregator::IngressClient>();
 }
+
+#[test]
+fn flush_reports_envelopes_the_agent_never_got_even_from_a_batch_already_being_written() {
+    let setup = setup();
+    let client = loggregator::IngressClient::builder()
+        .addr(crate::common::unused_addr())
+        .tls(setup.certs.client_tls().unwrap())
+        .batch_max_envelopes(10)
+        .build()
+        .unwrap();
+    // The tenth emit fills a batch, which the sender may start writing before
+    // the flush arrives; the flush must still report it.
+    for n in 0..25 {
+        client.emit(Envelope::log(format!("{n}")));
+    }
+    match client.flush(WAIT) {
+        Err(Error::Undelivered { count: 25, cause }) => {
+            assert!(cause.contains("UNAVAILABLE"), "{cause}")
+        }
+        other => panic!("{other:?}"),
+    }
+    client.close(WAIT).unwrap();
+    let stats = client.stats();
+    assert_eq!(
+        (stats.emitted, stats.dropped.write_failed, stats.sent),
+        (25, 25, 0)
+    );
+}
+
+#[test]
+fn the_longest_timeouts_are_accepted_without_overflow() {
+    let setup = setup();
+    let client = setup.client();
+    client.emit(Envelope::log("x"));
+    client.flush(Duration::MAX).unwrap();
+    client
+        .send(vec![Envelope::log("y").into()], Duration::MAX)
+        .unwrap();
+    client.close(Duration::MAX).unwrap();
+    assert_eq!(setup.agent.envelopes().len(), 2);
+}

@@ -92,7 +92,7 @@ fn the_agent_example_sends_logs_and_metrics_until_its_duration_ends() {
     let received = setup.agent.envelopes();
     assert!(received.iter().all(|e| e.source_id == "example-test"));
     let logs = received.iter().filter(|e| e.has_log()).count();
-    assert!(logs >= 5, "{logs} logs");
+    assert!(logs >= 2, "{logs} logs");
     let counter = received
         .iter()
         .find(|e| e.has_counter())
