@@ -24,13 +24,14 @@ mod certs;
 
 use std::io;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
 use grpcio::{
-    CertificateRequestType, ClientStreamingSink, EnvBuilder, Environment, Marshaller, Method,
-    MethodType, RequestStream, RpcContext, RpcStatus, RpcStatusCode, Server, ServerBuilder,
-    ServerCredentialsBuilder, ServiceBuilder, UnarySink,
+    CertificateRequestType, ChannelBuilder, ClientStreamingSink, EnvBuilder, Environment,
+    Marshaller, Method, MethodType, RequestStream, RpcContext, RpcStatus, RpcStatusCode, Server,
+    ServerBuilder, ServerCredentialsBuilder, Service, ServiceBuilder, UnarySink,
 };
 use parking_lot::{Condvar, Mutex};
 use protobuf::Message;
@@ -85,8 +86,39 @@ pub enum StreamEnd {
     Eof,
     /// Status OK with the empty response.
     Ok,
-    /// Status INTERNAL with this message, an agent that failed.
-    Internal(String),
+    /// An error status with this message, an agent that failed.
+    Status(StatusCode, String),
+}
+
+/// gRPC status codes the spy can end a call with.
+///
+/// ```
+/// use loggregator::spy::StatusCode;
+///
+/// assert_ne!(StatusCode::Unavailable, StatusCode::ResourceExhausted);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatusCode {
+    /// UNKNOWN.
+    Unknown,
+    /// INTERNAL.
+    Internal,
+    /// UNAVAILABLE, as from an agent shutting down.
+    Unavailable,
+    /// RESOURCE_EXHAUSTED, as for a message over the agent's size limit.
+    ResourceExhausted,
+}
+
+impl StatusCode {
+    fn status(self, message: String) -> RpcStatus {
+        let code = match self {
+            StatusCode::Unknown => RpcStatusCode::UNKNOWN,
+            StatusCode::Internal => RpcStatusCode::INTERNAL,
+            StatusCode::Unavailable => RpcStatusCode::UNAVAILABLE,
+            StatusCode::ResourceExhausted => RpcStatusCode::RESOURCE_EXHAUSTED,
+        };
+        RpcStatus::with_message(code, message)
+    }
 }
 
 /// Which RPC carried a batch.
@@ -141,6 +173,16 @@ struct State {
     record: Mutex<Record>,
     changed: Condvar,
     stream_end: Mutex<StreamEnd>,
+    /// Ends the stream that reads the next message, instead of recording it.
+    fail_next: Mutex<Option<(StatusCode, String)>>,
+    reading: Mutex<Gate>,
+}
+
+/// Holds stream readers while reading is paused.
+#[derive(Default)]
+struct Gate {
+    paused: bool,
+    waiting: Vec<Waker>,
 }
 
 impl State {
@@ -160,6 +202,24 @@ impl State {
         });
         record.envelopes.extend(envelopes);
         self.changed.notify_all();
+    }
+
+    fn poll_reading(&self, context: &mut Context<'_>) -> Poll<()> {
+        let mut gate = self.reading.lock();
+        if gate.paused {
+            gate.waiting.push(context.waker().clone());
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    }
+
+    fn set_paused(&self, paused: bool) {
+        let mut gate = self.reading.lock();
+        gate.paused = paused;
+        if !paused {
+            gate.waiting.drain(..).for_each(Waker::wake);
+        }
     }
 
     fn end_stream(&self) {
@@ -184,6 +244,12 @@ impl State {
 /// A Loggregator agent for tests: a real mTLS gRPC server on loopback that
 /// records what it reads. It stops when dropped.
 ///
+/// Faults can be injected: stop reading ([`pause_reading`](Self::pause_reading)),
+/// go away and come back on the same port ([`shutdown`](Self::shutdown),
+/// [`restart`](Self::restart)), end a stream with an error
+/// ([`fail_next_stream`](Self::fail_next_stream)), or refuse large messages
+/// ([`SpyAgentBuilder::max_message_bytes`]).
+///
 /// ```
 /// use loggregator::spy::{SpyAgent, StreamEnd, TestCerts};
 ///
@@ -194,10 +260,19 @@ impl State {
 /// # Ok::<(), std::io::Error>(())
 /// ```
 pub struct SpyAgent {
-    server: Server,
+    server: Mutex<Option<Server>>,
     addr: String,
     state: Arc<State>,
-    _env: Arc<Environment>,
+    config: ServerConfig,
+    env: Arc<Environment>,
+}
+
+/// What a (re)started server is built from.
+struct ServerConfig {
+    ca_pem: Vec<u8>,
+    cert_pem: Vec<u8>,
+    key_pem: Vec<u8>,
+    max_message_bytes: Option<usize>,
 }
 
 impl std::fmt::Debug for SpyAgent {
@@ -205,6 +280,74 @@ impl std::fmt::Debug for SpyAgent {
         f.debug_struct("SpyAgent")
             .field("addr", &self.addr)
             .finish()
+    }
+}
+
+/// Options for a [`SpyAgent`]; made by [`SpyAgent::builder`].
+///
+/// ```
+/// let certs = loggregator::spy::TestCerts::generate()?;
+/// let agent = loggregator::spy::SpyAgent::builder().max_message_bytes(64 * 1024).start(&certs)?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Debug, Default, Clone)]
+pub struct SpyAgentBuilder {
+    max_message_bytes: Option<usize>,
+    port: u16,
+}
+
+impl SpyAgentBuilder {
+    /// Refuses gRPC messages larger than this with RESOURCE_EXHAUSTED, as the
+    /// real agents do above 10 MiB.
+    ///
+    /// ```
+    /// let builder = loggregator::spy::SpyAgent::builder().max_message_bytes(1 << 20);
+    /// ```
+    pub fn max_message_bytes(mut self, bytes: usize) -> Self {
+        self.max_message_bytes = Some(bytes);
+        self
+    }
+
+    /// Listens on this port of 127.0.0.1 instead of a free one.
+    ///
+    /// ```
+    /// let builder = loggregator::spy::SpyAgent::builder().port(3458);
+    /// ```
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = port;
+        self
+    }
+
+    /// Starts the spy with the server certificate of `certs`, requiring
+    /// client certificates signed by its CA.
+    ///
+    /// ```
+    /// let certs = loggregator::spy::TestCerts::generate()?;
+    /// let agent = loggregator::spy::SpyAgent::builder().start(&certs)?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn start(self, certs: &TestCerts) -> io::Result<SpyAgent> {
+        let env = Arc::new(
+            EnvBuilder::new()
+                .cq_count(1)
+                .name_prefix("spy-agent")
+                .build(),
+        );
+        let state = Arc::new(State::default());
+        let config = ServerConfig {
+            ca_pem: certs.ca_pem().to_vec(),
+            cert_pem: certs.server_cert_pem().to_vec(),
+            key_pem: certs.server_key_pem().to_vec(),
+            max_message_bytes: self.max_message_bytes,
+        };
+        let (server, port) = serve(&env, &state, &config, self.port)?;
+        Ok(SpyAgent {
+            server: Mutex::new(Some(server)),
+            addr: format!("127.0.0.1:{port}"),
+            state,
+            config,
+            env,
+        })
     }
 }
 
@@ -218,75 +361,106 @@ impl SpyAgent {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn start(certs: &TestCerts) -> io::Result<SpyAgent> {
-        let env = Arc::new(
-            EnvBuilder::new()
-                .cq_count(1)
-                .name_prefix("spy-agent")
-                .build(),
-        );
-        let state = Arc::new(State::default());
-        let service = ServiceBuilder::new()
-            .add_client_streaming_handler(&BATCH_SENDER, {
-                let state = state.clone();
-                move |ctx: RpcContext<'_>,
-                      stream: RequestStream<EnvelopeBatch>,
-                      sink: ClientStreamingSink<BatchSenderResponse>| {
-                    serve_stream(
-                        &ctx,
-                        state.clone(),
-                        Rpc::BatchSender,
-                        stream,
-                        sink,
-                        |batch| batch.batch,
-                    )
-                }
-            })
-            .add_client_streaming_handler(&SENDER, {
-                let state = state.clone();
-                move |ctx: RpcContext<'_>,
-                      stream: RequestStream<Envelope>,
-                      sink: ClientStreamingSink<IngressResponse>| {
-                    serve_stream(&ctx, state.clone(), Rpc::Sender, stream, sink, |envelope| {
-                        vec![envelope]
-                    })
-                }
-            })
-            .add_unary_handler(&SEND, {
-                let state = state.clone();
-                move |ctx: RpcContext<'_>, batch: EnvelopeBatch, sink: UnarySink<SendResponse>| {
-                    let stream = state.start_call();
-                    let bytes = batch.compute_size() as usize;
-                    state.read(Rpc::Send, stream, batch.batch, bytes);
-                    ctx.spawn(async move {
-                        let _ = sink.success(SendResponse::new()).await;
-                    });
-                }
-            })
-            .build();
-        let mut server = ServerBuilder::new(env.clone())
-            .register_service(service)
-            .build()
-            .map_err(io::Error::other)?;
-        let credentials = ServerCredentialsBuilder::new()
-            .root_cert(
-                certs.ca_pem().to_vec(),
-                CertificateRequestType::RequestAndRequireClientCertificateAndVerify,
-            )
-            .add_cert(
-                certs.server_cert_pem().to_vec(),
-                certs.server_key_pem().to_vec(),
-            )
-            .build();
-        let port = server
-            .add_listening_port("127.0.0.1:0", credentials)
-            .map_err(io::Error::other)?;
-        server.start();
-        Ok(SpyAgent {
-            server,
-            addr: format!("127.0.0.1:{port}"),
-            state,
-            _env: env,
-        })
+        SpyAgentBuilder::default().start(certs)
+    }
+
+    /// Options beyond [`start`](Self::start)'s defaults.
+    ///
+    /// ```
+    /// let builder = loggregator::spy::SpyAgent::builder();
+    /// ```
+    pub fn builder() -> SpyAgentBuilder {
+        SpyAgentBuilder::default()
+    }
+
+    /// Stops serving: open calls are cancelled and new connections refused.
+    /// What was recorded is kept.
+    ///
+    /// ```
+    /// # let certs = loggregator::spy::TestCerts::generate()?;
+    /// # let agent = loggregator::spy::SpyAgent::start(&certs)?;
+    /// agent.shutdown();
+    /// agent.restart()?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn shutdown(&self) {
+        if let Some(server) = self.server.lock().take() {
+            stop(server, &self.state);
+        }
+    }
+
+    /// Serves again on the same port after [`shutdown`](Self::shutdown)
+    /// (a no-op while serving).
+    ///
+    /// ```
+    /// # let certs = loggregator::spy::TestCerts::generate()?;
+    /// # let agent = loggregator::spy::SpyAgent::start(&certs)?;
+    /// agent.restart()?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn restart(&self) -> io::Result<()> {
+        let mut server = self.server.lock();
+        if server.is_none() {
+            let port = self
+                .addr
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse().ok())
+                .unwrap_or(0);
+            *server = Some(serve(&self.env, &self.state, &self.config, port)?.0);
+        }
+        Ok(())
+    }
+
+    /// Stops reading streams, holding them open: the client's writes stall
+    /// once HTTP/2 flow control fills, as with an overloaded agent.
+    ///
+    /// ```
+    /// # let certs = loggregator::spy::TestCerts::generate()?;
+    /// # let agent = loggregator::spy::SpyAgent::start(&certs)?;
+    /// agent.pause_reading();
+    /// agent.resume_reading();
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn pause_reading(&self) {
+        self.state.set_paused(true);
+    }
+
+    /// Reads streams again after [`pause_reading`](Self::pause_reading).
+    ///
+    /// ```
+    /// # let certs = loggregator::spy::TestCerts::generate()?;
+    /// # let agent = loggregator::spy::SpyAgent::start(&certs)?;
+    /// agent.resume_reading();
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn resume_reading(&self) {
+        self.state.set_paused(false);
+    }
+
+    /// Ends the stream that delivers the next message with this status; the
+    /// message is not recorded.
+    ///
+    /// ```
+    /// use loggregator::spy::StatusCode;
+    /// # let certs = loggregator::spy::TestCerts::generate()?;
+    /// # let agent = loggregator::spy::SpyAgent::start(&certs)?;
+    /// agent.fail_next_stream(StatusCode::Unavailable, "going away");
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn fail_next_stream(&self, code: StatusCode, message: impl Into<String>) {
+        *self.state.fail_next.lock() = Some((code, message.into()));
+    }
+
+    /// How many calls (streams and unary sends) clients have started.
+    ///
+    /// ```
+    /// # let certs = loggregator::spy::TestCerts::generate()?;
+    /// # let agent = loggregator::spy::SpyAgent::start(&certs)?;
+    /// assert_eq!(agent.calls_started(), 0);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn calls_started(&self) -> u64 {
+        self.state.record.lock().calls_started
     }
 
     /// `127.0.0.1:PORT`, for [`IngressClientBuilder::addr`](crate::IngressClientBuilder::addr).
@@ -383,10 +557,88 @@ impl SpyAgent {
 
 impl Drop for SpyAgent {
     fn drop(&mut self) {
-        let shutdown = self.server.shutdown();
-        self.server.cancel_all_calls();
-        let _ = futures::executor::block_on(shutdown);
+        self.shutdown();
     }
+}
+
+fn stop(mut server: Server, state: &State) {
+    let shutdown = server.shutdown();
+    server.cancel_all_calls();
+    // Paused readers must run to see their calls cancelled.
+    state.set_paused(false);
+    let _ = futures::executor::block_on(shutdown);
+}
+
+/// Builds, binds and starts a server; returns it with its port.
+fn serve(
+    env: &Arc<Environment>,
+    state: &Arc<State>,
+    config: &ServerConfig,
+    port: u16,
+) -> io::Result<(Server, u16)> {
+    let mut builder = ServerBuilder::new(env.clone()).register_service(service(state));
+    if let Some(bytes) = config.max_message_bytes {
+        let limit = i32::try_from(bytes).unwrap_or(i32::MAX);
+        let args = ChannelBuilder::new(env.clone())
+            .max_receive_message_len(limit)
+            .build_args();
+        builder = builder.channel_args(args);
+    }
+    let mut server = builder.build().map_err(io::Error::other)?;
+    let credentials = ServerCredentialsBuilder::new()
+        .root_cert(
+            config.ca_pem.clone(),
+            CertificateRequestType::RequestAndRequireClientCertificateAndVerify,
+        )
+        .add_cert(config.cert_pem.clone(), config.key_pem.clone())
+        .build();
+    let port = server
+        .add_listening_port(format!("127.0.0.1:{port}"), credentials)
+        .map_err(io::Error::other)?;
+    server.start();
+    Ok((server, port))
+}
+
+/// The Ingress service, recording into `state`.
+fn service(state: &Arc<State>) -> Service {
+    ServiceBuilder::new()
+        .add_client_streaming_handler(&BATCH_SENDER, {
+            let state = state.clone();
+            move |ctx: RpcContext<'_>,
+                  stream: RequestStream<EnvelopeBatch>,
+                  sink: ClientStreamingSink<BatchSenderResponse>| {
+                serve_stream(
+                    &ctx,
+                    state.clone(),
+                    Rpc::BatchSender,
+                    stream,
+                    sink,
+                    |batch| batch.batch,
+                )
+            }
+        })
+        .add_client_streaming_handler(&SENDER, {
+            let state = state.clone();
+            move |ctx: RpcContext<'_>,
+                  stream: RequestStream<Envelope>,
+                  sink: ClientStreamingSink<IngressResponse>| {
+                serve_stream(&ctx, state.clone(), Rpc::Sender, stream, sink, |envelope| {
+                    vec![envelope]
+                })
+            }
+        })
+        .add_unary_handler(&SEND, {
+            let state = state.clone();
+            move |ctx: RpcContext<'_>, batch: EnvelopeBatch, sink: UnarySink<SendResponse>| {
+                let stream = state.start_call();
+                let bytes = batch.compute_size() as usize;
+                state.read(Rpc::Send, stream, batch.batch, bytes);
+                ctx.spawn(async move {
+                    let _ = sink.success(SendResponse::new()).await;
+                });
+            }
+        })
+        .build()
 }
 
 /// Reads a client stream to its end, recording each message, then ends the
@@ -405,8 +657,15 @@ fn serve_stream<Req, Resp>(
     let call = state.start_call();
     ctx.spawn(async move {
         loop {
+            futures::future::poll_fn(|context| state.poll_reading(context)).await;
             match stream.try_next().await {
                 Ok(Some(message)) => {
+                    let failure = state.fail_next.lock().take();
+                    if let Some((code, text)) = failure {
+                        let _ = sink.fail(code.status(text)).await;
+                        state.end_stream();
+                        return;
+                    }
                     let bytes = message.compute_size() as usize;
                     state.read(rpc, call, envelopes(message), bytes);
                 }
@@ -425,10 +684,7 @@ fn serve_stream<Req, Resp>(
                 ))
                 .await
             }
-            StreamEnd::Internal(message) => {
-                sink.fail(RpcStatus::with_message(RpcStatusCode::INTERNAL, message))
-                    .await
-            }
+            StreamEnd::Status(code, message) => sink.fail(code.status(message)).await,
         };
         state.end_stream();
     });

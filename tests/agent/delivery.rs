@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use loggregator::spy::StreamEnd;
+use loggregator::spy::{StatusCode, StreamEnd};
 use loggregator::{Envelope, Error};
 
 use crate::common::{WAIT, setup};
@@ -96,7 +96,7 @@ fn close_reports_an_agent_that_ends_the_stream_with_an_error() {
     let setup = setup();
     setup
         .agent
-        .set_stream_end(StreamEnd::Internal("disk full".into()));
+        .set_stream_end(StreamEnd::Status(StatusCode::Internal, "disk full".into()));
     let client = setup.client();
     client.emit(Envelope::log("x"));
     match client.close(WAIT) {
