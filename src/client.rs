@@ -10,13 +10,15 @@ use parking_lot::Mutex;
 use protobuf::Message;
 
 use crate::LOG_TARGET;
+use crate::batch::framed_len;
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
+use crate::policy::{Backoff, Delivery, Overflow};
 use crate::proto::envelope as pb;
 use crate::stats::{Counters, DropReason, Stats};
 use crate::tls::TlsConfig;
 use crate::transport::{ChannelSettings, GrpcTransport};
-use crate::worker::{Control, LONGEST_WAIT, Queued, Settings, Worker, deadline_after, framed_len};
+use crate::worker::{Control, LONGEST_WAIT, Queued, Settings, Worker, deadline_after};
 
 /// Where the agent listens on every Cloud Foundry VM and container.
 pub const DEFAULT_ADDR: &str = "localhost:3458";
@@ -34,12 +36,32 @@ pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long dropping the last handle waits for queued envelopes to be written.
 pub const DEFAULT_CLOSE_ON_DROP_TIMEOUT: Duration = Duration::from_secs(5);
+/// The first wait before reconnecting after a failure; it doubles each time.
+pub const DEFAULT_RECONNECT_BACKOFF_INITIAL: Duration = Duration::from_millis(100);
+/// The longest wait between reconnect attempts.
+pub const DEFAULT_RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How often an idle connection is checked with an HTTP/2 ping. The
+/// Forwarder and Syslog agents close connections that ping more often than
+/// every 5 minutes.
+pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(6 * 60);
+/// The shortest keepalive any agent accepts (the Loggregator Agent's 10 s).
+pub const MIN_KEEPALIVE: Duration = Duration::from_secs(10);
+/// At least once: how long a stream is used before it is ended to confirm it.
+pub const DEFAULT_CONFIRM_INTERVAL: Duration = Duration::from_secs(1);
+/// At least once: the most bytes written but not yet confirmed.
+pub const DEFAULT_REPLAY_BUFFER_BYTES: usize = 8 * 1024 * 1024;
 
 /// The largest `queue_capacity`: the queue's slots are allocated up front.
 pub const MAX_QUEUE_CAPACITY: usize = 1_000_000;
 
 /// How long a timed-out close waits for the cancelled sender thread to exit.
 const ABORT_GRACE: Duration = Duration::from_millis(500);
+/// How long after its deadline close waits for the sender's own account of
+/// what it gave up, before cancelling it.
+const REPLY_GRACE: Duration = Duration::from_millis(200);
+/// How many envelopes one `DropOldest` emit evicts at most before it drops
+/// its own (other emitters may keep taking the room it makes).
+const MAX_EVICTIONS: usize = 8;
 
 /// Sends envelopes to a Loggregator agent from any thread.
 ///
@@ -89,6 +111,10 @@ struct Inner {
     closed: AtomicBool,
     /// Set when the sender thread has stopped: a racing emit counts its own envelope.
     stopped: AtomicBool,
+    overflow: Overflow,
+    /// Disconnects when close begins, releasing emitters blocked on a full queue.
+    closing: Receiver<()>,
+    close_signal: Mutex<Option<Sender<()>>>,
     batch_max_bytes: usize,
     global_tags: Vec<(String, String)>,
     /// Bytes the global tags can add to one encoded envelope.
@@ -142,17 +168,18 @@ impl IngressClient {
         let queued = Queued {
             envelope: envelope.into_proto(),
         };
-        match inner.data.try_send(queued) {
-            Ok(()) => {
-                // Pairs with the fence in `close`: either the closer's last
-                // drain sees this envelope, or this sees `stopped`.
-                fence(Ordering::SeqCst);
-                if inner.stopped.load(Ordering::Relaxed) {
-                    inner.drain_leftovers();
-                }
+        let queued = match inner.data.try_send(queued) {
+            Ok(()) => return inner.queued(),
+            Err(TrySendError::Full(queued)) => queued,
+            Err(TrySendError::Disconnected(_)) => {
+                return inner.drop_envelopes(DropReason::Closed, 1);
             }
-            Err(TrySendError::Full(_)) => inner.drop_envelopes(DropReason::QueueFull, 1),
-            Err(TrySendError::Disconnected(_)) => inner.drop_envelopes(DropReason::Closed, 1),
+        };
+        match inner.overflow {
+            Overflow::DropNewest => inner.drop_envelopes(DropReason::QueueFull, 1),
+            Overflow::DropOldest => inner.evict_oldest_for(queued),
+            Overflow::Block => inner.block_for(queued, None),
+            Overflow::BlockFor(wait) => inner.block_for(queued, Some(wait)),
         }
     }
 
@@ -219,7 +246,7 @@ impl IngressClient {
         if inner.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
-        let failed_before = inner.counters.write_failed();
+        let failed_before = inner.counters.gave_up();
         let (reply, replied) = bounded(1);
         inner
             .control
@@ -294,6 +321,47 @@ impl Inner {
         }
     }
 
+    /// After an envelope went into the queue.
+    fn queued(&self) {
+        // Pairs with the fence in `close`: either the closer's last drain
+        // sees this envelope, or this sees `stopped`.
+        fence(Ordering::SeqCst);
+        if self.stopped.load(Ordering::Relaxed) {
+            self.drain_leftovers();
+        }
+    }
+
+    fn evict_oldest_for(&self, mut queued: Queued) {
+        for _ in 0..MAX_EVICTIONS {
+            if self.leftovers.try_recv().is_ok() {
+                self.drop_envelopes(DropReason::QueueFull, 1);
+            }
+            queued = match self.data.try_send(queued) {
+                Ok(()) => return self.queued(),
+                Err(TrySendError::Full(queued)) => queued,
+                Err(TrySendError::Disconnected(_)) => {
+                    return self.drop_envelopes(DropReason::Closed, 1);
+                }
+            };
+        }
+        self.drop_envelopes(DropReason::QueueFull, 1);
+    }
+
+    /// Waits for room, at most `wait`, and never past the start of close.
+    fn block_for(&self, queued: Queued, wait: Option<Duration>) {
+        let timeout = wait.map_or_else(crossbeam_channel::never, |wait| {
+            crossbeam_channel::at(deadline_after(wait))
+        });
+        crossbeam_channel::select! {
+            send(self.data, queued) -> sent => match sent {
+                Ok(()) => self.queued(),
+                Err(_) => self.drop_envelopes(DropReason::Closed, 1),
+            },
+            recv(self.closing) -> _ => self.drop_envelopes(DropReason::Closed, 1),
+            recv(timeout) -> _ => self.drop_envelopes(DropReason::QueueFull, 1),
+        }
+    }
+
     /// The most an envelope can take in a batch once the global tags are merged.
     fn accounted_size(&self, envelope: &Envelope) -> usize {
         framed_len(envelope.as_proto().compute_size() as usize + self.global_tags_bytes)
@@ -307,7 +375,7 @@ impl Inner {
     /// was read; a flush or close covers everything queued before it, so any
     /// such drop may be one of its envelopes.
     fn undelivered_since(&self, failed_before: u64) -> Result<()> {
-        let count = self.counters.write_failed() - failed_before;
+        let count = self.counters.gave_up() - failed_before;
         if count == 0 {
             return Ok(());
         }
@@ -368,10 +436,15 @@ impl Inner {
             return Ok(());
         };
         self.closed.store(true, Ordering::Release);
-        let failed_before = self.counters.write_failed();
+        drop(self.close_signal.lock().take());
+        let failed_before = self.counters.gave_up();
         let (reply, replied) = bounded(1);
         let _ = self.control.send(Control::Close { deadline, reply });
-        let result = match replied.recv_deadline(deadline) {
+        let result = match replied.recv_deadline(deadline + REPLY_GRACE) {
+            Ok(Err(Error::Timeout { undelivered, .. })) => Err(Error::Timeout {
+                waited: started.elapsed(),
+                undelivered,
+            }),
             Ok(result) => self.undelivered_since(failed_before).and(result),
             Err(_) => {
                 let undelivered = self.undelivered();
@@ -446,6 +519,13 @@ pub struct IngressClientBuilder {
     flush_interval: Duration,
     write_timeout: Duration,
     close_on_drop_timeout: Duration,
+    overflow: Overflow,
+    delivery: Delivery,
+    confirm_interval: Duration,
+    replay_buffer_bytes: usize,
+    reconnect_initial: Duration,
+    reconnect_max: Duration,
+    keepalive: Option<Duration>,
 }
 
 impl Default for IngressClientBuilder {
@@ -460,6 +540,13 @@ impl Default for IngressClientBuilder {
             flush_interval: DEFAULT_FLUSH_INTERVAL,
             write_timeout: DEFAULT_WRITE_TIMEOUT,
             close_on_drop_timeout: DEFAULT_CLOSE_ON_DROP_TIMEOUT,
+            overflow: Overflow::default(),
+            delivery: Delivery::default(),
+            confirm_interval: DEFAULT_CONFIRM_INTERVAL,
+            replay_buffer_bytes: DEFAULT_REPLAY_BUFFER_BYTES,
+            reconnect_initial: DEFAULT_RECONNECT_BACKOFF_INITIAL,
+            reconnect_max: DEFAULT_RECONNECT_BACKOFF_MAX,
+            keepalive: Some(DEFAULT_KEEPALIVE),
         }
     }
 }
@@ -550,9 +637,11 @@ impl IngressClientBuilder {
         self
     }
 
-    /// How long one batch write may wait for the agent to take it (default
-    /// [`DEFAULT_WRITE_TIMEOUT`], 10 s); past it the stream is cancelled and
-    /// the batch counted as `write_failed`.
+    /// How long one batch write may wait for the agent to take it, and how
+    /// long the agent may take to end a closed stream (default
+    /// [`DEFAULT_WRITE_TIMEOUT`], 10 s). Past it the stream is cancelled; at
+    /// most once, the batch is counted as `gave_up` (the agent may have it),
+    /// at least once it is written again.
     ///
     /// ```
     /// let builder = loggregator::IngressClient::builder()
@@ -575,6 +664,84 @@ impl IngressClientBuilder {
         self
     }
 
+    /// What `emit` does when the queue is full (default
+    /// [`Overflow::DropNewest`]).
+    ///
+    /// ```
+    /// let builder = loggregator::IngressClient::builder().overflow(loggregator::Overflow::DropOldest);
+    /// ```
+    pub fn overflow(mut self, overflow: Overflow) -> Self {
+        self.overflow = overflow;
+        self
+    }
+
+    /// How much delivery is promised (default [`Delivery::AtMostOnce`]).
+    ///
+    /// ```
+    /// let builder = loggregator::IngressClient::builder().delivery(loggregator::Delivery::AtLeastOnce);
+    /// ```
+    pub fn delivery(mut self, delivery: Delivery) -> Self {
+        self.delivery = delivery;
+        self
+    }
+
+    /// At least once: how long a stream is used before it is ended to
+    /// confirm what it carried (default [`DEFAULT_CONFIRM_INTERVAL`], 1 s).
+    ///
+    /// ```
+    /// let builder = loggregator::IngressClient::builder()
+    ///     .confirm_interval(std::time::Duration::from_millis(500));
+    /// ```
+    pub fn confirm_interval(mut self, interval: Duration) -> Self {
+        self.confirm_interval = interval;
+        self
+    }
+
+    /// At least once: the most encoded bytes written but not yet confirmed
+    /// (default [`DEFAULT_REPLAY_BUFFER_BYTES`], 8 MiB; at least
+    /// `batch_max_bytes`). When it is full the client ends the stream to
+    /// confirm it and waits.
+    ///
+    /// ```
+    /// let builder = loggregator::IngressClient::builder().replay_buffer_bytes(32 << 20);
+    /// ```
+    pub fn replay_buffer_bytes(mut self, bytes: usize) -> Self {
+        self.replay_buffer_bytes = bytes;
+        self
+    }
+
+    /// The wait before the first reconnect attempt after a failure, and the
+    /// longest wait it doubles up to (defaults
+    /// [`DEFAULT_RECONNECT_BACKOFF_INITIAL`], 100 ms, and
+    /// [`DEFAULT_RECONNECT_BACKOFF_MAX`], 5 s). Each wait is drawn at random
+    /// from its upper half. Meanwhile envelopes wait in the queue.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let builder = loggregator::IngressClient::builder()
+    ///     .reconnect_backoff(Duration::from_millis(50), Duration::from_secs(30));
+    /// ```
+    pub fn reconnect_backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.reconnect_initial = initial;
+        self.reconnect_max = max;
+        self
+    }
+
+    /// How often the connection is checked with an HTTP/2 ping while a
+    /// stream is open, or `None` for never (default [`DEFAULT_KEEPALIVE`],
+    /// 6 minutes: the Forwarder and Syslog agents close connections that ping
+    /// more often than every 5 minutes; at least [`MIN_KEEPALIVE`]).
+    ///
+    /// ```
+    /// let builder = loggregator::IngressClient::builder()
+    ///     .keepalive(Some(std::time::Duration::from_secs(30)));
+    /// ```
+    pub fn keepalive(mut self, interval: Option<Duration>) -> Self {
+        self.keepalive = interval;
+        self
+    }
+
     /// Checks the settings and starts the sender thread. It does not connect:
     /// an agent that is down now is tried again with each batch.
     ///
@@ -592,16 +759,26 @@ impl IngressClientBuilder {
         let (abort_tx, abort_rx) = bounded(0);
         let (exited_tx, exited_rx) = bounded::<()>(0);
         let settings = Settings {
+            addr: self.addr.clone(),
             batch_max_envelopes: self.batch_max_envelopes,
             batch_max_bytes: self.batch_max_bytes,
             flush_interval: self.flush_interval,
             global_tags: self.global_tags.clone(),
+            delivery: self.delivery,
+            confirm_interval: self.confirm_interval,
+            replay_buffer_bytes: self.replay_buffer_bytes,
+            confirm_timeout: self.write_timeout,
+            backoff: Backoff::new(self.reconnect_initial, self.reconnect_max),
         };
         let channel = ChannelSettings {
             addr: self.addr.clone(),
             tls,
             write_timeout: self.write_timeout,
+            keepalive: self.keepalive,
+            reconnect_initial: self.reconnect_initial,
+            reconnect_max: self.reconnect_max,
         };
+        let (close_signal, closing) = bounded::<()>(0);
         let worker_counters = counters.clone();
         let worker_data = data_rx.clone();
         let handle = std::thread::Builder::new()
@@ -633,6 +810,9 @@ impl IngressClientBuilder {
                 counters,
                 closed: AtomicBool::new(false),
                 stopped: AtomicBool::new(false),
+                overflow: self.overflow,
+                closing,
+                close_signal: Mutex::new(Some(close_signal)),
                 batch_max_bytes: self.batch_max_bytes,
                 global_tags: self.global_tags,
                 global_tags_bytes,
@@ -696,12 +876,44 @@ impl IngressClientBuilder {
             ("flush_interval", self.flush_interval),
             ("write_timeout", self.write_timeout),
             ("close_on_drop_timeout", self.close_on_drop_timeout),
+            ("confirm_interval", self.confirm_interval),
+            ("reconnect_backoff", self.reconnect_initial),
+            ("reconnect_backoff", self.reconnect_max),
         ] {
             if value.is_zero() || value > LONGEST_WAIT {
                 return Err(invalid(
                     setting,
                     "must be longer than zero and at most a day",
                 ));
+            }
+        }
+        if self.reconnect_initial > self.reconnect_max {
+            return Err(invalid(
+                "reconnect_backoff",
+                "the initial wait is longer than the maximum",
+            ));
+        }
+        if self.replay_buffer_bytes < self.batch_max_bytes {
+            return Err(invalid(
+                "replay_buffer_bytes",
+                &format!(
+                    "must hold at least one batch ({} bytes)",
+                    self.batch_max_bytes
+                ),
+            ));
+        }
+        if self
+            .keepalive
+            .is_some_and(|k| k < MIN_KEEPALIVE || k > LONGEST_WAIT)
+        {
+            return Err(invalid(
+                "keepalive",
+                "must be from 10 s (the agents' limit) to a day",
+            ));
+        }
+        if let Overflow::BlockFor(wait) = self.overflow {
+            if wait > LONGEST_WAIT {
+                return Err(invalid("overflow", "BlockFor waits at most a day"));
             }
         }
         if self.global_tags.iter().any(|(key, _)| key.is_empty()) {

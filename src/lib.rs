@@ -25,9 +25,11 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod batch;
 mod client;
 mod envelope;
 mod error;
+mod policy;
 pub mod proto;
 mod stats;
 mod tls;
@@ -39,14 +41,17 @@ pub mod spy;
 
 pub use client::{
     AGENT_MAX_MESSAGE_BYTES, DEFAULT_ADDR, DEFAULT_BATCH_MAX_BYTES, DEFAULT_BATCH_MAX_ENVELOPES,
-    DEFAULT_CLOSE_ON_DROP_TIMEOUT, DEFAULT_FLUSH_INTERVAL, DEFAULT_QUEUE_CAPACITY,
-    DEFAULT_WRITE_TIMEOUT, IngressClient, IngressClientBuilder,
+    DEFAULT_CLOSE_ON_DROP_TIMEOUT, DEFAULT_CONFIRM_INTERVAL, DEFAULT_FLUSH_INTERVAL,
+    DEFAULT_KEEPALIVE, DEFAULT_QUEUE_CAPACITY, DEFAULT_RECONNECT_BACKOFF_INITIAL,
+    DEFAULT_RECONNECT_BACKOFF_MAX, DEFAULT_REPLAY_BUFFER_BYTES, DEFAULT_WRITE_TIMEOUT,
+    IngressClient, IngressClientBuilder, MAX_QUEUE_CAPACITY, MIN_KEEPALIVE,
 };
 pub use envelope::{
     CounterEnvelope, Envelope, EnvelopeBuilder, EnvelopeKind, EventEnvelope, GaugeEnvelope,
     LogEnvelope, TimerEnvelope, UnixNanos, kind,
 };
 pub use error::{Error, Result};
+pub use policy::{Delivery, Overflow};
 pub use stats::{Dropped, Stats};
 pub use tls::{DEFAULT_SERVER_NAME, TlsConfig};
 

@@ -31,6 +31,9 @@ pub struct Stats {
     pub errors: u64,
     /// Streams opened after the first one.
     pub reconnects: u64,
+    /// Envelopes written again after their stream failed before confirming
+    /// them (at least once); the agent may have them twice.
+    pub replayed: u64,
     /// Envelopes waiting in the queue.
     pub queued: u64,
     /// Envelopes taken from the queue by the sender thread and not yet sent or dropped.
@@ -54,8 +57,10 @@ pub struct Dropped {
     pub too_large: u64,
     /// Emitted after `close`, or still queued when close gave up.
     pub closed: u64,
-    /// The agent did not accept the batch holding it.
-    pub write_failed: u64,
+    /// The client gave up on it: it was still unwritten or unconfirmed when
+    /// `close` ran out of time, or (at most once) a write holding it was cut
+    /// short and might have reached the agent.
+    pub gave_up: u64,
     /// A counter with `delta == 0 && total == 0` not made with `reset()`.
     pub zero_counter: u64,
 }
@@ -70,7 +75,7 @@ impl Dropped {
     /// assert_eq!(dropped.total(), 3);
     /// ```
     pub fn total(&self) -> u64 {
-        self.queue_full + self.too_large + self.closed + self.write_failed + self.zero_counter
+        self.queue_full + self.too_large + self.closed + self.gave_up + self.zero_counter
     }
 }
 
@@ -80,7 +85,7 @@ pub(crate) enum DropReason {
     QueueFull,
     TooLarge,
     Closed,
-    WriteFailed,
+    GaveUp,
     ZeroCounter,
 }
 
@@ -90,7 +95,7 @@ impl DropReason {
             DropReason::QueueFull => "the queue is full",
             DropReason::TooLarge => "it is larger than batch_max_bytes",
             DropReason::Closed => "the client is closed",
-            DropReason::WriteFailed => "the agent did not accept it",
+            DropReason::GaveUp => "the agent could not be reached in time",
             DropReason::ZeroCounter => {
                 "a counter with delta 0 and total 0 would reset the agent's total"
             }
@@ -106,11 +111,12 @@ pub(crate) struct Counters {
     pub batches: AtomicU64,
     pub errors: AtomicU64,
     pub reconnects: AtomicU64,
+    pub replayed: AtomicU64,
     pub in_flight: AtomicU64,
     dropped_queue_full: AtomicU64,
     dropped_too_large: AtomicU64,
     dropped_closed: AtomicU64,
-    dropped_write_failed: AtomicU64,
+    dropped_gave_up: AtomicU64,
     dropped_zero_counter: AtomicU64,
     warned_about_drops: AtomicBool,
     last_error: Mutex<Option<String>>,
@@ -124,7 +130,7 @@ impl Counters {
             DropReason::QueueFull => &self.dropped_queue_full,
             DropReason::TooLarge => &self.dropped_too_large,
             DropReason::Closed => &self.dropped_closed,
-            DropReason::WriteFailed => &self.dropped_write_failed,
+            DropReason::GaveUp => &self.dropped_gave_up,
             DropReason::ZeroCounter => &self.dropped_zero_counter,
         };
         counter.fetch_add(count, Relaxed);
@@ -136,13 +142,13 @@ impl Counters {
             queue_full: self.dropped_queue_full.load(Relaxed),
             too_large: self.dropped_too_large.load(Relaxed),
             closed: self.dropped_closed.load(Relaxed),
-            write_failed: self.dropped_write_failed.load(Relaxed),
+            gave_up: self.dropped_gave_up.load(Relaxed),
             zero_counter: self.dropped_zero_counter.load(Relaxed),
         }
     }
 
-    pub(crate) fn write_failed(&self) -> u64 {
-        self.dropped_write_failed.load(Relaxed)
+    pub(crate) fn gave_up(&self) -> u64 {
+        self.dropped_gave_up.load(Relaxed)
     }
 
     pub(crate) fn record_error(&self, error: &crate::Error) {
@@ -158,6 +164,7 @@ impl Counters {
             batches: self.batches.load(Relaxed),
             errors: self.errors.load(Relaxed),
             reconnects: self.reconnects.load(Relaxed),
+            replayed: self.replayed.load(Relaxed),
             queued: queued as u64,
             in_flight: self.in_flight.load(Relaxed),
             last_error: self.last_error.lock().clone(),

@@ -5,11 +5,11 @@ use std::future::Future;
 use std::io::Read;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, at, bounded, select};
-use futures::SinkExt;
+use crossbeam_channel::{Receiver, at, bounded, select};
+use futures::{Sink, SinkExt};
 use grpcio::{
     CallOption, ChannelBuilder, ChannelCredentialsBuilder, Client, ClientCStreamReceiver,
     ClientCStreamSender, EnvBuilder, Environment, GrpcSlice, Marshaller, MessageReader, Method,
@@ -20,7 +20,8 @@ use crate::error::{Error, Result};
 use crate::proto::ingress::{BatchSenderResponse, SendResponse};
 use crate::tls::TlsConfig;
 use crate::worker::{
-    BatchStream, LONGEST_WAIT, PendingSend, Transport, WriteError, deadline_after,
+    BatchStream, ChannelWaker, Closing, LONGEST_WAIT, PendingSend, Transport, WriteError,
+    deadline_after,
 };
 
 /// Requests are `EnvelopeBatch` messages the sender thread has already
@@ -71,7 +72,13 @@ pub(crate) struct ChannelSettings {
     pub addr: String,
     pub tls: TlsConfig,
     pub write_timeout: Duration,
+    pub keepalive: Option<Duration>,
+    pub reconnect_initial: Duration,
+    pub reconnect_max: Duration,
 }
+
+/// How long the agent may take to answer a keepalive ping.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 pub(crate) struct GrpcTransport {
     client: Client,
@@ -98,10 +105,20 @@ impl GrpcTransport {
             .root_cert(tls.ca_pem().to_vec())
             .cert(tls.cert_pem().to_vec(), tls.key_pem().to_vec())
             .build();
-        let channel = ChannelBuilder::new(env.clone())
+        // The channel reconnects on the client's own schedule, so a retry
+        // after our backoff finds a connection attempt made, not one pending.
+        let mut channel = ChannelBuilder::new(env.clone())
             .override_ssl_target(tls.verified_name())
-            .set_credentials(credentials)
-            .connect(&settings.addr);
+            .initial_reconnect_backoff(settings.reconnect_initial)
+            .max_reconnect_backoff(settings.reconnect_max)
+            .set_credentials(credentials);
+        if let Some(interval) = settings.keepalive {
+            channel = channel
+                .keepalive_time(interval)
+                .keepalive_timeout(KEEPALIVE_TIMEOUT)
+                .keepalive_permit_without_calls(false);
+        }
+        let channel = channel.connect(&settings.addr);
         GrpcTransport {
             client: Client::new(channel),
             waiter: Waiter::new(abort),
@@ -113,7 +130,7 @@ impl GrpcTransport {
     }
 
     fn error(&self, error: grpcio::Error) -> Error {
-        agent_error(&self.addr, &self.server_name, error)
+        agent_error(&self.addr, &self.server_name, &error)
     }
 }
 
@@ -150,7 +167,7 @@ impl Transport for GrpcTransport {
         Ok(Box::new(move || {
             futures::executor::block_on(response)
                 .map(drop)
-                .map_err(|e| agent_error(&addr, &server_name, e))
+                .map_err(|e| agent_error(&addr, &server_name, &e))
         }))
     }
 }
@@ -164,6 +181,9 @@ pub(crate) struct GrpcStream {
     write_timeout: Duration,
 }
 
+/// How long to wait for the status of a call that has already ended.
+const END_STATUS_WAIT: Duration = Duration::from_secs(1);
+
 impl GrpcStream {
     /// The call has ended: its status (from the response side) says why,
     /// which is more useful than the sink's "call finished".
@@ -176,24 +196,11 @@ impl GrpcStream {
             Ok(Ok(_)) | Err(_) => fallback,
         }
     }
-
-    fn error(&self, error: grpcio::Error) -> Error {
-        agent_error(&self.addr, &self.server_name, error)
-    }
-
-    fn timeout(&self, waited: Duration, what: &str) -> Error {
-        Error::Agent {
-            addr: self.addr.clone(),
-            status: format!("{what} not done after {waited:?}"),
-            hint: Some("the agent is not reading; it may be overloaded or stuck".to_string()),
-        }
-    }
 }
 
-/// How long to wait for the status of a call that has already ended.
-const END_STATUS_WAIT: Duration = Duration::from_secs(1);
-
 impl BatchStream for GrpcStream {
+    type Closing = GrpcClosing;
+
     fn write(&mut self, batch: &[u8]) -> std::result::Result<(), WriteError> {
         let message = (GrpcSlice::from(batch), WriteFlags::default());
         let waited = self
@@ -204,33 +211,79 @@ impl BatchStream for GrpcStream {
             Ok(Ok(())) => Ok(()),
             Ok(Err(error)) => {
                 let error = self.ended(error);
-                Err(WriteError::StreamEnded(self.error(error)))
+                Err(classify(
+                    agent_error(&self.addr, &self.server_name, &error),
+                    &error,
+                ))
             }
-            Err(_) => Err(WriteError::Uncertain(
-                self.timeout(self.write_timeout, "write"),
-            )),
+            Err(interrupted) => Err(WriteError::Uncertain(Error::Agent {
+                addr: self.addr.clone(),
+                status: match interrupted {
+                    Interrupted::Deadline => {
+                        format!("write not accepted within {:?}", self.write_timeout)
+                    }
+                    Interrupted::Aborted => "write cancelled by close".to_string(),
+                },
+                hint: Some("the agent is not reading; it may be overloaded or stuck".to_string()),
+            })),
         }
     }
 
-    fn finish(mut self, deadline: Instant) -> Result<()> {
-        let started = Instant::now();
-        let ended = match self.waiter.wait(self.sink.close(), deadline) {
-            Ok(Ok(())) => match self.waiter.wait(&mut self.response, deadline) {
-                Ok(result) => result.map(drop),
-                Err(_) => return Err(self.timeout(started.elapsed(), "end of call")),
-            },
-            // The call ended before the half-close: its status says how.
-            Ok(Err(error)) => match self.ended(error) {
-                grpcio::Error::RpcFinished(None) => Ok(()),
-                error => Err(error),
-            },
-            Err(_) => return Err(self.timeout(started.elapsed(), "half-close")),
-        };
-        match ended {
-            Ok(()) => Ok(()),
-            Err(error) if is_clean_end(&error) => Ok(()),
-            Err(error) => Err(self.error(error)),
+    fn half_close(self) -> GrpcClosing {
+        GrpcClosing {
+            stream: self,
+            half_closed: None,
         }
+    }
+}
+
+/// A half-closed stream, polled by the sender loop until the agent ends it.
+pub(crate) struct GrpcClosing {
+    stream: GrpcStream,
+    /// Set once the half-close is done, with the error it met if the call
+    /// had already ended.
+    half_closed: Option<Option<grpcio::Error>>,
+}
+
+impl Closing for GrpcClosing {
+    fn poll_end(&mut self, context: &mut Context<'_>) -> Poll<std::result::Result<(), WriteError>> {
+        let stream = &mut self.stream;
+        if self.half_closed.is_none() {
+            match Pin::new(&mut stream.sink).poll_close(context) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(result) => self.half_closed = Some(result.err()),
+            }
+        }
+        let ended = match Pin::new(&mut stream.response).poll(context) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(ended) => ended,
+        };
+        let error = match ended {
+            Ok(_) => return Poll::Ready(Ok(())),
+            Err(error) => error,
+        };
+        if is_clean_end(&error) {
+            return Poll::Ready(Ok(()));
+        }
+        let described = agent_error(&stream.addr, &stream.server_name, &error);
+        Poll::Ready(Err(classify(described, &error)))
+    }
+}
+
+/// Sorts a failed call by what its status means for the batches it carried.
+fn classify(described: Error, error: &grpcio::Error) -> WriteError {
+    match status_code(error) {
+        Some(RpcStatusCode::RESOURCE_EXHAUSTED) => WriteError::TooLarge(described),
+        _ => WriteError::StreamEnded(described),
+    }
+}
+
+fn status_code(error: &grpcio::Error) -> Option<RpcStatusCode> {
+    match error {
+        grpcio::Error::RpcFailure(status) | grpcio::Error::RpcFinished(Some(status)) => {
+            Some(status.code())
+        }
+        _ => None,
     }
 }
 
@@ -246,8 +299,8 @@ fn is_clean_end(error: &grpcio::Error) -> bool {
     }
 }
 
-fn agent_error(addr: &str, server_name: &str, error: grpcio::Error) -> Error {
-    let status = match &error {
+fn agent_error(addr: &str, server_name: &str, error: &grpcio::Error) -> Error {
+    let status = match error {
         grpcio::Error::RpcFailure(status) | grpcio::Error::RpcFinished(Some(status)) => {
             let code = format!("{:?}", status.code());
             let code = code.split_once('-').map_or(code.as_str(), |(_, name)| name);
@@ -303,19 +356,6 @@ pub(crate) enum Interrupted {
 #[derive(Clone)]
 pub(crate) struct Waiter {
     abort: Receiver<()>,
-}
-
-struct ChannelWaker(Sender<()>);
-
-impl Wake for ChannelWaker {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        // A full channel already holds a wake-up.
-        let _ = self.0.try_send(());
-    }
 }
 
 impl Waiter {

@@ -1,19 +1,24 @@
-//! The sender loop: batches queued envelopes and hands them to a transport.
+//! The sender loop: batches queued envelopes, writes them through a
+//! transport, retries with backoff, and (at least once) replays what a failed
+//! stream had not confirmed.
 //!
 //! It knows nothing of gRPC: a [`Transport`] opens streams and starts unary
-//! sends, so the batching, deadline and flush logic is tested here with
-//! in-memory fakes.
+//! sends, so batching, deadlines, flushes, retries and confirmations are
+//! tested here with in-memory fakes.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, at, never, select_biased};
-use protobuf::rt::WireType;
-use protobuf::{CodedOutputStream, Message};
+use crossbeam_channel::{Receiver, Sender, at, bounded, never, select_biased};
+use protobuf::Message;
 
 use crate::LOG_TARGET;
+use crate::batch::{Batch, BatchBuilder, framed_len};
 use crate::error::{Error, Result};
+use crate::policy::{Backoff, Delivery};
 use crate::proto::envelope as pb;
 use crate::stats::{Counters, DropReason};
 
@@ -25,9 +30,10 @@ pub(crate) struct Queued {
 /// Requests from the handle, on their own channel so they are never stuck
 /// behind a full data queue.
 pub(crate) enum Control {
-    /// Write everything queued before this request, then reply.
+    /// Reply once everything queued before this request has been written.
     Flush(Sender<Result<()>>),
-    /// Write everything queued, end the stream cleanly by `deadline`, then stop.
+    /// Write everything queued, end the stream cleanly, and stop; give up on
+    /// whatever is left at `deadline`.
     Close {
         deadline: Instant,
         reply: Sender<Result<()>>,
@@ -46,7 +52,7 @@ pub(crate) type PendingSend = Box<dyn FnOnce() -> Result<()> + Send>;
 
 /// Opens `BatchSender` streams and starts unary sends.
 pub(crate) trait Transport {
-    /// The stream type; dropping one without [`BatchStream::finish`] cancels it.
+    /// The stream type; dropping one cancels its call.
     type Stream: BatchStream;
 
     /// Opens a new stream.
@@ -56,40 +62,45 @@ pub(crate) trait Transport {
     fn send(&mut self, batch: &[u8], timeout: Duration) -> Result<PendingSend>;
 }
 
-/// Why a write failed, which decides whether it may be tried again.
+/// Why a write (or a stream's end) failed, which decides what happens to
+/// its batches.
 #[derive(Debug)]
 pub(crate) enum WriteError {
     /// The stream had already ended: the agent never got the batch.
     StreamEnded(Error),
+    /// The agent refused a message as too large (RESOURCE_EXHAUSTED).
+    TooLarge(Error),
     /// The write was cut short (timeout, abort): the agent may have it.
     Uncertain(Error),
 }
 
 impl WriteError {
-    fn into_error(self) -> Error {
+    fn error(&self) -> &Error {
         match self {
-            WriteError::StreamEnded(error) | WriteError::Uncertain(error) => error,
+            WriteError::StreamEnded(error)
+            | WriteError::TooLarge(error)
+            | WriteError::Uncertain(error) => error,
         }
     }
 }
 
 /// One client stream of encoded `EnvelopeBatch` messages.
 pub(crate) trait BatchStream {
+    /// Half-closing a stream yields this; it resolves when the call ends.
+    type Closing: Closing;
+
     /// Writes one encoded batch; returns once the transport accepted it.
     fn write(&mut self, batch: &[u8]) -> std::result::Result<(), WriteError>;
 
-    /// Half-closes the stream and waits, until `deadline`, for the agent to
-    /// end the call after reading everything.
-    fn finish(self, deadline: Instant) -> Result<()>;
+    /// Starts a half-close without waiting for the agent's answer.
+    fn half_close(self) -> Self::Closing;
 }
 
-/// What the loop needs to know from the builder.
-#[derive(Clone, Debug)]
-pub(crate) struct Settings {
-    pub batch_max_envelopes: usize,
-    pub batch_max_bytes: usize,
-    pub flush_interval: Duration,
-    pub global_tags: Vec<(String, String)>,
+/// A half-closed stream waiting for the agent to end the call.
+pub(crate) trait Closing {
+    /// Ready with `Ok` once the agent ended the call cleanly (after reading
+    /// everything), or with the error it ended it with.
+    fn poll_end(&mut self, context: &mut Context<'_>) -> Poll<std::result::Result<(), WriteError>>;
 }
 
 /// The longest any setting or timeout is honoured, so deadlines never overflow.
@@ -100,30 +111,84 @@ pub(crate) fn deadline_after(wait: Duration) -> Instant {
     Instant::now() + wait.min(LONGEST_WAIT)
 }
 
-/// The encoded size of `len` as a protobuf varint.
-pub(crate) fn varint_len(len: u64) -> usize {
-    (64 - (len | 1).leading_zeros() as usize).div_ceil(7)
+/// What the loop needs to know from the builder.
+#[derive(Clone, Debug)]
+pub(crate) struct Settings {
+    /// The agent's address, for error messages.
+    pub addr: String,
+    pub batch_max_envelopes: usize,
+    pub batch_max_bytes: usize,
+    pub flush_interval: Duration,
+    pub global_tags: Vec<(String, String)>,
+    pub delivery: Delivery,
+    /// At least once: how long a stream is used before it is closed to confirm it.
+    pub confirm_interval: Duration,
+    /// At least once: the most bytes written but not yet confirmed.
+    pub replay_buffer_bytes: usize,
+    /// How long the agent may take to end a half-closed stream.
+    pub confirm_timeout: Duration,
+    pub backoff: Backoff,
 }
 
-/// The bytes an envelope of encoded size `size` takes inside an `EnvelopeBatch`.
-pub(crate) fn framed_len(size: usize) -> usize {
-    1 + varint_len(size as u64) + size
+/// The stream being written, with what it carried that is not yet confirmed.
+struct OpenStream<S> {
+    stream: S,
+    opened: Instant,
+    unconfirmed: Vec<Batch>,
 }
+
+/// A half-closed stream and the batches its clean end will confirm.
+struct Confirming<C> {
+    closing: C,
+    batches: Vec<Batch>,
+    deadline: Instant,
+}
+
+/// Turns grpc's wake-ups into messages a `select!` can wait on.
+pub(crate) struct ChannelWaker(pub Sender<()>);
+
+impl Wake for ChannelWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        // A full channel already holds a wake-up.
+        let _ = self.0.try_send(());
+    }
+}
+
+type ClosingOf<T> = <<T as Transport>::Stream as BatchStream>::Closing;
 
 pub(crate) struct Worker<T: Transport> {
     transport: T,
-    stream: Option<T::Stream>,
+    stream: Option<OpenStream<T::Stream>>,
     streams_opened: u64,
+    confirming: Vec<Confirming<ClosingOf<T>>>,
     data: Receiver<Queued>,
+    no_data: Receiver<Queued>,
     control: Receiver<Control>,
+    waker: Waker,
+    wakeups: Receiver<()>,
     settings: Settings,
     counters: Arc<Counters>,
-    /// The `EnvelopeBatch` being built, already encoded.
-    batch: Vec<u8>,
-    batch_len: usize,
-    batch_started: Option<Instant>,
+    building: BatchBuilder,
+    /// Sealed batches waiting to be written, oldest first.
+    outbox: VecDeque<Batch>,
+    /// Envelopes taken from the queue so far; batches are numbered by it.
+    taken: u64,
+    /// Bytes written but not yet confirmed (at least once).
+    replay_bytes: usize,
+    retry_at: Option<Instant>,
+    backoff: Backoff,
+    /// Flush replies waiting for every envelope up to their number to be written.
+    flushes: Vec<(u64, Sender<Result<()>>)>,
+    closing: Option<(Instant, Sender<Result<()>>)>,
+    /// How the last stream ended during close, when it ended badly.
+    close_error: Option<Error>,
     /// False from the first failure of an outage until a write succeeds again.
     healthy: bool,
+    failures_in_outage: u64,
 }
 
 impl<T: Transport> Worker<T> {
@@ -134,217 +199,501 @@ impl<T: Transport> Worker<T> {
         settings: Settings,
         counters: Arc<Counters>,
     ) -> Worker<T> {
+        let (wake, wakeups) = bounded(1);
         Worker {
             transport,
             stream: None,
             streams_opened: 0,
+            confirming: Vec::new(),
             data,
+            no_data: never(),
             control,
-            batch: Vec::with_capacity(settings.batch_max_bytes.min(1 << 20)),
+            waker: Waker::from(Arc::new(ChannelWaker(wake))),
+            wakeups,
+            backoff: settings.backoff.clone(),
             settings,
             counters,
-            batch_len: 0,
-            batch_started: None,
+            building: BatchBuilder::default(),
+            outbox: VecDeque::new(),
+            taken: 0,
+            replay_bytes: 0,
+            retry_at: None,
+            flushes: Vec::new(),
+            closing: None,
+            close_error: None,
             healthy: true,
+            failures_in_outage: 0,
         }
     }
 
-    /// Runs until a close request (or until every handle is gone).
+    /// Runs until a close request is done (or every handle is gone).
     pub(crate) fn run(mut self) {
         loop {
-            let batch_due = match self.batch_started {
-                Some(started) => at(started + self.settings.flush_interval.min(LONGEST_WAIT)),
-                None => never(),
-            };
+            let now = Instant::now();
+            self.on_time(now);
+            self.write_outbox();
+            self.rotate_if_due(now);
+            self.poll_confirmations(now);
+            self.answer_flushes();
+            if self.finish_close_if_done() {
+                return;
+            }
+            if self.can_write() && !self.outbox.is_empty() {
+                // A failed confirmation put batches back: write them now.
+                continue;
+            }
+
+            let accepting = self.closing.is_none() && self.outbox.is_empty() && self.can_write();
+            let data = if accepting { &self.data } else { &self.no_data };
+            let timer = self.next_deadline().map_or_else(never, at);
             select_biased! {
                 recv(self.control) -> request => match request {
-                    Ok(Control::Flush(reply)) => {
-                        let result = self.flush();
-                        let _ = reply.send(result);
-                    }
-                    Ok(Control::Close { deadline, reply }) => {
-                        let result = self.close(deadline);
-                        let _ = reply.send(result);
-                        return;
-                    }
-                    Ok(Control::Send { batch, deadline, reply }) => {
-                        // A caller that gave up has already counted its error.
-                        let left = deadline.saturating_duration_since(Instant::now());
-                        if !left.is_zero() {
-                            let pending = self.transport.send(&batch, left);
-                            if let Err(error) = &pending {
-                                self.counters.record_error(error);
-                            }
-                            let _ = reply.send(pending);
-                        }
-                    }
-                    Err(_) => {
-                        let _ = self.close(deadline_after(Duration::from_secs(1)));
-                        return;
-                    }
+                    Ok(request) => self.handle(request),
+                    Err(_) => self.begin_close(deadline_after(Duration::from_secs(1)), None),
                 },
-                recv(self.data) -> queued => match queued {
-                    Ok(queued) => {
-                        self.push(queued);
-                        // Take what else is waiting without going back to select.
-                        while self.batch_len > 0 {
+                recv(data) -> queued => {
+                    if let Ok(queued) = queued {
+                        self.take(queued);
+                        // Take what else is waiting, up to a full batch, without
+                        // going back to select.
+                        while self.outbox.is_empty() {
                             match self.data.try_recv() {
-                                Ok(queued) => self.push(queued),
+                                Ok(queued) => self.take(queued),
                                 Err(_) => break,
                             }
                         }
                     }
-                    Err(_) => {
-                        let _ = self.close(deadline_after(Duration::from_secs(1)));
-                        return;
-                    }
                 },
-                recv(batch_due) -> _ => self.write_batch(),
+                recv(self.wakeups) -> _ => {},
+                recv(timer) -> _ => {},
             }
         }
     }
 
-    /// Writes everything that was queued when the request arrived.
-    fn flush(&mut self) -> Result<()> {
-        // Envelopes emitted before the request are already in the queue, in
-        // order; later ones may follow them, so take only as many as were there.
-        for _ in 0..self.data.len() {
-            match self.data.try_recv() {
-                Ok(queued) => self.push(queued),
-                Err(_) => break,
+    fn handle(&mut self, request: Control) {
+        match request {
+            Control::Flush(reply) => {
+                // Envelopes emitted before the request are already in the
+                // queue, in order; take just as many as were there.
+                for _ in 0..self.data.len() {
+                    match self.data.try_recv() {
+                        Ok(queued) => self.take(queued),
+                        Err(_) => break,
+                    }
+                }
+                self.seal();
+                self.flushes.push((self.taken, reply));
+            }
+            Control::Close { deadline, reply } => self.begin_close(deadline, Some(reply)),
+            Control::Send {
+                batch,
+                deadline,
+                reply,
+            } => {
+                // A caller that gave up has already counted its error.
+                let left = deadline.saturating_duration_since(Instant::now());
+                if !left.is_zero() {
+                    let pending = self.transport.send(&batch, left);
+                    if let Err(error) = &pending {
+                        self.counters.record_error(error);
+                    }
+                    let _ = reply.send(pending);
+                }
             }
         }
-        self.write_batch();
-        Ok(())
     }
 
-    fn close(&mut self, deadline: Instant) -> Result<()> {
+    fn begin_close(&mut self, deadline: Instant, reply: Option<Sender<Result<()>>>) {
         while let Ok(queued) = self.data.try_recv() {
-            self.push(queued);
+            self.take(queued);
         }
-        self.write_batch();
-        let finished = match self.stream.take() {
-            Some(stream) => stream.finish(deadline),
-            None => Ok(()),
-        };
-        if let Err(error) = &finished {
-            self.counters.record_error(error);
-        }
-        finished
+        self.seal();
+        let reply = reply.unwrap_or_else(|| bounded(1).0);
+        self.closing = Some((deadline, reply));
     }
 
-    /// Adds one envelope to the batch, writing the batch first if the
-    /// envelope would not fit and afterwards if the batch is full.
-    fn push(&mut self, queued: Queued) {
-        // In flight from now until its batch is written or dropped.
+    /// Time-driven steps: a partial batch whose interval passed is sealed, a
+    /// backoff that ran out ends.
+    fn on_time(&mut self, now: Instant) {
+        if let Some(started) = self.building.started {
+            if now >= started + self.settings.flush_interval.min(LONGEST_WAIT) {
+                self.seal();
+            }
+        }
+        if self.retry_at.is_some_and(|at| now >= at) {
+            self.retry_at = None;
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let batch_due = self
+            .building
+            .started
+            .map(|started| started + self.settings.flush_interval.min(LONGEST_WAIT));
+        let rotation = self.rotation_due();
+        let confirmation = self.confirming.iter().map(|c| c.deadline).min();
+        let close = self.closing.as_ref().map(|(deadline, _)| *deadline);
+        [batch_due, self.retry_at, rotation, confirmation, close]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Adds one envelope to the batch being built, sealing it first if the
+    /// envelope would not fit and afterwards if it is full.
+    fn take(&mut self, queued: Queued) {
+        self.taken += 1;
+        // In flight from now until it is sent or dropped.
         self.counters.in_flight.fetch_add(1, Relaxed);
         let mut envelope = queued.envelope;
-        let size = self.merge_tags(&mut envelope);
-        if self.batch_len > 0 && self.batch.len() + framed_len(size) > self.settings.batch_max_bytes
-        {
-            self.write_batch();
-        }
-        self.append(envelope, size);
-    }
-
-    /// Adds the client-wide tags the envelope lacks; returns its encoded size.
-    fn merge_tags(&self, envelope: &mut pb::Envelope) -> usize {
         for (key, value) in &self.settings.global_tags {
             if !envelope.tags.contains_key(key) {
                 envelope.tags.insert(key.clone(), value.clone());
             }
         }
-        envelope.compute_size() as usize
-    }
-
-    fn append(&mut self, envelope: pb::Envelope, size: usize) {
-        let before = self.batch.len();
-        if encode_framed(&envelope, size, &mut self.batch).is_err() {
-            // Encoding into memory only fails on an inconsistent size; count it
-            // rather than send a corrupt batch.
-            self.batch.truncate(before);
-            self.counters.in_flight.fetch_sub(1, Relaxed);
-            self.counters.drop_envelopes(DropReason::WriteFailed, 1);
-            return;
-        }
-        self.batch_len += 1;
-        if self.batch_started.is_none() {
-            self.batch_started = Some(Instant::now());
-        }
-        if self.batch_len >= self.settings.batch_max_envelopes
-            || self.batch.len() >= self.settings.batch_max_bytes
+        let size = envelope.compute_size() as usize;
+        if !self.building.is_empty()
+            && self.building.encoded_len() + framed_len(size) > self.settings.batch_max_bytes
         {
-            self.write_batch();
+            self.seal();
+        }
+        if self.building.push(&envelope, size).is_err() {
+            // Encoding into memory fails only on an inconsistent size; count
+            // it rather than send a corrupt batch.
+            self.give_up(1, DropReason::GaveUp);
+            return;
+        }
+        if self.building.len() >= self.settings.batch_max_envelopes
+            || self.building.encoded_len() >= self.settings.batch_max_bytes
+        {
+            self.seal();
         }
     }
 
-    /// Writes the batch. A write that finds a stream that had worked already
-    /// ended is tried once more on a new stream (the agent never got it); a
-    /// write that fails otherwise drops the batch and counts it.
-    fn write_batch(&mut self) {
-        if self.batch_len == 0 {
+    fn seal(&mut self) {
+        if !self.building.is_empty() {
+            let batch = self.building.seal(self.taken);
+            self.outbox.push_back(batch);
+        }
+    }
+
+    /// Every envelope numbered up to this has been written or dropped.
+    fn written_through(&self) -> u64 {
+        let pending = self.outbox.front().map(|b| b.last_seq - b.len());
+        let building = (!self.building.is_empty()).then(|| self.taken - self.building.len() as u64);
+        [pending, building]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(self.taken)
+    }
+
+    fn answer_flushes(&mut self) {
+        let written = self.written_through();
+        self.flushes.retain(|(target, reply)| {
+            if *target <= written {
+                let _ = reply.send(Ok(()));
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    /// Not backing off, and (at least once) room to write more.
+    fn can_write(&self) -> bool {
+        self.retry_at.is_none() && !self.replay_full()
+    }
+
+    fn replay_full(&self) -> bool {
+        self.settings.delivery == Delivery::AtLeastOnce
+            && self.replay_bytes >= self.settings.replay_buffer_bytes
+    }
+
+    /// Writes sealed batches until the outbox is empty, a failure starts a
+    /// backoff, or (at least once) the replay buffer is full.
+    fn write_outbox(&mut self) {
+        while !self.outbox.is_empty() && self.retry_at.is_none() && !self.replay_full() {
+            let reused = self.stream.is_some();
+            let written = match self.open_stream() {
+                Ok(()) => match (self.stream.as_mut(), self.outbox.front()) {
+                    (Some(open), Some(batch)) => open.stream.write(&batch.bytes),
+                    _ => break,
+                },
+                Err(error) => Err(WriteError::StreamEnded(error)),
+            };
+            match written {
+                Ok(()) => self.written(),
+                Err(failure) => self.write_failed(failure, reused),
+            }
+        }
+    }
+
+    fn open_stream(&mut self) -> Result<()> {
+        if self.stream.is_none() {
+            let stream = self.transport.open()?;
+            if self.streams_opened > 0 {
+                self.counters.reconnects.fetch_add(1, Relaxed);
+            }
+            self.streams_opened += 1;
+            self.stream = Some(OpenStream {
+                stream,
+                opened: Instant::now(),
+                unconfirmed: Vec::new(),
+            });
+        }
+        Ok(())
+    }
+
+    fn written(&mut self) {
+        let Some(batch) = self.outbox.pop_front() else {
+            return;
+        };
+        self.counters.batches.fetch_add(1, Relaxed);
+        self.backoff.reset();
+        if !self.healthy {
+            self.healthy = true;
+            log::info!(
+                target: LOG_TARGET,
+                "the agent accepts envelopes again after {} failed attempts",
+                self.failures_in_outage
+            );
+            self.failures_in_outage = 0;
+        }
+        match (self.settings.delivery, self.stream.as_mut()) {
+            (Delivery::AtLeastOnce, Some(stream)) => {
+                self.replay_bytes += batch.bytes.len();
+                stream.unconfirmed.push(batch);
+            }
+            _ => self.resolve(batch.len()),
+        }
+    }
+
+    /// Counts envelopes as delivered.
+    fn resolve(&mut self, count: u64) {
+        self.counters.sent.fetch_add(count, Relaxed);
+        self.counters.in_flight.fetch_sub(count, Relaxed);
+    }
+
+    fn give_up(&mut self, count: u64, reason: DropReason) {
+        self.counters.in_flight.fetch_sub(count, Relaxed);
+        self.counters.drop_envelopes(reason, count);
+    }
+
+    fn note_failure(&mut self, error: &Error) {
+        self.counters.record_error(error);
+        self.failures_in_outage += 1;
+        if self.healthy {
+            self.healthy = false;
+            log::warn!(target: LOG_TARGET, "cannot deliver envelopes: {error}");
+        }
+    }
+
+    fn write_failed(&mut self, failure: WriteError, reused: bool) {
+        self.note_failure(failure.error());
+        let too_large = matches!(failure, WriteError::TooLarge(_));
+        // Dropping the stream cancels its call; what it carried unconfirmed
+        // goes back to be written again.
+        if let Some(stream) = self.stream.take() {
+            self.replay(stream.unconfirmed, too_large);
+        }
+        match failure {
+            // A stream that had worked may just have ended: try a new one at once.
+            WriteError::StreamEnded(_) if reused => {}
+            WriteError::StreamEnded(_) => {
+                self.retry_at = Some(Instant::now() + self.backoff.next_delay())
+            }
+            WriteError::TooLarge(_) => self.split_front(),
+            WriteError::Uncertain(_) => match self.settings.delivery {
+                // The agent may have it: writing it again could duplicate it.
+                Delivery::AtMostOnce => {
+                    if let Some(batch) = self.outbox.pop_front() {
+                        self.give_up(batch.len(), DropReason::GaveUp);
+                    }
+                }
+                Delivery::AtLeastOnce => {
+                    self.counters
+                        .replayed
+                        .fetch_add(self.outbox.front().map_or(0, Batch::len), Relaxed);
+                    self.retry_at = Some(Instant::now() + self.backoff.next_delay());
+                }
+            },
+        }
+    }
+
+    /// The agent refused the front batch as too large: write it in halves,
+    /// or drop it if it is a single envelope.
+    fn split_front(&mut self) {
+        if let Some(batch) = self.outbox.pop_front() {
+            match batch.split() {
+                Ok((first, second)) => {
+                    self.outbox.push_front(second);
+                    self.outbox.push_front(first);
+                }
+                Err(single) => self.give_up(single.len(), DropReason::TooLarge),
+            }
+        }
+    }
+
+    /// Puts batches written on a failed stream back in the outbox, in order.
+    fn replay(&mut self, batches: Vec<Batch>, split: bool) {
+        if batches.is_empty() {
             return;
         }
-        let count = self.batch_len as u64;
-        loop {
-            let reused = self.stream.is_some();
-            match self.write_on_stream() {
+        for batch in batches {
+            self.replay_bytes -= batch.bytes.len();
+            self.counters.replayed.fetch_add(batch.len(), Relaxed);
+            if !split {
+                self.outbox.push_back(batch);
+                continue;
+            }
+            // The agent refused a message as too large, maybe one of these.
+            match batch.split() {
+                Ok((first, second)) => self.outbox.extend([first, second]),
+                Err(single) => self.outbox.push_back(single),
+            }
+        }
+        self.outbox
+            .make_contiguous()
+            .sort_by_key(|batch| batch.last_seq);
+    }
+
+    /// At least once: end the stream to confirm it once it has been used for
+    /// `confirm_interval`, or at once when the replay buffer is full.
+    fn rotation_due(&self) -> Option<Instant> {
+        if self.settings.delivery != Delivery::AtLeastOnce {
+            return None;
+        }
+        let stream = self.stream.as_ref()?;
+        if stream.unconfirmed.is_empty() {
+            return None;
+        }
+        if self.replay_full() {
+            return Some(Instant::now());
+        }
+        Some(stream.opened + self.settings.confirm_interval.min(LONGEST_WAIT))
+    }
+
+    fn rotate_if_due(&mut self, now: Instant) {
+        let closing_idle =
+            self.closing.is_some() && self.outbox.is_empty() && self.building.is_empty();
+        let due = self.rotation_due().is_some_and(|due| now >= due);
+        if due || (closing_idle && self.stream.is_some()) {
+            if let Some(open) = self.stream.take() {
+                self.confirming.push(Confirming {
+                    closing: open.stream.half_close(),
+                    batches: open.unconfirmed,
+                    deadline: deadline_after(self.settings.confirm_timeout),
+                });
+                // Poll it once now so grpc registers the waker.
+                self.poll_confirmations(now);
+            }
+        }
+    }
+
+    fn poll_confirmations(&mut self, now: Instant) {
+        let waker = self.waker.clone();
+        let mut context = Context::from_waker(&waker);
+        let mut index = 0;
+        while index < self.confirming.len() {
+            let confirming = &mut self.confirming[index];
+            let outcome = match confirming.closing.poll_end(&mut context) {
+                Poll::Ready(outcome) => outcome,
+                Poll::Pending if now >= confirming.deadline => {
+                    Err(WriteError::Uncertain(Error::Agent {
+                        addr: self.settings.addr.clone(),
+                        status: "the agent did not end a closed stream in time".to_string(),
+                        hint: Some(
+                            "the agent is not reading; it may be overloaded or stuck".to_string(),
+                        ),
+                    }))
+                }
+                Poll::Pending => {
+                    index += 1;
+                    continue;
+                }
+            };
+            // Dropping it cancels a call still pending.
+            let done = self.confirming.remove(index);
+            match outcome {
                 Ok(()) => {
-                    self.counters.sent.fetch_add(count, Relaxed);
-                    self.counters.batches.fetch_add(1, Relaxed);
-                    if !self.healthy {
-                        self.healthy = true;
-                        log::info!(target: LOG_TARGET, "the agent accepts envelopes again");
+                    for batch in done.batches {
+                        self.replay_bytes -= batch.bytes.len();
+                        self.resolve(batch.len());
                     }
-                    break;
                 }
                 Err(failure) => {
-                    self.stream = None;
-                    let retry = reused && matches!(failure, WriteError::StreamEnded(_));
-                    let error = failure.into_error();
-                    self.counters.record_error(&error);
-                    if self.healthy {
-                        self.healthy = false;
-                        log::warn!(target: LOG_TARGET, "cannot deliver envelopes: {error}");
-                    }
-                    if !retry {
-                        self.counters.drop_envelopes(DropReason::WriteFailed, count);
-                        break;
+                    let too_large = matches!(failure, WriteError::TooLarge(_));
+                    if done.batches.is_empty() {
+                        // At most once, the final stream: its end is close's result.
+                        self.counters.record_error(failure.error());
+                        self.close_error = Some(failure_into_error(failure));
+                    } else {
+                        self.note_failure(failure.error());
+                        self.replay(done.batches, too_large);
                     }
                 }
             }
         }
-        self.counters.in_flight.fetch_sub(count, Relaxed);
-        self.batch.clear();
-        self.batch_len = 0;
-        self.batch_started = None;
     }
 
-    fn write_on_stream(&mut self) -> std::result::Result<(), WriteError> {
-        let stream = match &mut self.stream {
-            Some(stream) => stream,
-            None => {
-                let stream = self.transport.open().map_err(WriteError::StreamEnded)?;
-                if self.streams_opened > 0 {
-                    self.counters.reconnects.fetch_add(1, Relaxed);
-                }
-                self.streams_opened += 1;
-                self.stream.insert(stream)
-            }
+    /// Replies to close and returns true once everything is written and
+    /// confirmed, or once the close deadline has passed.
+    fn finish_close_if_done(&mut self) -> bool {
+        let Some((deadline, _)) = &self.closing else {
+            return false;
         };
-        stream.write(&self.batch)
+        let idle = self.outbox.is_empty()
+            && self.building.is_empty()
+            && self.stream.is_none()
+            && self.confirming.is_empty();
+        if !idle && Instant::now() < *deadline {
+            return false;
+        }
+        let mut undelivered = 0;
+        for batch in std::mem::take(&mut self.outbox) {
+            undelivered += batch.len();
+        }
+        if let Some(stream) = self.stream.take() {
+            undelivered += stream.unconfirmed.iter().map(Batch::len).sum::<u64>();
+        }
+        for confirming in std::mem::take(&mut self.confirming) {
+            if confirming.batches.is_empty() && self.close_error.is_none() {
+                self.close_error = Some(Error::Agent {
+                    addr: self.settings.addr.clone(),
+                    status: "the agent did not end the stream before close's deadline".to_string(),
+                    hint: Some(
+                        "the agent is not reading; it may be overloaded or stuck".to_string(),
+                    ),
+                });
+            }
+            undelivered += confirming.batches.iter().map(Batch::len).sum::<u64>();
+        }
+        if undelivered > 0 {
+            self.give_up(undelivered, DropReason::GaveUp);
+        }
+        self.answer_flushes();
+        let result = match self.close_error.take() {
+            _ if undelivered > 0 => Err(Error::Timeout {
+                waited: Duration::ZERO,
+                undelivered,
+            }),
+            Some(error) => Err(error),
+            None => Ok(()),
+        };
+        if let Some((_, reply)) = self.closing.take() {
+            let _ = reply.send(result);
+        }
+        true
     }
 }
 
-/// Appends `envelope` to an encoded `EnvelopeBatch` as one `batch` field.
-fn encode_framed(envelope: &pb::Envelope, size: usize, out: &mut Vec<u8>) -> protobuf::Result<()> {
-    let size = u32::try_from(size)
-        .map_err(|_| protobuf::Error::from(std::io::Error::other("envelope too large")))?;
-    let mut stream = CodedOutputStream::vec(out);
-    stream.write_tag(1, WireType::LengthDelimited)?;
-    stream.write_raw_varint32(size)?;
-    envelope.write_to_with_cached_sizes(&mut stream)?;
-    stream.flush()
+fn failure_into_error(failure: WriteError) -> Error {
+    match failure {
+        WriteError::StreamEnded(error)
+        | WriteError::TooLarge(error)
+        | WriteError::Uncertain(error) => error,
+    }
 }
 
 #[cfg(test)]
@@ -359,17 +708,27 @@ mod tests {
         Opened,
         /// A write is waiting at the script's gate.
         AtGate,
-        Batch(Vec<pb::Envelope>),
-        Finished,
+        Batch(Vec<i64>),
+        HalfClosed,
     }
 
-    /// Decides what the next write does.
+    type Outcome = std::result::Result<(), WriteError>;
+
+    /// Decides what the fake's next writes and stream ends do.
     #[derive(Clone, Default)]
     struct Script {
         /// Results for the next writes, front first; `Ok` once empty.
-        writes: Arc<Mutex<Vec<std::result::Result<(), WriteError>>>>,
+        writes: Arc<Mutex<VecDeque<Outcome>>>,
+        /// Results for the next stream ends, front first; `Ok` once empty.
+        ends: Arc<Mutex<VecDeque<Outcome>>>,
         /// When set, every write waits for a message here first.
         gate: Option<Receiver<()>>,
+    }
+
+    impl Script {
+        fn fail_write(&self, outcome: Outcome) {
+            self.writes.lock().push_back(outcome);
+        }
     }
 
     struct FakeTransport {
@@ -381,6 +740,8 @@ mod tests {
         seen: Sender<Seen>,
         script: Script,
     }
+
+    struct FakeClosing(Option<Outcome>);
 
     impl Transport for FakeTransport {
         type Stream = FakeStream;
@@ -399,28 +760,30 @@ mod tests {
     }
 
     impl BatchStream for FakeStream {
-        fn write(&mut self, batch: &[u8]) -> std::result::Result<(), WriteError> {
+        type Closing = FakeClosing;
+
+        fn write(&mut self, batch: &[u8]) -> Outcome {
             if let Some(gate) = &self.script.gate {
                 self.seen.send(Seen::AtGate).unwrap();
                 gate.recv().unwrap();
             }
-            let scripted = {
-                let mut writes = self.script.writes.lock();
-                if writes.is_empty() {
-                    Ok(())
-                } else {
-                    writes.remove(0)
-                }
-            };
-            scripted?;
+            let scripted = self.script.writes.lock().pop_front();
+            scripted.unwrap_or(Ok(()))?;
             let decoded = pb::EnvelopeBatch::parse_from_bytes(batch).unwrap();
-            self.seen.send(Seen::Batch(decoded.batch)).unwrap();
+            let timestamps = decoded.batch.iter().map(|e| e.timestamp).collect();
+            self.seen.send(Seen::Batch(timestamps)).unwrap();
             Ok(())
         }
 
-        fn finish(self, _deadline: Instant) -> Result<()> {
-            self.seen.send(Seen::Finished).unwrap();
-            Ok(())
+        fn half_close(self) -> FakeClosing {
+            self.seen.send(Seen::HalfClosed).unwrap();
+            FakeClosing(Some(self.script.ends.lock().pop_front().unwrap_or(Ok(()))))
+        }
+    }
+
+    impl Closing for FakeClosing {
+        fn poll_end(&mut self, _context: &mut Context<'_>) -> Poll<Outcome> {
+            Poll::Ready(self.0.take().unwrap_or(Ok(())))
         }
     }
 
@@ -433,13 +796,20 @@ mod tests {
     }
 
     const WAIT: Duration = Duration::from_secs(10);
+    const HOUR: Duration = Duration::from_secs(3600);
 
     fn settings() -> Settings {
         Settings {
+            addr: "fake".to_string(),
             batch_max_envelopes: 3,
             batch_max_bytes: 1 << 20,
-            flush_interval: Duration::from_secs(3600),
+            flush_interval: HOUR,
             global_tags: vec![],
+            delivery: Delivery::AtMostOnce,
+            confirm_interval: HOUR,
+            replay_buffer_bytes: 8 << 20,
+            confirm_timeout: WAIT,
+            backoff: Backoff::new(Duration::from_millis(1), Duration::from_millis(2)),
         }
     }
 
@@ -462,14 +832,15 @@ mod tests {
         }
     }
 
-    fn log(n: usize) -> Queued {
+    fn log(n: i64) -> Queued {
         let mut envelope = crate::Envelope::log(format!("{n}")).build().into_proto();
-        envelope.timestamp = n as i64;
+        envelope.timestamp = n;
         Queued { envelope }
     }
 
     impl Harness {
-        fn emit(&self, n: usize) {
+        fn emit(&self, n: i64) {
+            self.counters.emitted.fetch_add(1, Relaxed);
             self.data.send(log(n)).unwrap();
         }
 
@@ -479,28 +850,58 @@ mod tests {
             result.recv_timeout(WAIT).unwrap()
         }
 
-        fn close(mut self) -> Vec<Seen> {
+        /// Closes, checks the accounting invariant, and returns everything seen.
+        fn close_within(mut self, wait: Duration) -> (Result<()>, Vec<Seen>, crate::Stats) {
             let (reply, result) = bounded(1);
             self.control
                 .send(Control::Close {
-                    deadline: Instant::now() + WAIT,
+                    deadline: Instant::now() + wait,
                     reply,
                 })
                 .unwrap();
-            result.recv_timeout(WAIT).unwrap().unwrap();
+            let result = result.recv_timeout(WAIT + wait).unwrap();
             self.thread.take().unwrap().join().unwrap();
-            self.seen.try_iter().collect()
+            let stats = self.counters.snapshot(0);
+            assert_eq!(
+                stats.emitted,
+                stats.sent + stats.dropped.total(),
+                "{stats:?}"
+            );
+            assert_eq!(stats.in_flight, 0, "{stats:?}");
+            (result, self.seen.try_iter().collect(), stats)
+        }
+
+        fn close(self) -> (Vec<Seen>, crate::Stats) {
+            let (result, seen, stats) = self.close_within(WAIT);
+            result.unwrap();
+            (seen, stats)
         }
 
         /// The next batch the fake agent saw, as timestamps.
         fn next_batch(&self) -> Vec<i64> {
             loop {
-                match self.seen.recv_timeout(WAIT).unwrap() {
-                    Seen::Batch(batch) => return batch.iter().map(|e| e.timestamp).collect(),
-                    Seen::Opened | Seen::AtGate | Seen::Finished => continue,
+                if let Seen::Batch(batch) = self.seen.recv_timeout(WAIT).unwrap() {
+                    return batch;
                 }
             }
         }
+    }
+
+    fn batches(seen: &[Seen]) -> Vec<Vec<i64>> {
+        seen.iter()
+            .filter_map(|s| match s {
+                Seen::Batch(b) => Some(b.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn count(seen: &[Seen], what: fn(&Seen) -> bool) -> usize {
+        seen.iter().filter(|s| what(s)).count()
+    }
+
+    fn stream_ended() -> WriteError {
+        WriteError::StreamEnded(Error::Closed)
     }
 
     #[test]
@@ -529,10 +930,8 @@ mod tests {
             harness.emit(n);
         }
         harness.flush().unwrap();
-        assert_eq!(harness.next_batch(), vec![0, 1]);
-        assert_eq!(harness.next_batch(), vec![2, 3]);
-        assert_eq!(harness.next_batch(), vec![4]);
-        harness.close();
+        let (seen, _) = harness.close();
+        assert_eq!(batches(&seen), vec![vec![0, 1], vec![2, 3], vec![4]]);
     }
 
     #[test]
@@ -568,77 +967,147 @@ mod tests {
         release.send(()).unwrap();
         result.recv_timeout(WAIT).unwrap().unwrap();
         assert_eq!(harness.next_batch(), vec![1]);
-        assert_eq!(harness.counters.sent.load(Relaxed), 1);
         drop(release);
         harness.close();
     }
 
     #[test]
-    fn a_failed_write_on_a_used_stream_is_retried_once_on_a_new_stream() {
+    fn a_stream_that_ended_is_replaced_and_the_batch_written_on_the_next() {
         let script = Script::default();
         let harness = start(settings(), script.clone());
         harness.emit(1);
         harness.flush().unwrap();
-        script
-            .writes
-            .lock()
-            .push(Err(WriteError::StreamEnded(Error::Closed)));
+        script.fail_write(Err(stream_ended()));
         harness.emit(2);
         harness.flush().unwrap();
-        let seen = harness.close();
-        let opened = seen.iter().filter(|s| matches!(s, Seen::Opened)).count();
-        assert_eq!(opened, 2, "{seen:?}");
-        let batches: Vec<_> = seen
-            .iter()
-            .filter_map(|s| match s {
-                Seen::Batch(b) => Some(b[0].timestamp),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(batches, vec![1, 2]);
+        let (seen, stats) = harness.close();
+        assert_eq!(count(&seen, |s| matches!(s, Seen::Opened)), 2, "{seen:?}");
+        assert_eq!(batches(&seen), vec![vec![1], vec![2]]);
+        assert_eq!((stats.sent, stats.errors, stats.reconnects), (2, 1, 1));
     }
 
     #[test]
-    fn a_failed_write_on_a_new_stream_drops_and_counts_the_batch() {
+    fn while_the_agent_is_away_batches_wait_with_backoff_and_arrive_when_it_returns() {
         let script = Script::default();
-        script
-            .writes
-            .lock()
-            .push(Err(WriteError::StreamEnded(Error::Closed)));
+        for _ in 0..3 {
+            script.fail_write(Err(stream_ended()));
+        }
         let harness = start(settings(), script);
         harness.emit(1);
         harness.emit(2);
         harness.flush().unwrap();
-        let stats = harness.counters.snapshot(0);
-        assert_eq!(
-            (stats.dropped.write_failed, stats.in_flight, stats.sent),
-            (2, 0, 0)
-        );
-        assert_eq!(stats.errors, 1);
-        assert_eq!(stats.last_error.as_deref(), Some("the client is closed"));
-        harness.emit(3);
-        harness.flush().unwrap();
-        assert_eq!(harness.next_batch(), vec![3]);
-        assert_eq!(harness.counters.snapshot(0).reconnects, 1);
-        harness.close();
+        let (seen, stats) = harness.close();
+        assert_eq!(batches(&seen), vec![vec![1, 2]]);
+        assert_eq!(count(&seen, |s| matches!(s, Seen::Opened)), 4);
+        assert_eq!((stats.sent, stats.dropped.total(), stats.errors), (2, 0, 3));
     }
 
     #[test]
-    fn a_write_that_may_have_reached_the_agent_is_not_retried() {
+    fn at_most_once_a_write_that_may_have_reached_the_agent_is_not_repeated() {
         let script = Script::default();
         let harness = start(settings(), script.clone());
         harness.emit(1);
         harness.flush().unwrap();
-        script
-            .writes
-            .lock()
-            .push(Err(WriteError::Uncertain(Error::Closed)));
+        script.fail_write(Err(WriteError::Uncertain(Error::Closed)));
         harness.emit(2);
         harness.flush().unwrap();
-        assert_eq!(harness.counters.snapshot(0).dropped.write_failed, 1);
-        let seen = harness.close();
-        let opened = seen.iter().filter(|s| matches!(s, Seen::Opened)).count();
-        assert_eq!(opened, 1, "{seen:?}");
+        let (seen, stats) = harness.close();
+        assert_eq!(batches(&seen), vec![vec![1]]);
+        assert_eq!((stats.sent, stats.dropped.gave_up), (1, 1));
+    }
+
+    #[test]
+    fn a_batch_the_agent_finds_too_large_is_split_and_a_lone_envelope_dropped() {
+        let script = Script::default();
+        let too_large = || Err(WriteError::TooLarge(Error::Closed));
+        // The whole batch, then the lone first half, are refused.
+        script.fail_write(too_large());
+        script.fail_write(too_large());
+        let harness = start(settings(), script);
+        for n in 0..3 {
+            harness.emit(n);
+        }
+        harness.flush().unwrap();
+        let (seen, stats) = harness.close();
+        assert_eq!(batches(&seen), vec![vec![1, 2]]);
+        assert_eq!((stats.sent, stats.dropped.too_large), (2, 1));
+    }
+
+    #[test]
+    fn at_least_once_envelopes_count_as_sent_only_when_their_stream_is_confirmed() {
+        let settings = Settings {
+            delivery: Delivery::AtLeastOnce,
+            ..settings()
+        };
+        let harness = start(settings, Script::default());
+        for n in 0..3 {
+            harness.emit(n);
+        }
+        harness.flush().unwrap();
+        let stats = harness.counters.snapshot(0);
+        assert_eq!((stats.sent, stats.in_flight), (0, 3));
+        let (seen, stats) = harness.close();
+        assert_eq!(count(&seen, |s| matches!(s, Seen::HalfClosed)), 1);
+        assert_eq!((stats.sent, stats.replayed), (3, 0));
+    }
+
+    #[test]
+    fn at_least_once_a_stream_that_fails_to_confirm_is_replayed_on_the_next() {
+        let settings = Settings {
+            delivery: Delivery::AtLeastOnce,
+            confirm_interval: Duration::from_millis(1),
+            ..settings()
+        };
+        let script = Script::default();
+        script.ends.lock().push_back(Err(stream_ended()));
+        let harness = start(settings, script);
+        for n in 0..3 {
+            harness.emit(n);
+        }
+        let (seen, stats) = harness.close();
+        assert_eq!(batches(&seen), vec![vec![0, 1, 2], vec![0, 1, 2]]);
+        assert_eq!((stats.sent, stats.replayed, stats.errors), (3, 3, 1));
+    }
+
+    #[test]
+    fn at_least_once_a_write_error_replays_what_the_stream_had_not_confirmed() {
+        let settings = Settings {
+            delivery: Delivery::AtLeastOnce,
+            ..settings()
+        };
+        let script = Script::default();
+        let harness = start(settings, script.clone());
+        for n in 0..3 {
+            harness.emit(n);
+        }
+        harness.flush().unwrap();
+        script.fail_write(Err(stream_ended()));
+        for n in 3..6 {
+            harness.emit(n);
+        }
+        let (seen, stats) = harness.close();
+        assert_eq!(
+            batches(&seen),
+            vec![vec![0, 1, 2], vec![0, 1, 2], vec![3, 4, 5]]
+        );
+        assert_eq!((stats.sent, stats.replayed), (6, 3));
+    }
+
+    #[test]
+    fn close_gives_up_at_its_deadline_and_says_how_many_were_not_delivered() {
+        let script = Script::default();
+        for _ in 0..10_000 {
+            script.fail_write(Err(stream_ended()));
+        }
+        let harness = start(settings(), script);
+        harness.emit(1);
+        harness.emit(2);
+        let (result, _, stats) = harness.close_within(Duration::from_millis(50));
+        assert!(
+            matches!(result, Err(Error::Timeout { undelivered: 2, .. })),
+            "{result:?}"
+        );
+        assert_eq!(stats.dropped.gave_up, 2);
     }
 
     #[test]
@@ -650,42 +1119,29 @@ mod tests {
             ],
             ..settings()
         };
-        let harness = start(settings, Script::default());
+        let (seen_tx, seen) = unbounded();
+        let (data_tx, data) = bounded(10);
+        let (control_tx, control) = unbounded();
+        let counters = Arc::new(Counters::default());
+        let mut worker = Worker::new(
+            FakeTransport {
+                seen: seen_tx,
+                script: Script::default(),
+            },
+            data,
+            control,
+            settings,
+            counters,
+        );
         let mut queued = log(1);
         queued.envelope.tags.insert("k".into(), "mine".into());
-        harness.data.send(queued).unwrap();
-        harness.flush().unwrap();
-        let seen = harness.close();
-        let batch = seen.iter().find_map(|s| match s {
-            Seen::Batch(b) => Some(b.clone()),
-            _ => None,
-        });
-        let tags = &batch.unwrap()[0].tags;
+        worker.take(queued);
+        worker.seal();
+        let batch = worker.outbox.pop_front().unwrap();
+        let decoded = pb::EnvelopeBatch::parse_from_bytes(&batch.bytes).unwrap();
+        let tags = &decoded.batch[0].tags;
         assert_eq!(tags["deployment"], "cf");
         assert_eq!(tags["k"], "mine");
-    }
-
-    #[test]
-    fn close_writes_what_is_queued_then_finishes_the_stream() {
-        let harness = start(settings(), Script::default());
-        harness.emit(1);
-        let seen = harness.close();
-        assert!(
-            matches!(
-                seen.as_slice(),
-                [Seen::Opened, Seen::Batch(_), Seen::Finished]
-            ),
-            "{seen:?}"
-        );
-    }
-
-    #[test]
-    fn varint_lengths() {
-        assert_eq!(varint_len(0), 1);
-        assert_eq!(varint_len(127), 1);
-        assert_eq!(varint_len(128), 2);
-        assert_eq!(varint_len(16_383), 2);
-        assert_eq!(varint_len(16_384), 3);
-        assert_eq!(varint_len(u64::MAX), 10);
+        drop((seen, data_tx, control_tx));
     }
 }

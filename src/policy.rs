@@ -1,0 +1,109 @@
+//! What the client does when the queue is full, how much it promises about
+//! delivery, and how it waits between reconnects.
+
+use std::time::Duration;
+
+/// What `emit` does when the queue is full.
+///
+/// ```
+/// use loggregator::{IngressClient, Overflow};
+/// use std::time::Duration;
+///
+/// let builder = IngressClient::builder().overflow(Overflow::BlockFor(Duration::from_millis(5)));
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Overflow {
+    /// Drop the new envelope and count it (`queue_full`); `emit` returns at
+    /// once. The default.
+    #[default]
+    DropNewest,
+    /// Drop the oldest queued envelope to make room and count it
+    /// (`queue_full`), like the agent's own ring buffer; `emit` returns at once.
+    DropOldest,
+    /// Wait for room, as the Go client does. `emit` can then block for as
+    /// long as the agent is slow or away (until `close`).
+    Block,
+    /// Wait at most this long for room, then drop the new envelope and count it.
+    BlockFor(Duration),
+}
+
+/// How much the client promises about envelopes it has written.
+///
+/// ```
+/// use loggregator::{Delivery, IngressClient};
+///
+/// let builder = IngressClient::builder().delivery(Delivery::AtLeastOnce);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Delivery {
+    /// A batch counts as sent once gRPC accepts it on the stream. A batch
+    /// whose write finds the stream already ended is written again on a new
+    /// stream; what a stream had accepted before it broke may be lost (at most
+    /// what fits in the HTTP/2 window and socket buffers). No duplicates. The
+    /// default.
+    #[default]
+    AtMostOnce,
+    /// Every `confirm_interval` the client ends its stream cleanly and opens
+    /// the next; the agent ends a stream only after reading all of it, which
+    /// confirms its batches. Batches written but not yet confirmed are kept
+    /// (up to `replay_buffer_bytes`) and written again if their stream fails,
+    /// so nothing written is lost, and duplicates are possible (counted in
+    /// `replayed`). When the replay buffer is full the client waits for
+    /// confirmations and the queue absorbs the wait.
+    AtLeastOnce,
+}
+
+/// Exponential backoff with jitter between attempts to reach the agent.
+#[derive(Clone, Debug)]
+pub(crate) struct Backoff {
+    initial: Duration,
+    max: Duration,
+    current: Option<Duration>,
+}
+
+impl Backoff {
+    pub(crate) fn new(initial: Duration, max: Duration) -> Backoff {
+        Backoff {
+            initial,
+            max: max.max(initial),
+            current: None,
+        }
+    }
+
+    /// The wait before the next attempt: doubling from `initial` up to
+    /// `max`, each drawn from its upper half so clients do not retry in step.
+    pub(crate) fn next_delay(&mut self) -> Duration {
+        let base = match self.current {
+            None => self.initial,
+            Some(previous) => (previous * 2).min(self.max),
+        };
+        self.current = Some(base);
+        base.mul_f64(0.5 + fastrand::f64() * 0.5)
+    }
+
+    /// Back to `initial` after a success.
+    pub(crate) fn reset(&mut self) {
+        self.current = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_maximum_with_jitter_and_resets() {
+        let initial = Duration::from_millis(100);
+        let max = Duration::from_millis(1000);
+        let mut backoff = Backoff::new(initial, max);
+        for base in [100, 200, 400, 800, 1000, 1000] {
+            let delay = backoff.next_delay();
+            let base = Duration::from_millis(base);
+            assert!(delay >= base / 2 && delay <= base, "{delay:?} for {base:?}");
+        }
+        backoff.reset();
+        assert!(backoff.next_delay() <= initial);
+    }
+}
