@@ -29,6 +29,9 @@ pub(crate) struct Batch {
     /// The number of envelopes taken from the queue up to and including this
     /// batch's last one; flushes wait on it.
     pub last_seq: u64,
+    /// Written on a stream of its own, so that if the agent refuses it as
+    /// too large the refusal points at it alone.
+    pub isolate: bool,
 }
 
 impl Batch {
@@ -50,11 +53,13 @@ impl Batch {
             bytes: self.bytes[..cut].to_vec(),
             ends: self.ends[..half].to_vec(),
             last_seq: first_seq + half as u64,
+            isolate: self.isolate,
         };
         let second = Batch {
             bytes: self.bytes[cut..].to_vec(),
             ends: self.ends[half..].iter().map(|end| end - cut).collect(),
             last_seq: self.last_seq,
+            isolate: self.isolate,
         };
         Ok((first, second))
     }
@@ -101,6 +106,7 @@ impl BatchBuilder {
             bytes: std::mem::take(&mut self.bytes),
             ends: std::mem::take(&mut self.ends),
             last_seq,
+            isolate: false,
         }
     }
 }

@@ -472,7 +472,8 @@ impl Inner {
         let stats = self.counters.snapshot(self.data.len());
         log::info!(
             target: LOG_TARGET,
-            "closed: emitted {}, sent {}, dropped {} ({:?})",
+            "closed the client for {}: emitted {}, sent {}, dropped {} ({:?})",
+            self.addr,
             stats.emitted,
             stats.sent,
             stats.dropped.total(),

@@ -355,7 +355,9 @@ impl<T: Transport> Worker<T> {
         if !self.building.is_empty()
             && self.building.encoded_len() + framed_len(size) > self.settings.batch_max_bytes
         {
-            self.seal();
+            // The new envelope is counted in `taken` but not in this batch.
+            let batch = self.building.seal(self.taken - 1);
+            self.outbox.push_back(batch);
         }
         if self.building.push(&envelope, size).is_err() {
             // Encoding into memory fails only on an inconsistent size; count
@@ -463,7 +465,11 @@ impl<T: Transport> Worker<T> {
         match (self.settings.delivery, self.stream.as_mut()) {
             (Delivery::AtLeastOnce, Some(stream)) => {
                 self.replay_bytes += batch.bytes.len();
+                let isolate = batch.isolate;
                 stream.unconfirmed.push(batch);
+                if isolate {
+                    self.rotate();
+                }
             }
             _ => self.resolve(batch.len()),
         }
@@ -498,11 +504,13 @@ impl<T: Transport> Worker<T> {
             self.replay(stream.unconfirmed, too_large);
         }
         match failure {
-            // A stream that had worked may just have ended: try a new one at once.
-            WriteError::StreamEnded(_) if reused => {}
+            // A stream that had worked may just have ended, perhaps refusing an
+            // earlier message as too large: try a new one at once.
+            WriteError::StreamEnded(_) | WriteError::TooLarge(_) if reused => {}
             WriteError::StreamEnded(_) => {
                 self.retry_at = Some(Instant::now() + self.backoff.next_delay())
             }
+            // The first message of a new stream was refused: it is the culprit.
             WriteError::TooLarge(_) => self.split_front(),
             WriteError::Uncertain(_) => match self.settings.delivery {
                 // The agent may have it: writing it again could duplicate it.
@@ -547,10 +555,19 @@ impl<T: Transport> Worker<T> {
                 self.outbox.push_back(batch);
                 continue;
             }
-            // The agent refused a message as too large, maybe one of these.
+            // The agent refused a message as too large, maybe one of these:
+            // write them in halves, each on its own stream, until the
+            // refusal points at a single envelope.
             match batch.split() {
-                Ok((first, second)) => self.outbox.extend([first, second]),
-                Err(single) => self.outbox.push_back(single),
+                Ok((mut first, mut second)) => {
+                    first.isolate = true;
+                    second.isolate = true;
+                    self.outbox.extend([first, second]);
+                }
+                Err(mut single) => {
+                    single.isolate = true;
+                    self.outbox.push_back(single);
+                }
             }
         }
         self.outbox
@@ -578,16 +595,20 @@ impl<T: Transport> Worker<T> {
         let closing_idle =
             self.closing.is_some() && self.outbox.is_empty() && self.building.is_empty();
         let due = self.rotation_due().is_some_and(|due| now >= due);
-        if due || (closing_idle && self.stream.is_some()) {
-            if let Some(open) = self.stream.take() {
-                self.confirming.push(Confirming {
-                    closing: open.stream.half_close(),
-                    batches: open.unconfirmed,
-                    deadline: deadline_after(self.settings.confirm_timeout),
-                });
-                // Poll it once now so grpc registers the waker.
-                self.poll_confirmations(now);
-            }
+        if due || closing_idle {
+            self.rotate();
+        }
+    }
+
+    /// Half-closes the stream; its end is awaited with the other
+    /// confirmations, which the loop polls next.
+    fn rotate(&mut self) {
+        if let Some(open) = self.stream.take() {
+            self.confirming.push(Confirming {
+                closing: open.stream.half_close(),
+                batches: open.unconfirmed,
+                deadline: deadline_after(self.settings.confirm_timeout),
+            });
         }
     }
 
@@ -624,7 +645,15 @@ impl<T: Transport> Worker<T> {
                 }
                 Err(failure) => {
                     let too_large = matches!(failure, WriteError::TooLarge(_));
-                    if done.batches.is_empty() {
+                    let lone = done.batches.len() == 1 && done.batches[0].len() == 1;
+                    if too_large && lone {
+                        // Its stream carried nothing else: this envelope is too large.
+                        self.note_failure(failure.error());
+                        for batch in done.batches {
+                            self.replay_bytes -= batch.bytes.len();
+                            self.give_up(batch.len(), DropReason::TooLarge);
+                        }
+                    } else if done.batches.is_empty() {
                         // At most once, the final stream: its end is close's result.
                         self.counters.record_error(failure.error());
                         self.close_error = Some(failure_into_error(failure));

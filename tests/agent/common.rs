@@ -80,3 +80,32 @@ pub fn logged(needle: &str) -> Vec<String> {
         .cloned()
         .collect()
 }
+
+/// After close, every emitted envelope was sent or dropped, and nothing is left.
+pub fn assert_closed_accounting(stats: &loggregator::Stats) {
+    assert_eq!(
+        stats.emitted,
+        stats.sent + stats.dropped.total(),
+        "{stats:?}"
+    );
+    assert_eq!((stats.queued, stats.in_flight), (0, 0), "{stats:?}");
+}
+
+/// Waits (bounded) until `ready` holds for the client's stats.
+pub fn wait_for_stats(
+    client: &IngressClient,
+    ready: impl Fn(&loggregator::Stats) -> bool,
+) -> loggregator::Stats {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let stats = client.stats();
+        if ready(&stats) {
+            return stats;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "stats never got there: {stats:?}"
+        );
+        std::thread::yield_now();
+    }
+}

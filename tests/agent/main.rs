@@ -5,5 +5,6 @@ mod batching;
 mod common;
 mod delivery;
 mod examples;
+mod faults;
 mod round_trip;
 mod unary;

@@ -1,0 +1,449 @@
+//! Faults injected into the real mTLS spy agent: absence, restarts, a
+//! stalled reader, streams ended with errors, overflow, drop while down.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use loggregator::spy::{SpyAgent, StatusCode, TestCerts};
+use loggregator::{Delivery, Envelope, Error, IngressClient, IngressClientBuilder, Overflow};
+
+use crate::common::{
+    WAIT, assert_closed_accounting, capture_logs, logged, unused_addr, wait_for_stats,
+};
+
+const FAST_RETRY: (Duration, Duration) = (Duration::from_millis(10), Duration::from_millis(100));
+
+fn port_of(addr: &str) -> u16 {
+    addr.rsplit_once(':').unwrap().1.parse().unwrap()
+}
+
+fn builder(certs: &TestCerts, addr: &str) -> IngressClientBuilder {
+    IngressClient::builder()
+        .addr(addr)
+        .tls(certs.client_tls().unwrap())
+        .reconnect_backoff(FAST_RETRY.0, FAST_RETRY.1)
+}
+
+fn numbered(n: u64) -> Envelope {
+    Envelope::log("n").timestamp(n as i64).build()
+}
+
+fn seqs(agent: &SpyAgent) -> Vec<u64> {
+    agent
+        .envelopes()
+        .iter()
+        .map(|e| e.timestamp as u64)
+        .collect()
+}
+
+#[test]
+fn an_agent_absent_at_build_gets_everything_once_it_starts() {
+    capture_logs();
+    let certs = TestCerts::generate().unwrap();
+    let addr = unused_addr();
+    let client = builder(&certs, &addr).build().unwrap();
+    for n in 0..500 {
+        client.emit(numbered(n));
+    }
+    // Nobody listens yet: nothing can be written.
+    assert!(matches!(
+        client.flush(Duration::from_millis(200)),
+        Err(Error::Timeout { .. })
+    ));
+    let agent = SpyAgent::builder()
+        .port(port_of(&addr))
+        .start(&certs)
+        .unwrap();
+    client.flush(WAIT).unwrap();
+    agent.wait_for_envelopes(500, WAIT);
+    assert_eq!(seqs(&agent), (0..500).collect::<Vec<_>>());
+    client.close(WAIT).unwrap();
+    let stats = client.stats();
+    assert!(stats.errors >= 1, "{stats:?}");
+    assert_eq!(stats.sent, 500);
+    assert_closed_accounting(&stats);
+}
+
+/// Emits `total` numbered envelopes from another thread while the agent is
+/// restarted three times mid-stream; returns how many had been emitted when
+/// each restart was over.
+fn emit_through_restarts(client: &IngressClient, agent: &SpyAgent, total: u64) -> Vec<u64> {
+    let progress = Arc::new(AtomicU64::new(0));
+    let emitter = {
+        let (client, progress) = (client.clone(), progress.clone());
+        std::thread::spawn(move || {
+            for n in 0..total {
+                client.emit(numbered(n));
+                progress.store(n + 1, Ordering::SeqCst);
+                if n % 64 == 63 {
+                    // A steady rate rather than one burst, so restarts land mid-stream.
+                    std::thread::sleep(Duration::from_micros(500));
+                }
+            }
+        })
+    };
+    let mut shutdowns = Vec::new();
+    for round in 1..=3 {
+        agent.wait_for_envelopes((total as usize / 4) * round, WAIT);
+        agent.shutdown();
+        agent.restart().unwrap();
+        shutdowns.push(progress.load(Ordering::SeqCst));
+    }
+    emitter.join().unwrap();
+    client.flush(WAIT).unwrap();
+    shutdowns
+}
+
+#[test]
+fn at_least_once_every_envelope_survives_three_agent_restarts() {
+    const TOTAL: u64 = 50_000;
+    let certs = TestCerts::generate().unwrap();
+    let agent = SpyAgent::start(&certs).unwrap();
+    let client = builder(&certs, agent.addr())
+        .delivery(Delivery::AtLeastOnce)
+        .confirm_interval(Duration::from_millis(200))
+        .queue_capacity(TOTAL as usize)
+        .build()
+        .unwrap();
+    let _ = emit_through_restarts(&client, &agent, TOTAL);
+    client.close(WAIT).unwrap();
+    let received: HashSet<u64> = seqs(&agent).into_iter().collect();
+    let missing: Vec<u64> = (0..TOTAL).filter(|n| !received.contains(n)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} missing, first {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    let stats = client.stats();
+    assert_eq!((stats.sent, stats.dropped.total()), (TOTAL, 0), "{stats:?}");
+    assert!(stats.reconnects >= 3, "{stats:?}");
+    eprintln!(
+        "at least once through 3 restarts: received {} for {TOTAL}, replayed {}",
+        agent.envelopes().len(),
+        stats.replayed
+    );
+    assert_closed_accounting(&stats);
+}
+
+#[test]
+fn at_most_once_loses_only_what_dying_streams_had_accepted() {
+    const TOTAL: u64 = 50_000;
+    let certs = TestCerts::generate().unwrap();
+    let agent = SpyAgent::start(&certs).unwrap();
+    let client = builder(&certs, agent.addr())
+        .queue_capacity(TOTAL as usize)
+        .build()
+        .unwrap();
+    let restarted = emit_through_restarts(&client, &agent, TOTAL);
+    client.close(WAIT).unwrap();
+    let received = seqs(&agent);
+    let unique: HashSet<u64> = received.iter().copied().collect();
+    assert_eq!(
+        unique.len(),
+        received.len(),
+        "at most once never duplicates"
+    );
+    let missing: Vec<u64> = (0..TOTAL).filter(|n| !unique.contains(n)).collect();
+    eprintln!(
+        "at most once through 3 restarts: lost {} of {TOTAL}",
+        missing.len()
+    );
+    // Only envelopes emitted before a restart was over can have been on a dying stream.
+    let last_restart = *restarted.last().unwrap();
+    let late: Vec<&u64> = missing
+        .iter()
+        .filter(|&&n| n >= last_restart)
+        .take(5)
+        .collect();
+    assert!(
+        late.is_empty(),
+        "lost after the last restart (at {last_restart}): {late:?}"
+    );
+    let lost = missing.len() as u64;
+    assert!(lost <= 3 * LOSS_BOUND_PER_FAILURE, "lost {lost}");
+    let stats = client.stats();
+    assert_eq!(
+        stats.sent, TOTAL,
+        "lost envelopes were accepted by gRPC, so counted sent"
+    );
+    assert_closed_accounting(&stats);
+}
+
+/// Envelopes of this test's size that one dying stream can lose: what gRPC
+/// had accepted but the agent had not read (HTTP/2 windows and buffers).
+const LOSS_BOUND_PER_FAILURE: u64 = 10_000;
+
+#[test]
+fn a_stalled_agent_never_blocks_emit_and_flush_and_close_keep_their_timeouts() {
+    let certs = TestCerts::generate().unwrap();
+    let agent = SpyAgent::start(&certs).unwrap();
+    let client = builder(&certs, agent.addr())
+        .queue_capacity(100)
+        .build()
+        .unwrap();
+    agent.pause_reading();
+    let payload = vec![b'x'; 10_000];
+    // Emit until HTTP/2 flow control holds the sender's write: then a flush
+    // cannot finish.
+    let mut rounds = 0;
+    loop {
+        for _ in 0..100 {
+            client.emit(Envelope::log(payload.clone()));
+        }
+        match client.flush(Duration::from_millis(100)) {
+            Err(Error::Timeout { .. }) => break,
+            other => other.unwrap(),
+        }
+        rounds += 1;
+        assert!(rounds < 10_000, "the writes never stalled");
+    }
+    // The sender is stuck: emit still returns at once, dropping what does not fit.
+    for _ in 0..1_000 {
+        client.emit(Envelope::log(payload.clone()));
+    }
+    assert!(
+        client.stats().dropped.queue_full >= 900,
+        "{:?}",
+        client.stats()
+    );
+    match client.close(Duration::from_millis(500)) {
+        Err(Error::Timeout { undelivered, .. }) => assert!(undelivered > 0),
+        other => panic!("{other:?}"),
+    }
+    let stats = client.stats();
+    assert!(stats.dropped.gave_up > 0, "{stats:?}");
+    assert_closed_accounting(&stats);
+    agent.resume_reading();
+}
+
+#[test]
+fn a_stream_ended_with_an_error_is_replaced_and_the_cause_kept_at_most_once() {
+    for (code, name) in [
+        (StatusCode::Unavailable, "UNAVAILABLE"),
+        (StatusCode::ResourceExhausted, "RESOURCE_EXHAUSTED"),
+    ] {
+        let certs = TestCerts::generate().unwrap();
+        let agent = SpyAgent::start(&certs).unwrap();
+        let client = builder(&certs, agent.addr()).build().unwrap();
+        agent.fail_next_stream(code, "injected");
+        client.emit(numbered(0));
+        client.flush(WAIT).unwrap();
+        assert!(agent.wait_for_streams_ended(1, WAIT));
+        // The client learns the stream is gone on its next write, which is
+        // then made again on a new stream.
+        let mut n = 1;
+        while client.stats().errors == 0 {
+            client.emit(numbered(n));
+            client.flush(WAIT).unwrap();
+            n += 1;
+            assert!(n < 1000, "the failure was never noticed");
+        }
+        client.emit(numbered(n));
+        client.close(WAIT).unwrap();
+        let stats = client.stats();
+        assert!(
+            stats
+                .last_error
+                .as_deref()
+                .unwrap()
+                .contains(&format!("{name}: injected")),
+            "{stats:?}"
+        );
+        assert!(stats.reconnects >= 1, "{stats:?}");
+        let received = seqs(&agent);
+        assert!(
+            received.ends_with(&[n - 1, n]),
+            "{name}: {received:?} {stats:?}"
+        );
+        assert_closed_accounting(&stats);
+    }
+}
+
+#[test]
+fn a_stream_ended_with_an_error_is_replayed_at_least_once() {
+    for code in [StatusCode::Unavailable, StatusCode::ResourceExhausted] {
+        let certs = TestCerts::generate().unwrap();
+        let agent = SpyAgent::start(&certs).unwrap();
+        let client = builder(&certs, agent.addr())
+            .delivery(Delivery::AtLeastOnce)
+            .build()
+            .unwrap();
+        agent.fail_next_stream(code, "injected");
+        client.emit(numbered(0));
+        client.flush(WAIT).unwrap();
+        client.emit(numbered(1));
+        client.close(WAIT).unwrap();
+        let received: HashSet<u64> = seqs(&agent).into_iter().collect();
+        assert_eq!(received, HashSet::from([0, 1]), "{code:?}");
+        let stats = client.stats();
+        // Envelope 0 is written again either as a replay (its write had
+        // succeeded) or as a retry (its write already saw the stream end).
+        assert!(stats.errors >= 1, "{stats:?}");
+        assert_closed_accounting(&stats);
+    }
+}
+
+#[test]
+fn at_least_once_batches_over_the_agents_message_limit_are_split_until_they_fit() {
+    let certs = TestCerts::generate().unwrap();
+    let agent = SpyAgent::builder()
+        .max_message_bytes(16 * 1024)
+        .start(&certs)
+        .unwrap();
+    let client = builder(&certs, agent.addr())
+        .delivery(Delivery::AtLeastOnce)
+        .batch_max_envelopes(1000)
+        .build()
+        .unwrap();
+    for n in 0..40 {
+        client.emit(Envelope::log(vec![b'x'; 1000]).timestamp(n).build());
+    }
+    client.emit(Envelope::log(vec![b'y'; 20_000]).timestamp(40).build());
+    client.close(WAIT).unwrap();
+    let stats = client.stats();
+    let received: HashSet<u64> = seqs(&agent).into_iter().collect();
+    assert_eq!(received, (0..40).collect::<HashSet<_>>());
+    assert_eq!((stats.sent, stats.dropped.too_large), (40, 1), "{stats:?}");
+    assert!(stats.last_error.unwrap().contains("RESOURCE_EXHAUSTED"));
+    assert_closed_accounting(&client.stats());
+}
+
+#[test]
+fn at_most_once_a_batch_over_the_agents_limit_is_reported_by_close() {
+    let certs = TestCerts::generate().unwrap();
+    let agent = SpyAgent::builder()
+        .max_message_bytes(16 * 1024)
+        .start(&certs)
+        .unwrap();
+    let client = builder(&certs, agent.addr()).build().unwrap();
+    client.emit(Envelope::log(vec![b'y'; 20_000]));
+    match client.close(WAIT) {
+        Err(Error::Agent { status, .. }) => {
+            assert!(status.starts_with("RESOURCE_EXHAUSTED"), "{status}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(agent.envelopes().is_empty());
+    assert_closed_accounting(&client.stats());
+}
+
+/// An agent that is down until started: the first envelope's batch is
+/// stuck in backoff, so the queue holds exactly what the test emits next.
+struct StuckClient {
+    certs: TestCerts,
+    addr: String,
+    client: IngressClient,
+}
+
+fn stuck_client(overflow: Overflow) -> StuckClient {
+    let certs = TestCerts::generate().unwrap();
+    let addr = unused_addr();
+    let client = builder(&certs, &addr)
+        .overflow(overflow)
+        .queue_capacity(4)
+        .batch_max_envelopes(1)
+        .build()
+        .unwrap();
+    client.emit(numbered(0));
+    wait_for_stats(&client, |s| s.errors >= 1 && s.in_flight == 1);
+    for n in 1..=4 {
+        client.emit(numbered(n));
+    }
+    StuckClient {
+        certs,
+        addr,
+        client,
+    }
+}
+
+impl StuckClient {
+    fn deliver(self) -> (Vec<u64>, loggregator::Stats) {
+        let agent = SpyAgent::builder()
+            .port(port_of(&self.addr))
+            .start(&self.certs)
+            .unwrap();
+        self.client.close(WAIT).unwrap();
+        let stats = self.client.stats();
+        assert_closed_accounting(&stats);
+        (seqs(&agent), stats)
+    }
+}
+
+#[test]
+fn drop_newest_keeps_the_queue_and_drops_the_new_envelopes() {
+    let stuck = stuck_client(Overflow::DropNewest);
+    for n in 5..=7 {
+        stuck.client.emit(numbered(n));
+    }
+    let (received, stats) = stuck.deliver();
+    assert_eq!(received, vec![0, 1, 2, 3, 4]);
+    assert_eq!(stats.dropped.queue_full, 3);
+}
+
+#[test]
+fn drop_oldest_makes_room_by_dropping_the_oldest_queued() {
+    let stuck = stuck_client(Overflow::DropOldest);
+    for n in 5..=7 {
+        stuck.client.emit(numbered(n));
+    }
+    let (received, stats) = stuck.deliver();
+    assert_eq!(received, vec![0, 4, 5, 6, 7]);
+    assert_eq!(stats.dropped.queue_full, 3);
+}
+
+#[test]
+fn block_waits_for_room_and_loses_nothing() {
+    let stuck = stuck_client(Overflow::Block);
+    let emitter = {
+        let client = stuck.client.clone();
+        std::thread::spawn(move || {
+            for n in 5..=7 {
+                client.emit(numbered(n));
+            }
+        })
+    };
+    // The emitter is blocked on envelope 5 until the agent appears.
+    wait_for_stats(&stuck.client, |s| s.emitted == 6);
+    assert!(!emitter.is_finished());
+    let agent = SpyAgent::builder()
+        .port(port_of(&stuck.addr))
+        .start(&stuck.certs)
+        .unwrap();
+    emitter.join().unwrap();
+    stuck.client.close(WAIT).unwrap();
+    assert_eq!(seqs(&agent), (0..=7).collect::<Vec<_>>());
+    let stats = stuck.client.stats();
+    assert_eq!(stats.dropped.total(), 0);
+    assert_closed_accounting(&stats);
+}
+
+#[test]
+fn block_for_waits_then_drops_and_counts() {
+    let stuck = stuck_client(Overflow::BlockFor(Duration::from_millis(20)));
+    for n in 5..=7 {
+        stuck.client.emit(numbered(n));
+    }
+    let (received, stats) = stuck.deliver();
+    assert_eq!(received, vec![0, 1, 2, 3, 4]);
+    assert_eq!(stats.dropped.queue_full, 3);
+}
+
+#[test]
+fn dropping_the_last_handle_while_the_agent_is_down_gives_up_at_the_bound() {
+    capture_logs();
+    let certs = TestCerts::generate().unwrap();
+    let addr = unused_addr();
+    let client = builder(&certs, &addr)
+        .close_on_drop_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    for n in 0..10 {
+        client.emit(numbered(n));
+    }
+    drop(client);
+    let summary = format!("closed the client for {addr}: emitted 10, sent 0, dropped 10");
+    assert_eq!(logged(&summary).len(), 1, "{:?}", logged(&addr));
+}
