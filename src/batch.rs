@@ -19,6 +19,30 @@ pub(crate) fn framed_len(size: usize) -> usize {
     1 + varint_len(size as u64) + size
 }
 
+/// Adds the client-wide tags an envelope lacks; its own tags win.
+pub(crate) fn merge_global_tags(envelope: &mut pb::Envelope, global_tags: &[(String, String)]) {
+    for (key, value) in global_tags {
+        if !envelope.tags.contains_key(key) {
+            envelope.tags.insert(key.clone(), value.clone());
+        }
+    }
+}
+
+/// The most bytes the client-wide tags can add to one encoded envelope: each
+/// is a `tags` map entry (field 9) of a key and a value string.
+pub(crate) fn global_tags_len(global_tags: &[(String, String)]) -> usize {
+    global_tags
+        .iter()
+        .map(|(key, value)| framed_len(framed_len(key.len()) + framed_len(value.len())))
+        .sum()
+}
+
+/// The most an envelope of encoded size `size` can take in a batch once
+/// client-wide tags adding at most `global_tags_len` bytes are merged in.
+pub(crate) fn accounted_len(size: usize, global_tags_len: usize) -> usize {
+    framed_len(size + global_tags_len)
+}
+
 /// A complete encoded `EnvelopeBatch`.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Batch {

@@ -10,7 +10,7 @@ use parking_lot::Mutex;
 use protobuf::Message;
 
 use crate::LOG_TARGET;
-use crate::batch::framed_len;
+use crate::batch::{accounted_len, global_tags_len, merge_global_tags};
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::policy::{Backoff, Delivery, Overflow};
@@ -364,7 +364,10 @@ impl Inner {
 
     /// The most an envelope can take in a batch once the global tags are merged.
     fn accounted_size(&self, envelope: &Envelope) -> usize {
-        framed_len(envelope.as_proto().compute_size() as usize + self.global_tags_bytes)
+        accounted_len(
+            envelope.as_proto().compute_size() as usize,
+            self.global_tags_bytes,
+        )
     }
 
     fn undelivered(&self) -> u64 {
@@ -403,11 +406,7 @@ impl Inner {
                 ));
             }
             let mut envelope = envelope.into_proto();
-            for (key, value) in &self.global_tags {
-                if !envelope.tags.contains_key(key) {
-                    envelope.tags.insert(key.clone(), value.clone());
-                }
-            }
+            merge_global_tags(&mut envelope, &self.global_tags);
             batch.batch.push(envelope);
         }
         let size = batch.compute_size() as usize;
@@ -797,11 +796,7 @@ impl IngressClientBuilder {
                 .run();
             })
             .map_err(Error::Spawn)?;
-        let global_tags_bytes = self
-            .global_tags
-            .iter()
-            .map(|(key, value)| framed_len(framed_len(key.len()) + framed_len(value.len())))
-            .sum();
+        let global_tags_bytes = global_tags_len(&self.global_tags);
         Ok(IngressClient {
             inner: Arc::new(Inner {
                 addr: self.addr,

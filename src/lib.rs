@@ -55,6 +55,36 @@ pub use policy::{Delivery, Overflow};
 pub use stats::{Dropped, Stats};
 pub use tls::{DEFAULT_SERVER_NAME, TlsConfig};
 
+/// Internals exposed for the fuzz targets and property tests; not a stable API.
+#[cfg(feature = "testing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    use crate::batch::{accounted_len, framed_len, global_tags_len, merge_global_tags};
+    use protobuf::Message;
+
+    /// The size `emit` accounts an envelope at with these client-wide tags,
+    /// and the size it really takes in a batch once they are merged.
+    ///
+    /// ```
+    /// let env = loggregator::Envelope::log("x").build();
+    /// let (accounted, actual) = loggregator::fuzzing::accounted_and_actual(&env, &[]);
+    /// assert!(actual <= accounted);
+    /// ```
+    pub fn accounted_and_actual(
+        envelope: &crate::Envelope,
+        global_tags: &[(String, String)],
+    ) -> (usize, usize) {
+        let accounted = accounted_len(
+            envelope.as_proto().compute_size() as usize,
+            global_tags_len(global_tags),
+        );
+        let mut merged = envelope.as_proto().clone();
+        merge_global_tags(&mut merged, global_tags);
+        let actual = framed_len(merged.write_to_bytes().map_or(0, |bytes| bytes.len()));
+        (accounted, actual)
+    }
+}
+
 /// The `log` target of the crate's own diagnostics, so they can be filtered
 /// (and kept out of any logger that forwards to Loggregator).
 pub const LOG_TARGET: &str = "loggregator";

@@ -16,7 +16,7 @@ use crossbeam_channel::{Receiver, Sender, at, bounded, never, select_biased};
 use protobuf::Message;
 
 use crate::LOG_TARGET;
-use crate::batch::{Batch, BatchBuilder, framed_len};
+use crate::batch::{Batch, BatchBuilder, framed_len, merge_global_tags};
 use crate::error::{Error, Result};
 use crate::policy::{Backoff, Delivery};
 use crate::proto::envelope as pb;
@@ -346,11 +346,7 @@ impl<T: Transport> Worker<T> {
         // In flight from now until it is sent or dropped.
         self.counters.in_flight.fetch_add(1, Relaxed);
         let mut envelope = queued.envelope;
-        for (key, value) in &self.settings.global_tags {
-            if !envelope.tags.contains_key(key) {
-                envelope.tags.insert(key.clone(), value.clone());
-            }
-        }
+        merge_global_tags(&mut envelope, &self.settings.global_tags);
         let size = envelope.compute_size() as usize;
         if !self.building.is_empty()
             && self.building.encoded_len() + framed_len(size) > self.settings.batch_max_bytes

@@ -109,3 +109,10 @@ pub fn wait_for_stats(
         std::thread::yield_now();
     }
 }
+
+/// While the sender is still (every term is read separately, so only when
+/// nothing moves): every emitted envelope is in exactly one place.
+pub fn assert_still_accounting(stats: &loggregator::Stats) {
+    let placed = stats.sent + stats.dropped.total() + stats.queued + stats.in_flight;
+    assert_eq!(stats.emitted, placed, "{stats:?}");
+}

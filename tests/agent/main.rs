@@ -6,5 +6,6 @@ mod common;
 mod delivery;
 mod examples;
 mod faults;
+mod properties;
 mod round_trip;
 mod unary;
