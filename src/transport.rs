@@ -328,8 +328,17 @@ fn hint_for(status: &str, addr: &str, server_name: &str) -> Option<String> {
             "the agent's certificate is not valid for `{server_name}`, the name the client \
              verified; set TlsConfig::server_name to a name the certificate holds"
         )
-    } else if lower.contains("certificate verify failed")
-        || lower.contains("certificate_verify_failed")
+    } else if [
+        "certificate verify failed",
+        "certificate_verify_failed",
+        "unable to get local issuer",
+        "self-signed certificate",
+        "self signed certificate",
+        "bad signature",
+        "invalid padding",
+    ]
+    .iter()
+    .any(|sign| lower.contains(sign))
     {
         "the agent's certificate is not signed by the CA the client trusts (ca file)".to_string()
     } else if lower.contains("socket closed") || lower.contains("handshake") {

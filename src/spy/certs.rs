@@ -239,10 +239,12 @@ fn builder(subject: &str, key: &PKey<Private>, days: u32) -> CertResult<X509Buil
 }
 
 fn ca_certificate(key: &PKey<Private>) -> CertResult<X509> {
-    let mut cert = builder("loggregator test CA", key, 3650)?;
+    // A name of its own, as two real CAs would have.
+    let subject = format!("loggregator test CA {:08x}", fastrand::u32(..));
+    let mut cert = builder(&subject, key, 3650)?;
     let name = {
         let mut name = X509NameBuilder::new()?;
-        name.append_entry_by_text("CN", "loggregator test CA")?;
+        name.append_entry_by_text("CN", &subject)?;
         name.build()
     };
     cert.set_issuer_name(&name)?;

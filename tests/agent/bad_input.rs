@@ -240,3 +240,23 @@ fn a_wrong_server_name_is_refused_and_the_hint_names_it() {
     client.close(WAIT).unwrap();
     assert_eq!(agent.envelopes().len(), 1);
 }
+
+#[test]
+fn an_agent_certificate_from_another_ca_is_refused_and_reported() {
+    let setup = setup();
+    let stranger = TestCerts::generate().unwrap();
+    // The client trusts only the stranger's CA, which did not sign the agent.
+    let tls = TlsConfig::from_pem(
+        stranger.ca_pem(),
+        setup.certs.client_cert_pem(),
+        setup.certs.client_key_pem(),
+    )
+    .unwrap();
+    let client = IngressClient::builder()
+        .addr(setup.agent.addr())
+        .tls(tls)
+        .build()
+        .unwrap();
+    assert_refused(client, "not signed by the CA the client trusts");
+    assert!(setup.agent.envelopes().is_empty());
+}
