@@ -199,21 +199,25 @@ fn assert_refused(client: IngressClient, expected_in_error: &str) {
     assert_eq!(logged(&warning).len(), 1, "one warning per outage");
 }
 
+/// A client of the set-up's agent trusting `ca`'s CA and presenting `client`'s certificate.
+fn mixed_client(setup: &crate::common::Setup, ca: &TestCerts, client: &TestCerts) -> IngressClient {
+    let tls = TlsConfig::from_pem(
+        ca.ca_pem(),
+        client.client_cert_pem(),
+        client.client_key_pem(),
+    );
+    IngressClient::builder()
+        .addr(setup.agent.addr())
+        .tls(tls.unwrap())
+        .build()
+        .unwrap()
+}
+
 #[test]
 fn a_client_certificate_from_another_ca_is_refused_and_reported() {
     let setup = setup();
     let stranger = TestCerts::generate().unwrap();
-    let tls = TlsConfig::from_pem(
-        setup.certs.ca_pem(),
-        stranger.client_cert_pem(),
-        stranger.client_key_pem(),
-    )
-    .unwrap();
-    let client = IngressClient::builder()
-        .addr(setup.agent.addr())
-        .tls(tls)
-        .build()
-        .unwrap();
+    let client = mixed_client(&setup, &setup.certs, &stranger);
     assert_refused(client, "refused the client certificate");
     assert!(setup.agent.envelopes().is_empty());
 }
@@ -246,17 +250,7 @@ fn an_agent_certificate_from_another_ca_is_refused_and_reported() {
     let setup = setup();
     let stranger = TestCerts::generate().unwrap();
     // The client trusts only the stranger's CA, which did not sign the agent.
-    let tls = TlsConfig::from_pem(
-        stranger.ca_pem(),
-        setup.certs.client_cert_pem(),
-        setup.certs.client_key_pem(),
-    )
-    .unwrap();
-    let client = IngressClient::builder()
-        .addr(setup.agent.addr())
-        .tls(tls)
-        .build()
-        .unwrap();
+    let client = mixed_client(&setup, &stranger, &setup.certs);
     assert_refused(client, "not signed by the CA the client trusts");
     assert!(setup.agent.envelopes().is_empty());
 }

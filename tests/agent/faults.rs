@@ -388,24 +388,26 @@ impl StuckClient {
     }
 }
 
-#[test]
-fn drop_newest_keeps_the_queue_and_drops_the_new_envelopes() {
-    let stuck = stuck_client(Overflow::DropNewest);
+/// Emits envelopes 5 to 7 into the full queue under `overflow`, then lets
+/// the agent start.
+fn overflow_three(overflow: Overflow) -> (Vec<u64>, loggregator::Stats) {
+    let stuck = stuck_client(overflow);
     for n in 5..=7 {
         stuck.client.emit(numbered(n));
     }
-    let (received, stats) = stuck.deliver();
+    stuck.deliver()
+}
+
+#[test]
+fn drop_newest_keeps_the_queue_and_drops_the_new_envelopes() {
+    let (received, stats) = overflow_three(Overflow::DropNewest);
     assert_eq!(received, vec![0, 1, 2, 3, 4]);
     assert_eq!(stats.dropped.queue_full, 3);
 }
 
 #[test]
 fn drop_oldest_makes_room_by_dropping_the_oldest_queued() {
-    let stuck = stuck_client(Overflow::DropOldest);
-    for n in 5..=7 {
-        stuck.client.emit(numbered(n));
-    }
-    let (received, stats) = stuck.deliver();
+    let (received, stats) = overflow_three(Overflow::DropOldest);
     assert_eq!(received, vec![0, 4, 5, 6, 7]);
     assert_eq!(stats.dropped.queue_full, 3);
 }
@@ -438,11 +440,7 @@ fn block_waits_for_room_and_loses_nothing() {
 
 #[test]
 fn block_for_waits_then_drops_and_counts() {
-    let stuck = stuck_client(Overflow::BlockFor(Duration::from_millis(20)));
-    for n in 5..=7 {
-        stuck.client.emit(numbered(n));
-    }
-    let (received, stats) = stuck.deliver();
+    let (received, stats) = overflow_three(Overflow::BlockFor(Duration::from_millis(20)));
     assert_eq!(received, vec![0, 1, 2, 3, 4]);
     assert_eq!(stats.dropped.queue_full, 3);
 }
