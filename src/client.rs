@@ -3,18 +3,21 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering, fence};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded, unbounded};
 use parking_lot::Mutex;
 use protobuf::Message;
 
 use crate::LOG_TARGET;
-use crate::batch::{accounted_len, global_tags_len, merge_global_tags};
+use crate::batch::{accounted_len, framed_len, global_tags_len, merge_global_tags};
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::policy::{Backoff, Delivery, Overflow};
+use crate::process::ProcessMeter;
 use crate::proto::envelope as pb;
+use crate::pulse::{Counter, Gauge, Registry};
+use crate::source::SourceInfo;
 use crate::stats::{Counters, DropReason, Stats};
 use crate::tls::TlsConfig;
 use crate::transport::{ChannelSettings, GrpcTransport};
@@ -46,6 +49,8 @@ pub const DEFAULT_RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(5);
 pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(6 * 60);
 /// The shortest keepalive any agent accepts (the Loggregator Agent's 10 s).
 pub const MIN_KEEPALIVE: Duration = Duration::from_secs(10);
+/// How often counters and gauges are sent.
+pub const DEFAULT_PULSE_INTERVAL: Duration = Duration::from_secs(10);
 /// At least once: how long a stream is used before it is ended to confirm it.
 pub const DEFAULT_CONFIRM_INTERVAL: Duration = Duration::from_secs(1);
 /// At least once: the most bytes written but not yet confirmed.
@@ -112,6 +117,12 @@ struct Inner {
     /// Set when the sender thread has stopped: a racing emit counts its own envelope.
     stopped: AtomicBool,
     overflow: Overflow,
+    registry: Registry,
+    pulse_interval: Duration,
+    /// Stamped on envelopes that name no source.
+    source: Option<SourceInfo>,
+    /// Commands to the pulse thread, once started.
+    aux: Mutex<Option<Sender<AuxCommand>>>,
     /// Disconnects when close begins, releasing emitters blocked on a full queue.
     closing: Receiver<()>,
     close_signal: Mutex<Option<Sender<()>>>,
@@ -153,36 +164,213 @@ impl IngressClient {
     /// client.emit(loggregator::Envelope::log("hello").source("my-app", "0"));
     /// ```
     pub fn emit(&self, envelope: impl Into<Envelope>) {
-        let inner = &*self.inner;
-        inner.counters.emitted.fetch_add(1, Ordering::Relaxed);
-        let envelope = envelope.into();
-        if inner.closed.load(Ordering::Acquire) {
-            return inner.drop_envelopes(DropReason::Closed, 1);
-        }
-        if envelope.is_accidental_reset() {
-            return inner.drop_envelopes(DropReason::ZeroCounter, 1);
-        }
-        if inner.accounted_size(&envelope) > inner.batch_max_bytes {
-            return inner.drop_envelopes(DropReason::TooLarge, 1);
-        }
-        let queued = Queued {
-            envelope: envelope.into_proto(),
-        };
-        let queued = match inner.data.try_send(queued) {
-            Ok(()) => return inner.queued(),
-            Err(TrySendError::Full(queued)) => queued,
-            Err(TrySendError::Disconnected(_)) => {
-                return inner.drop_envelopes(DropReason::Closed, 1);
-            }
-        };
-        match inner.overflow {
-            Overflow::DropNewest => inner.drop_envelopes(DropReason::QueueFull, 1),
-            Overflow::DropOldest => inner.evict_oldest_for(queued),
-            Overflow::Block => inner.block_for(queued, None),
-            Overflow::BlockFor(wait) => inner.block_for(queued, Some(wait)),
+        self.inner.emit(envelope.into());
+    }
+
+    /// A counter handle for `name`; see [`Counter`]. Its first use starts
+    /// the pulse, which sends every `pulse_interval`.
+    ///
+    /// ```no_run
+    /// # let client: loggregator::IngressClient = unimplemented!();
+    /// let requests = client.counter("requests");
+    /// requests.inc();
+    /// ```
+    pub fn counter(&self, name: &str) -> Counter {
+        self.counter_with_tags(name, &[])
+    }
+
+    /// A counter handle for `name` with tags; handles with the same name and
+    /// tags share one series.
+    ///
+    /// ```no_run
+    /// # let client: loggregator::IngressClient = unimplemented!();
+    /// client.counter_with_tags("responses", &[("status", "200")]).inc();
+    /// ```
+    pub fn counter_with_tags(&self, name: &str, tags: &[(&str, &str)]) -> Counter {
+        self.start_aux_thread();
+        self.inner.registry.counter(name, tags)
+    }
+
+    /// A gauge handle for `name` in `unit`; see [`Gauge`]. All gauges set
+    /// in an interval go out in one Gauge envelope.
+    ///
+    /// ```no_run
+    /// # let client: loggregator::IngressClient = unimplemented!();
+    /// client.gauge("memory", "bytes").set(1.5e8);
+    /// ```
+    pub fn gauge(&self, name: &str, unit: &str) -> Gauge {
+        self.start_aux_thread();
+        self.inner.registry.gauge(name, unit)
+    }
+
+    /// Starts timing `name`; the returned guard sends a Timer envelope with
+    /// the real start and stop times when it is dropped or stopped, and
+    /// nothing if cancelled.
+    ///
+    /// ```no_run
+    /// # let client: loggregator::IngressClient = unimplemented!();
+    /// {
+    ///     let _timer = client.timer("db_query");
+    ///     // ... the query ...
+    /// } // the Timer envelope is emitted here
+    /// ```
+    pub fn timer(&self, name: &str) -> TimerGuard {
+        TimerGuard {
+            client: self.clone(),
+            name: name.to_string(),
+            start: SystemTime::now(),
+            armed: true,
         }
     }
 
+    /// Sends a gauge with this process's resident memory (bytes), CPU
+    /// (percentage of one core), threads and open file descriptors every
+    /// `interval`, read from /proc, until the client closes. Linux only:
+    /// elsewhere it returns [`Error::Config`].
+    ///
+    /// ```no_run
+    /// # let client: loggregator::IngressClient = unimplemented!();
+    /// client.process_metrics(std::time::Duration::from_secs(30))?;
+    /// # Ok::<(), loggregator::Error>(())
+    /// ```
+    pub fn process_metrics(&self, interval: Duration) -> Result<()> {
+        if interval.is_zero() || interval > LONGEST_WAIT {
+            return Err(Error::Config {
+                setting: "process_metrics",
+                problem: "the interval must be longer than zero and at most a day".into(),
+            });
+        }
+        if ProcessMeter::new().read().is_none() {
+            return Err(Error::Config {
+                setting: "process_metrics",
+                problem: "/proc/self cannot be read (process metrics need Linux)".into(),
+            });
+        }
+        self.start_aux_thread();
+        let sent = match &*self.inner.aux.lock() {
+            Some(aux) => aux.send(AuxCommand::ProcessMetrics(interval)).is_ok(),
+            None => false,
+        };
+        if sent { Ok(()) } else { Err(Error::Closed) }
+    }
+
+    /// Starts the thread behind pulse metrics and process metrics, once.
+    fn start_aux_thread(&self) {
+        let mut aux = self.inner.aux.lock();
+        if aux.is_some() || self.inner.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let (commands, received) = unbounded();
+        let inner = Arc::downgrade(&self.inner);
+        let closing = self.inner.closing.clone();
+        let interval = self.inner.pulse_interval;
+        let spawned = std::thread::Builder::new()
+            .name("loggregator-pulse".to_string())
+            .spawn(move || run_aux(inner, received, closing, interval));
+        match spawned {
+            Ok(_) => *aux = Some(commands),
+            Err(error) => log::error!(target: LOG_TARGET, "cannot start the pulse thread: {error}"),
+        }
+    }
+}
+
+/// Requests to the pulse thread.
+enum AuxCommand {
+    ProcessMetrics(Duration),
+}
+
+/// The pulse thread: sends pulse metrics every `pulse_interval` and, once
+/// asked, process metrics; stops when close begins or the client is gone.
+fn run_aux(
+    inner: std::sync::Weak<Inner>,
+    commands: Receiver<AuxCommand>,
+    closing: Receiver<()>,
+    pulse_interval: Duration,
+) {
+    let pulse = crossbeam_channel::tick(pulse_interval);
+    let mut process: Option<(Receiver<Instant>, ProcessMeter)> = None;
+    loop {
+        let process_due = process
+            .as_ref()
+            .map_or_else(crossbeam_channel::never, |(due, _)| due.clone());
+        crossbeam_channel::select! {
+            recv(closing) -> _ => return,
+            recv(commands) -> command => match command {
+                Ok(AuxCommand::ProcessMetrics(interval)) => {
+                    process = Some((crossbeam_channel::tick(interval), ProcessMeter::new()));
+                }
+                Err(_) => return,
+            },
+            recv(pulse) -> _ => {
+                let Some(inner) = inner.upgrade() else { return };
+                for envelope in inner.registry.pulse() {
+                    inner.emit(envelope);
+                }
+            },
+            recv(process_due) -> _ => {
+                let Some(inner) = inner.upgrade() else { return };
+                if let Some(envelope) = process.as_mut().and_then(|(_, meter)| meter.read()) {
+                    inner.emit(envelope);
+                }
+            },
+        }
+    }
+}
+
+/// Times one operation; made by [`IngressClient::timer`].
+///
+/// ```no_run
+/// # let client: loggregator::IngressClient = unimplemented!();
+/// let timer = client.timer("upload");
+/// let uploaded = true;
+/// if uploaded { timer.stop() } else { timer.cancel() }
+/// ```
+#[must_use = "the timer stops, and is sent, when this guard is dropped"]
+#[derive(Debug)]
+pub struct TimerGuard {
+    client: IngressClient,
+    name: String,
+    start: SystemTime,
+    armed: bool,
+}
+
+impl TimerGuard {
+    /// Stops the timer now and sends it.
+    ///
+    /// ```no_run
+    /// # let client: loggregator::IngressClient = unimplemented!();
+    /// client.timer("step").stop();
+    /// ```
+    pub fn stop(mut self) {
+        self.send();
+    }
+
+    /// Drops the timer without sending anything.
+    ///
+    /// ```no_run
+    /// # let client: loggregator::IngressClient = unimplemented!();
+    /// client.timer("step").cancel();
+    /// ```
+    pub fn cancel(mut self) {
+        self.armed = false;
+    }
+
+    fn send(&mut self) {
+        if std::mem::take(&mut self.armed) {
+            let name = std::mem::take(&mut self.name);
+            self.client
+                .emit(Envelope::timer(name, self.start, SystemTime::now()));
+        }
+    }
+}
+
+impl Drop for TimerGuard {
+    fn drop(&mut self) {
+        self.send();
+    }
+}
+
+impl IngressClient {
     /// Sends envelopes at once with the unary `Send` call and waits for the
     /// agent to confirm them, at most `timeout`. Client-wide tags are added.
     ///
@@ -311,6 +499,36 @@ impl std::fmt::Debug for IngressClient {
 }
 
 impl Inner {
+    fn emit(&self, envelope: Envelope) {
+        let inner = self;
+        inner.counters.emitted.fetch_add(1, Ordering::Relaxed);
+        if inner.closed.load(Ordering::Acquire) {
+            return inner.drop_envelopes(DropReason::Closed, 1);
+        }
+        if envelope.is_accidental_reset() {
+            return inner.drop_envelopes(DropReason::ZeroCounter, 1);
+        }
+        if inner.accounted_size(&envelope) > inner.batch_max_bytes {
+            return inner.drop_envelopes(DropReason::TooLarge, 1);
+        }
+        let queued = Queued {
+            envelope: envelope.into_proto(),
+        };
+        let queued = match inner.data.try_send(queued) {
+            Ok(()) => return inner.queued(),
+            Err(TrySendError::Full(queued)) => queued,
+            Err(TrySendError::Disconnected(_)) => {
+                return inner.drop_envelopes(DropReason::Closed, 1);
+            }
+        };
+        match inner.overflow {
+            Overflow::DropNewest => inner.drop_envelopes(DropReason::QueueFull, 1),
+            Overflow::DropOldest => inner.evict_oldest_for(queued),
+            Overflow::Block => inner.block_for(queued, None),
+            Overflow::BlockFor(wait) => inner.block_for(queued, Some(wait)),
+        }
+    }
+
     fn drop_envelopes(&self, reason: DropReason, count: u64) {
         if self.counters.drop_envelopes(reason, count) {
             log::warn!(
@@ -406,6 +624,9 @@ impl Inner {
                 ));
             }
             let mut envelope = envelope.into_proto();
+            if let Some(source) = &self.source {
+                source.stamp(&mut envelope);
+            }
             merge_global_tags(&mut envelope, &self.global_tags);
             batch.batch.push(envelope);
         }
@@ -434,7 +655,12 @@ impl Inner {
         let Some(thread) = sender_thread.take() else {
             return Ok(());
         };
+        // What the counters and gauges gathered since the last pulse.
+        for envelope in self.registry.pulse() {
+            self.emit(envelope);
+        }
         self.closed.store(true, Ordering::Release);
+        drop(self.aux.lock().take());
         drop(self.close_signal.lock().take());
         let failed_before = self.counters.gave_up();
         let (reply, replied) = bounded(1);
@@ -526,6 +752,9 @@ pub struct IngressClientBuilder {
     reconnect_initial: Duration,
     reconnect_max: Duration,
     keepalive: Option<Duration>,
+    source: Option<SourceInfo>,
+    source_from_cf_env: bool,
+    pulse_interval: Duration,
 }
 
 impl Default for IngressClientBuilder {
@@ -547,6 +776,9 @@ impl Default for IngressClientBuilder {
             reconnect_initial: DEFAULT_RECONNECT_BACKOFF_INITIAL,
             reconnect_max: DEFAULT_RECONNECT_BACKOFF_MAX,
             keepalive: Some(DEFAULT_KEEPALIVE),
+            source: None,
+            source_from_cf_env: false,
+            pulse_interval: DEFAULT_PULSE_INTERVAL,
         }
     }
 }
@@ -742,6 +974,42 @@ impl IngressClientBuilder {
         self
     }
 
+    /// The source and instance ids of every envelope that does not set its
+    /// own (default: none).
+    ///
+    /// ```
+    /// let builder = loggregator::IngressClient::builder()
+    ///     .source(loggregator::SourceInfo::new("my-component", "0"));
+    /// ```
+    pub fn source(mut self, source: SourceInfo) -> Self {
+        self.source = Some(source);
+        self
+    }
+
+    /// Uses the app instance's identity in Cloud Foundry
+    /// ([`SourceInfo::from_cf_env`]) as the default source; `build()` then
+    /// fails outside Cloud Foundry, saying which variable is missing.
+    ///
+    /// ```
+    /// let builder = loggregator::IngressClient::builder().source_from_cf_env();
+    /// ```
+    pub fn source_from_cf_env(mut self) -> Self {
+        self.source_from_cf_env = true;
+        self
+    }
+
+    /// How often counters and gauges are sent (default
+    /// [`DEFAULT_PULSE_INTERVAL`], 10 s).
+    ///
+    /// ```
+    /// let builder = loggregator::IngressClient::builder()
+    ///     .pulse_interval(std::time::Duration::from_secs(60));
+    /// ```
+    pub fn pulse_interval(mut self, interval: Duration) -> Self {
+        self.pulse_interval = interval;
+        self
+    }
+
     /// Checks the settings and starts the sender thread. It does not connect:
     /// an agent that is down now is tried again with each batch.
     ///
@@ -753,6 +1021,10 @@ impl IngressClientBuilder {
     /// ```
     pub fn build(self) -> Result<IngressClient> {
         let tls = self.validate()?;
+        let source = match (&self.source, self.source_from_cf_env) {
+            (_, true) => Some(SourceInfo::from_cf_env()?),
+            (source, false) => source.clone(),
+        };
         let counters = Arc::new(Counters::default());
         let (data_tx, data_rx) = bounded(self.queue_capacity);
         let (control_tx, control_rx) = unbounded();
@@ -760,6 +1032,7 @@ impl IngressClientBuilder {
         let (exited_tx, exited_rx) = bounded::<()>(0);
         let settings = Settings {
             addr: self.addr.clone(),
+            source: source.clone(),
             batch_max_envelopes: self.batch_max_envelopes,
             batch_max_bytes: self.batch_max_bytes,
             flush_interval: self.flush_interval,
@@ -796,7 +1069,11 @@ impl IngressClientBuilder {
                 .run();
             })
             .map_err(Error::Spawn)?;
-        let global_tags_bytes = global_tags_len(&self.global_tags);
+        // A default source can add its ids to an envelope, as tags can.
+        let source_bytes = source.as_ref().map_or(0, |source| {
+            framed_len(source.source_id().len()) + framed_len(source.instance_id().len())
+        });
+        let global_tags_bytes = global_tags_len(&self.global_tags) + source_bytes;
         Ok(IngressClient {
             inner: Arc::new(Inner {
                 addr: self.addr,
@@ -807,6 +1084,10 @@ impl IngressClientBuilder {
                 closed: AtomicBool::new(false),
                 stopped: AtomicBool::new(false),
                 overflow: self.overflow,
+                registry: Registry::default(),
+                pulse_interval: self.pulse_interval,
+                aux: Mutex::new(None),
+                source,
                 closing,
                 close_signal: Mutex::new(Some(close_signal)),
                 batch_max_bytes: self.batch_max_bytes,
@@ -873,6 +1154,7 @@ impl IngressClientBuilder {
             ("write_timeout", self.write_timeout),
             ("close_on_drop_timeout", self.close_on_drop_timeout),
             ("confirm_interval", self.confirm_interval),
+            ("pulse_interval", self.pulse_interval),
             ("reconnect_backoff", self.reconnect_initial),
             ("reconnect_backoff", self.reconnect_max),
         ] {

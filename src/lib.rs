@@ -29,8 +29,12 @@ mod batch;
 mod client;
 mod envelope;
 mod error;
+mod log_bridge;
 mod policy;
+mod process;
 pub mod proto;
+mod pulse;
+mod source;
 mod stats;
 mod tls;
 mod transport;
@@ -42,16 +46,20 @@ pub mod spy;
 pub use client::{
     AGENT_MAX_MESSAGE_BYTES, DEFAULT_ADDR, DEFAULT_BATCH_MAX_BYTES, DEFAULT_BATCH_MAX_ENVELOPES,
     DEFAULT_CLOSE_ON_DROP_TIMEOUT, DEFAULT_CONFIRM_INTERVAL, DEFAULT_FLUSH_INTERVAL,
-    DEFAULT_KEEPALIVE, DEFAULT_QUEUE_CAPACITY, DEFAULT_RECONNECT_BACKOFF_INITIAL,
-    DEFAULT_RECONNECT_BACKOFF_MAX, DEFAULT_REPLAY_BUFFER_BYTES, DEFAULT_WRITE_TIMEOUT,
-    IngressClient, IngressClientBuilder, MAX_QUEUE_CAPACITY, MIN_KEEPALIVE,
+    DEFAULT_KEEPALIVE, DEFAULT_PULSE_INTERVAL, DEFAULT_QUEUE_CAPACITY,
+    DEFAULT_RECONNECT_BACKOFF_INITIAL, DEFAULT_RECONNECT_BACKOFF_MAX, DEFAULT_REPLAY_BUFFER_BYTES,
+    DEFAULT_WRITE_TIMEOUT, IngressClient, IngressClientBuilder, MAX_QUEUE_CAPACITY, MIN_KEEPALIVE,
+    TimerGuard,
 };
 pub use envelope::{
     CounterEnvelope, Envelope, EnvelopeBuilder, EnvelopeKind, EventEnvelope, GaugeEnvelope,
     LogEnvelope, TimerEnvelope, UnixNanos, kind,
 };
 pub use error::{Error, Result};
+pub use log_bridge::LogBridge;
 pub use policy::{Delivery, Overflow};
+pub use pulse::{Counter, Gauge};
+pub use source::SourceInfo;
 pub use stats::{Dropped, Stats};
 pub use tls::{DEFAULT_SERVER_NAME, TlsConfig};
 

@@ -116,6 +116,8 @@ pub(crate) fn deadline_after(wait: Duration) -> Instant {
 pub(crate) struct Settings {
     /// The agent's address, for error messages.
     pub addr: String,
+    /// Stamped on envelopes that name no source.
+    pub source: Option<crate::source::SourceInfo>,
     pub batch_max_envelopes: usize,
     pub batch_max_bytes: usize,
     pub flush_interval: Duration,
@@ -346,6 +348,9 @@ impl<T: Transport> Worker<T> {
         // In flight from now until it is sent or dropped.
         self.counters.in_flight.fetch_add(1, Relaxed);
         let mut envelope = queued.envelope;
+        if let Some(source) = &self.settings.source {
+            source.stamp(&mut envelope);
+        }
         merge_global_tags(&mut envelope, &self.settings.global_tags);
         let size = envelope.compute_size() as usize;
         if !self.building.is_empty()
@@ -826,6 +831,7 @@ mod tests {
     fn settings() -> Settings {
         Settings {
             addr: "fake".to_string(),
+            source: None,
             batch_max_envelopes: 3,
             batch_max_bytes: 1 << 20,
             flush_interval: HOUR,

@@ -6,6 +6,8 @@ mod common;
 mod delivery;
 mod examples;
 mod faults;
+mod metrics;
+mod pipe;
 mod properties;
 mod round_trip;
 mod unary;

@@ -1,0 +1,185 @@
+//! A `log::Log` implementation that sends every record as a Log envelope.
+
+use std::io::Write;
+
+use log::{Level, LevelFilter, Log, Metadata, Record};
+
+use crate::client::IngressClient;
+use crate::envelope::Envelope;
+use crate::source::SourceInfo;
+
+/// Sends `log` records to Loggregator: error and warn go to stderr (`ERR`),
+/// the rest to stdout (`OUT`), each tagged with its `level` and `target`
+/// (and `module`, `file` and `line` when asked).
+///
+/// Records from this crate itself, and anything logged on the client's own
+/// threads (the sender, gRPC's, the pulse), are never sent: they could loop
+/// or deadlock. They still reach stderr when [`echo_to_stderr`](Self::echo_to_stderr) is on.
+///
+/// The installed bridge keeps a handle to the client for the rest of the
+/// process, so dropping your handles does not close it: call
+/// [`IngressClient::close`] before exiting to deliver what is queued.
+///
+/// ```no_run
+/// use loggregator::{IngressClient, LogBridge, SourceInfo, TlsConfig};
+///
+/// let tls = TlsConfig::from_files("ca.crt", "client.crt", "client.key")?;
+/// let client = IngressClient::builder().tls(tls).build()?;
+/// LogBridge::new(client)
+///     .level(log::LevelFilter::Info)
+///     .source(SourceInfo::new("my-app", "0"))
+///     .echo_to_stderr(true)
+///     .install()
+///     .expect("no other logger is installed");
+/// log::info!("hello from the log crate");
+/// # Ok::<(), loggregator::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct LogBridge {
+    client: IngressClient,
+    level: LevelFilter,
+    source: Option<SourceInfo>,
+    echo: bool,
+    location: bool,
+}
+
+impl LogBridge {
+    /// A bridge sending through `client` at level `Info`.
+    ///
+    /// ```no_run
+    /// # let client: loggregator::IngressClient = unimplemented!();
+    /// let bridge = loggregator::LogBridge::new(client);
+    /// ```
+    pub fn new(client: IngressClient) -> LogBridge {
+        LogBridge {
+            client,
+            level: LevelFilter::Info,
+            source: None,
+            echo: false,
+            location: false,
+        }
+    }
+
+    /// The most verbose level sent (default `Info`).
+    ///
+    /// ```no_run
+    /// # let client: loggregator::IngressClient = unimplemented!();
+    /// let bridge = loggregator::LogBridge::new(client).level(log::LevelFilter::Debug);
+    /// ```
+    pub fn level(mut self, level: LevelFilter) -> Self {
+        self.level = level;
+        self
+    }
+
+    /// The source and instance ids of the envelopes (default: the client's
+    /// default source, if any).
+    ///
+    /// ```no_run
+    /// # let client: loggregator::IngressClient = unimplemented!();
+    /// let bridge = loggregator::LogBridge::new(client).source(loggregator::SourceInfo::new("svc", "1"));
+    /// ```
+    pub fn source(mut self, source: SourceInfo) -> Self {
+        self.source = Some(source);
+        self
+    }
+
+    /// Also writes each record to stderr, so local output is not lost.
+    ///
+    /// ```no_run
+    /// # let client: loggregator::IngressClient = unimplemented!();
+    /// let bridge = loggregator::LogBridge::new(client).echo_to_stderr(true);
+    /// ```
+    pub fn echo_to_stderr(mut self, echo: bool) -> Self {
+        self.echo = echo;
+        self
+    }
+
+    /// Adds `module`, `file` and `line` tags when the record has them.
+    ///
+    /// ```no_run
+    /// # let client: loggregator::IngressClient = unimplemented!();
+    /// let bridge = loggregator::LogBridge::new(client).with_location(true);
+    /// ```
+    pub fn with_location(mut self, location: bool) -> Self {
+        self.location = location;
+        self
+    }
+
+    /// Installs the bridge as the process's logger and sets `log`'s maximum
+    /// level; fails if a logger is already installed.
+    ///
+    /// ```no_run
+    /// # let client: loggregator::IngressClient = unimplemented!();
+    /// loggregator::LogBridge::new(client).install().expect("first logger");
+    /// ```
+    pub fn install(self) -> Result<(), log::SetLoggerError> {
+        let level = self.level;
+        // The logger lives for the rest of the process, as `log` requires.
+        log::set_logger(Box::leak(Box::new(self)))?;
+        log::set_max_level(level);
+        Ok(())
+    }
+
+    /// The envelope for a record.
+    fn envelope(&self, record: &Record<'_>) -> Envelope {
+        let log = Envelope::log(record.args().to_string());
+        let log = match record.level() {
+            Level::Error | Level::Warn => log.stderr(),
+            _ => log.stdout(),
+        };
+        let mut log = log
+            .tag("level", record.level().as_str().to_ascii_lowercase())
+            .tag("target", record.target());
+        if let Some(source) = &self.source {
+            log = log.source(source.source_id(), source.instance_id());
+        }
+        if self.location {
+            if let Some(module) = record.module_path() {
+                log = log.tag("module", module);
+            }
+            if let Some(file) = record.file() {
+                log = log.tag("file", file);
+            }
+            if let Some(line) = record.line() {
+                log = log.tag("line", line.to_string());
+            }
+        }
+        log.build()
+    }
+}
+
+/// True for records the client itself caused: its own diagnostics, gRPC's,
+/// and whatever runs on its threads.
+fn is_internal(target: &str) -> bool {
+    let own_target = target.starts_with(crate::LOG_TARGET) || target.starts_with("grpcio");
+    let own_thread = std::thread::current()
+        .name()
+        .is_some_and(|name| name.starts_with("loggregator-"));
+    own_target || own_thread
+}
+
+impl Log for LogBridge {
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        metadata.level() <= self.level
+    }
+
+    fn log(&self, record: &Record<'_>) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        if self.echo {
+            let _ = writeln!(
+                std::io::stderr().lock(),
+                "{} {}: {}",
+                record.level(),
+                record.target(),
+                record.args()
+            );
+        }
+        if !is_internal(record.target()) {
+            self.client.emit(self.envelope(record));
+        }
+    }
+
+    fn flush(&self) {}
+}

@@ -1,0 +1,158 @@
+//! Pulse counters and gauges, timers, process metrics and the default
+//! source, against the spy agent.
+
+use std::time::{Duration, SystemTime};
+
+use loggregator::proto::envelope as pb;
+use loggregator::{SourceInfo, UnixNanos};
+
+use crate::common::{WAIT, setup};
+
+fn counters(envelopes: &[pb::Envelope]) -> Vec<(String, u64, u64)> {
+    envelopes
+        .iter()
+        .filter(|e| e.has_counter())
+        .map(|e| {
+            (
+                e.counter().name.clone(),
+                e.counter().delta,
+                e.counter().total,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_counter_pulses_its_delta_and_total_and_stays_silent_when_idle() {
+    let setup = setup();
+    let client = setup
+        .builder()
+        .pulse_interval(Duration::from_millis(20))
+        .build()
+        .unwrap();
+    let requests = client.counter("requests");
+    requests.add(3);
+    setup.agent.wait_for_envelopes(1, WAIT);
+    requests.inc();
+    requests.add(1);
+    setup.agent.wait_for_envelopes(2, WAIT);
+    // Many idle intervals pass before close: none may send `delta 0, total 0`
+    // or anything else for this counter.
+    client.flush(WAIT).unwrap();
+    let clone = requests.clone();
+    clone.add(4);
+    drop((requests, clone));
+    client.close(WAIT).unwrap();
+    let sent = counters(&setup.agent.envelopes());
+    assert_eq!(
+        sent,
+        vec![
+            ("requests".into(), 3, 3),
+            ("requests".into(), 2, 5),
+            ("requests".into(), 4, 9)
+        ]
+    );
+}
+
+#[test]
+fn gauges_of_one_interval_share_an_envelope_with_exact_values() {
+    let setup = setup();
+    let client = setup
+        .builder()
+        .pulse_interval(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    client.gauge("memory", "bytes").set(1.5e8);
+    let temperature = client.gauge("temperature", "celsius");
+    temperature.set(-3.25);
+    client.close(WAIT).unwrap();
+    let received = setup.agent.envelopes();
+    assert_eq!(received.len(), 1, "{received:?}");
+    let metrics = &received[0].gauge().metrics;
+    assert_eq!(
+        (metrics["memory"].value, metrics["memory"].unit.as_str()),
+        (1.5e8, "bytes")
+    );
+    assert_eq!(
+        (
+            metrics["temperature"].value,
+            metrics["temperature"].unit.as_str()
+        ),
+        (-3.25, "celsius")
+    );
+}
+
+#[test]
+fn a_timer_guard_sends_real_start_and_stop_times_unless_cancelled() {
+    let setup = setup();
+    let client = setup.client();
+    let before = UnixNanos::now().as_i64();
+    {
+        let _timer = client.timer("db_query");
+        std::thread::sleep(Duration::from_millis(5)); // the timed work
+    }
+    client.timer("stopped").stop();
+    client.timer("cancelled").cancel();
+    let after = UnixNanos::from(SystemTime::now()).as_i64();
+    client.close(WAIT).unwrap();
+    let received = setup.agent.envelopes();
+    let names: Vec<&str> = received.iter().map(|e| e.timer().name.as_str()).collect();
+    assert_eq!(names, vec!["db_query", "stopped"]);
+    let timer = received[0].timer();
+    assert!(
+        before <= timer.start && timer.start < timer.stop && timer.stop <= after,
+        "{timer:?}"
+    );
+    assert!(timer.stop - timer.start >= 5_000_000);
+}
+
+#[test]
+fn process_metrics_report_memory_cpu_threads_and_descriptors() {
+    let setup = setup();
+    let client = setup.client();
+    client.process_metrics(Duration::from_millis(20)).unwrap();
+    let received = setup.agent.wait_for_envelopes(2, WAIT);
+    client.close(WAIT).unwrap();
+    let metrics = &received[0].gauge().metrics;
+    for (name, unit) in [
+        ("memory", "bytes"),
+        ("cpu", "percentage"),
+        ("threads", "count"),
+        ("file_descriptors", "count"),
+    ] {
+        assert_eq!(metrics[name].unit, unit);
+    }
+    assert!(
+        metrics["memory"].value > 1e6 && metrics["threads"].value >= 3.0,
+        "{metrics:?}"
+    );
+    assert!(
+        client.process_metrics(Duration::from_millis(20)).is_err(),
+        "stopped with the client"
+    );
+}
+
+#[test]
+fn the_default_source_fills_in_envelopes_that_name_none() {
+    let setup = setup();
+    let client = setup
+        .builder()
+        .source(SourceInfo::new("my-app-guid", "7"))
+        .build()
+        .unwrap();
+    client.emit(loggregator::Envelope::log("mine").source("other", "1"));
+    client.emit(loggregator::Envelope::log("default"));
+    client.counter("hits").inc();
+    client.close(WAIT).unwrap();
+    let ids: Vec<(String, String)> = setup
+        .agent
+        .envelopes()
+        .iter()
+        .map(|e| (e.source_id.clone(), e.instance_id.clone()))
+        .collect();
+    let default = ("my-app-guid".to_string(), "7".to_string());
+    assert_eq!(
+        ids,
+        vec![("other".into(), "1".into()), default.clone(), default]
+    );
+}
