@@ -403,14 +403,16 @@ impl IngressClient {
                 reply,
             })
             .map_err(|_| Error::Closed)?;
+        let timed_out = || Error::Timeout {
+            waited: started.elapsed(),
+            undelivered: count,
+        };
         let result = match replied.recv_deadline(deadline) {
+            // The sender thread got to it too late.
+            Ok(Err(Error::Timeout { .. })) => Err(timed_out()),
             // The call carries the same deadline, so this wait ends by then too.
             Ok(pending) => pending.and_then(|pending| pending()),
-            // The sender thread skips a send whose deadline has passed.
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => Err(Error::Timeout {
-                waited: started.elapsed(),
-                undelivered: count,
-            }),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => Err(timed_out()),
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return Err(Error::Closed),
         };
         result.inspect_err(|error| inner.counters.record_error(error))
@@ -434,7 +436,7 @@ impl IngressClient {
         if inner.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
-        let failed_before = inner.counters.gave_up();
+        let failed_before = inner.counters.undeliverable();
         let (reply, replied) = bounded(1);
         inner
             .control
@@ -500,6 +502,10 @@ impl std::fmt::Debug for IngressClient {
 
 impl Inner {
     fn emit(&self, envelope: Envelope) {
+        self.emit_with(envelope, self.overflow);
+    }
+
+    fn emit_with(&self, envelope: Envelope, overflow: Overflow) {
         let inner = self;
         inner.counters.emitted.fetch_add(1, Ordering::Relaxed);
         if inner.closed.load(Ordering::Acquire) {
@@ -521,7 +527,7 @@ impl Inner {
                 return inner.drop_envelopes(DropReason::Closed, 1);
             }
         };
-        match inner.overflow {
+        match overflow {
             Overflow::DropNewest => inner.drop_envelopes(DropReason::QueueFull, 1),
             Overflow::DropOldest => inner.evict_oldest_for(queued),
             Overflow::Block => inner.block_for(queued, None),
@@ -596,7 +602,7 @@ impl Inner {
     /// was read; a flush or close covers everything queued before it, so any
     /// such drop may be one of its envelopes.
     fn undelivered_since(&self, failed_before: u64) -> Result<()> {
-        let count = self.counters.gave_up() - failed_before;
+        let count = self.counters.undeliverable() - failed_before;
         if count == 0 {
             return Ok(());
         }
@@ -655,14 +661,15 @@ impl Inner {
         let Some(thread) = sender_thread.take() else {
             return Ok(());
         };
-        // What the counters and gauges gathered since the last pulse.
+        // What the counters and gauges gathered since the last pulse; never
+        // waiting for room, whatever the overflow policy.
         for envelope in self.registry.pulse() {
-            self.emit(envelope);
+            self.emit_with(envelope, Overflow::DropNewest);
         }
         self.closed.store(true, Ordering::Release);
         drop(self.aux.lock().take());
         drop(self.close_signal.lock().take());
-        let failed_before = self.counters.gave_up();
+        let failed_before = self.counters.undeliverable();
         let (reply, replied) = bounded(1);
         let _ = self.control.send(Control::Close { deadline, reply });
         let result = match replied.recv_deadline(deadline + REPLY_GRACE) {

@@ -113,6 +113,9 @@ pub(crate) struct Counters {
     pub reconnects: AtomicU64,
     pub replayed: AtomicU64,
     pub in_flight: AtomicU64,
+    /// Envelopes the sender thread dropped after taking them (given up, or
+    /// refused as too large); flush and close report these.
+    pub undeliverable: AtomicU64,
     dropped_queue_full: AtomicU64,
     dropped_too_large: AtomicU64,
     dropped_closed: AtomicU64,
@@ -147,8 +150,8 @@ impl Counters {
         }
     }
 
-    pub(crate) fn gave_up(&self) -> u64 {
-        self.dropped_gave_up.load(Relaxed)
+    pub(crate) fn undeliverable(&self) -> u64 {
+        self.undeliverable.load(Relaxed)
     }
 
     pub(crate) fn record_error(&self, error: &crate::Error) {

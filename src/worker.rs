@@ -103,6 +103,12 @@ pub(crate) trait Closing {
     fn poll_end(&mut self, context: &mut Context<'_>) -> Poll<std::result::Result<(), WriteError>>;
 }
 
+/// A stream that has carried writes this long is working: when it ends, a
+/// new one is tried at once and the backoff starts over. A younger stream
+/// that ends counts as a failed attempt, so a server that ends every call at
+/// once is retried with backoff, not in a loop.
+const PROVEN_STREAM_AGE: Duration = Duration::from_secs(1);
+
 /// The longest any setting or timeout is honoured, so deadlines never overflow.
 pub(crate) const LONGEST_WAIT: Duration = Duration::from_secs(24 * 60 * 60);
 
@@ -251,7 +257,13 @@ impl<T: Transport> Worker<T> {
             select_biased! {
                 recv(self.control) -> request => match request {
                     Ok(request) => self.handle(request),
-                    Err(_) => self.begin_close(deadline_after(Duration::from_secs(1)), None),
+                    Err(_) => {
+                        // Every handle is gone: wind down once, and stop listening.
+                        self.control = never();
+                        if self.closing.is_none() {
+                            self.begin_close(deadline_after(Duration::from_secs(1)), None);
+                        }
+                    }
                 },
                 recv(data) -> queued => {
                     if let Ok(queued) = queued {
@@ -294,13 +306,19 @@ impl<T: Transport> Worker<T> {
             } => {
                 // A caller that gave up has already counted its error.
                 let left = deadline.saturating_duration_since(Instant::now());
-                if !left.is_zero() {
+                let pending = if left.is_zero() {
+                    Err(Error::Timeout {
+                        waited: Duration::ZERO,
+                        undelivered: 0,
+                    })
+                } else {
                     let pending = self.transport.send(&batch, left);
                     if let Err(error) = &pending {
                         self.counters.record_error(error);
                     }
-                    let _ = reply.send(pending);
-                }
+                    pending
+                };
+                let _ = reply.send(pending);
             }
         }
     }
@@ -417,6 +435,16 @@ impl<T: Transport> Worker<T> {
     /// backoff, or (at least once) the replay buffer is full.
     fn write_outbox(&mut self) {
         while !self.outbox.is_empty() && self.retry_at.is_none() && !self.replay_full() {
+            let isolate = self.outbox.front().is_some_and(|batch| batch.isolate);
+            if isolate
+                && self
+                    .stream
+                    .as_ref()
+                    .is_some_and(|open| !open.unconfirmed.is_empty())
+            {
+                // A suspect batch goes on a stream of its own.
+                self.rotate();
+            }
             let reused = self.stream.is_some();
             let written = match self.open_stream() {
                 Ok(()) => match (self.stream.as_mut(), self.outbox.front()) {
@@ -453,7 +481,13 @@ impl<T: Transport> Worker<T> {
             return;
         };
         self.counters.batches.fetch_add(1, Relaxed);
-        self.backoff.reset();
+        let proven = self
+            .stream
+            .as_ref()
+            .is_some_and(|open| open.opened.elapsed() >= PROVEN_STREAM_AGE);
+        if proven && self.settings.delivery == Delivery::AtMostOnce {
+            self.backoff.reset();
+        }
         if !self.healthy {
             self.healthy = true;
             log::info!(
@@ -485,6 +519,7 @@ impl<T: Transport> Worker<T> {
     fn give_up(&mut self, count: u64, reason: DropReason) {
         self.counters.in_flight.fetch_sub(count, Relaxed);
         self.counters.drop_envelopes(reason, count);
+        self.counters.undeliverable.fetch_add(count, Relaxed);
     }
 
     fn note_failure(&mut self, error: &Error) {
@@ -499,20 +534,25 @@ impl<T: Transport> Worker<T> {
     fn write_failed(&mut self, failure: WriteError, reused: bool) {
         self.note_failure(failure.error());
         let too_large = matches!(failure, WriteError::TooLarge(_));
+        let front_len = self.outbox.front().map_or(0, Batch::len);
         // Dropping the stream cancels its call; what it carried unconfirmed
         // goes back to be written again.
-        if let Some(stream) = self.stream.take() {
-            self.replay(stream.unconfirmed, too_large);
-        }
-        match failure {
-            // A stream that had worked may just have ended, perhaps refusing an
-            // earlier message as too large: try a new one at once.
-            WriteError::StreamEnded(_) | WriteError::TooLarge(_) if reused => {}
-            WriteError::StreamEnded(_) => {
-                self.retry_at = Some(Instant::now() + self.backoff.next_delay())
+        let proven = match self.stream.take() {
+            Some(open) => {
+                let proven = open.opened.elapsed() >= PROVEN_STREAM_AGE;
+                self.replay(open.unconfirmed, too_large);
+                proven
             }
+            None => false,
+        };
+        match failure {
+            // A stream that had worked may just have ended (the agent
+            // restarted, or refused an earlier message as too large): try a
+            // new one at once.
+            WriteError::StreamEnded(_) | WriteError::TooLarge(_) if proven => self.backoff.reset(),
             // The first message of a new stream was refused: it is the culprit.
-            WriteError::TooLarge(_) => self.split_front(),
+            WriteError::TooLarge(_) if !reused => self.split_front(),
+            WriteError::StreamEnded(_) | WriteError::TooLarge(_) => self.back_off(),
             WriteError::Uncertain(_) => match self.settings.delivery {
                 // The agent may have it: writing it again could duplicate it.
                 Delivery::AtMostOnce => {
@@ -521,13 +561,15 @@ impl<T: Transport> Worker<T> {
                     }
                 }
                 Delivery::AtLeastOnce => {
-                    self.counters
-                        .replayed
-                        .fetch_add(self.outbox.front().map_or(0, Batch::len), Relaxed);
-                    self.retry_at = Some(Instant::now() + self.backoff.next_delay());
+                    self.counters.replayed.fetch_add(front_len, Relaxed);
+                    self.back_off();
                 }
             },
         }
+    }
+
+    fn back_off(&mut self) {
+        self.retry_at = Some(Instant::now() + self.backoff.next_delay());
     }
 
     /// The agent refused the front batch as too large: write it in halves,
@@ -587,7 +629,8 @@ impl<T: Transport> Worker<T> {
             return None;
         }
         if self.replay_full() {
-            return Some(Instant::now());
+            // Due already: confirming is the only way to make room.
+            return Some(stream.opened);
         }
         Some(stream.opened + self.settings.confirm_interval.min(LONGEST_WAIT))
     }
@@ -639,6 +682,9 @@ impl<T: Transport> Worker<T> {
             let done = self.confirming.remove(index);
             match outcome {
                 Ok(()) => {
+                    if !done.batches.is_empty() {
+                        self.backoff.reset();
+                    }
                     for batch in done.batches {
                         self.replay_bytes -= batch.bytes.len();
                         self.resolve(batch.len());
@@ -661,6 +707,7 @@ impl<T: Transport> Worker<T> {
                     } else {
                         self.note_failure(failure.error());
                         self.replay(done.batches, too_large);
+                        self.back_off();
                     }
                 }
             }
@@ -1122,6 +1169,29 @@ mod tests {
             vec![vec![0, 1, 2], vec![0, 1, 2], vec![3, 4, 5]]
         );
         assert_eq!((stats.sent, stats.replayed), (6, 3));
+    }
+
+    #[test]
+    fn at_least_once_a_full_replay_buffer_confirms_at_once_instead_of_waiting() {
+        let settings = Settings {
+            delivery: Delivery::AtLeastOnce,
+            batch_max_envelopes: 1,
+            // Full after one batch: each must be confirmed before the next.
+            replay_buffer_bytes: 1,
+            ..settings()
+        };
+        let harness = start(settings, Script::default());
+        for n in 0..5 {
+            harness.emit(n);
+        }
+        harness.flush().unwrap();
+        let (seen, stats) = harness.close();
+        assert_eq!(
+            count(&seen, |s| matches!(s, Seen::HalfClosed)),
+            5,
+            "{seen:?}"
+        );
+        assert_eq!((stats.sent, stats.replayed), (5, 0));
     }
 
     #[test]
