@@ -139,7 +139,12 @@ fn at_most_once_loses_only_what_dying_streams_had_accepted() {
         .build()
         .unwrap();
     let restarted = emit_through_restarts(&client, &agent, TOTAL);
-    client.close(WAIT).unwrap();
+    match client.close(WAIT) {
+        Ok(()) => {}
+        // The last stream was one the last restart cut: close reports it.
+        Err(Error::Agent { status, .. }) if status.starts_with("UNAVAILABLE") => {}
+        other => panic!("{other:?}"),
+    }
     let received = seqs(&agent);
     let unique: HashSet<u64> = received.iter().copied().collect();
     assert_eq!(
