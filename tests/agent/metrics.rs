@@ -33,9 +33,10 @@ fn a_counter_pulses_its_delta_and_total_and_stays_silent_when_idle() {
     let requests = client.counter("requests");
     requests.add(3);
     setup.agent.wait_for_envelopes(1, WAIT);
-    requests.inc();
-    requests.add(1);
+    requests.add(2);
     setup.agent.wait_for_envelopes(2, WAIT);
+    requests.inc();
+    setup.agent.wait_for_envelopes(3, WAIT);
     // Many idle intervals pass before close: none may send `delta 0, total 0`
     // or anything else for this counter.
     client.flush(WAIT).unwrap();
@@ -49,7 +50,8 @@ fn a_counter_pulses_its_delta_and_total_and_stays_silent_when_idle() {
         vec![
             ("requests".into(), 3, 3),
             ("requests".into(), 2, 5),
-            ("requests".into(), 4, 9)
+            ("requests".into(), 1, 6),
+            ("requests".into(), 4, 10)
         ]
     );
 }
