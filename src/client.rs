@@ -303,14 +303,15 @@ fn run_aux(
             },
             recv(pulse) -> _ => {
                 let Some(inner) = inner.upgrade() else { return };
+                // Never waiting for room: this thread must stay free to stop.
                 for envelope in inner.registry.pulse() {
-                    inner.emit(envelope);
+                    inner.emit_with(envelope, Overflow::DropNewest);
                 }
             },
             recv(process_due) -> _ => {
                 let Some(inner) = inner.upgrade() else { return };
                 if let Some(envelope) = process.as_mut().and_then(|(_, meter)| meter.read()) {
-                    inner.emit(envelope);
+                    inner.emit_with(envelope, Overflow::DropNewest);
                 }
             },
         }

@@ -151,7 +151,13 @@ impl LogBridge {
 /// True for records the client itself caused: its own diagnostics, gRPC's,
 /// and whatever runs on its threads.
 fn is_internal(target: &str) -> bool {
-    let own_target = target.starts_with(crate::LOG_TARGET) || target.starts_with("grpcio");
+    let within = |module: &str| {
+        target == module
+            || target
+                .strip_prefix(module)
+                .is_some_and(|rest| rest.starts_with("::"))
+    };
+    let own_target = within(crate::LOG_TARGET) || within("grpcio") || within("grpcio_sys");
     let own_thread = std::thread::current()
         .name()
         .is_some_and(|name| name.starts_with("loggregator-"));

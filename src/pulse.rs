@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, Ordering::Relaxed, fence};
 
 use parking_lot::Mutex;
 
@@ -89,7 +89,7 @@ impl Gauge {
     /// ```
     pub fn set(&self, value: f64) {
         self.series.bits.store(value.to_bits(), Relaxed);
-        self.series.set.store(true, Relaxed);
+        self.series.set.store(true, Ordering::Release);
     }
 }
 
@@ -100,6 +100,10 @@ type CounterKey = (String, Vec<(String, String)>);
 #[derive(Default)]
 pub(crate) struct Registry {
     counters: Mutex<HashMap<CounterKey, Arc<CounterSeries>>>,
+    /// Running totals of series whose handles are all gone, so a series
+    /// made again (say by `client.counter(name).inc()` each time) goes on
+    /// from its total instead of restarting at 0.
+    retired_totals: Mutex<HashMap<CounterKey, u64>>,
     gauges: Mutex<HashMap<String, Arc<GaugeSeries>>>,
 }
 
@@ -113,12 +117,13 @@ impl Registry {
         tags.dedup_by(|a, b| a.0 == b.0);
         let key = (name.to_string(), tags);
         let mut counters = self.counters.lock();
-        let series = counters.entry(key).or_insert_with_key(|(name, tags)| {
+        let series = counters.entry(key).or_insert_with_key(|key| {
+            let total = self.retired_totals.lock().remove(key).unwrap_or(0);
             Arc::new(CounterSeries {
-                name: name.clone(),
-                tags: tags.clone(),
+                name: key.0.clone(),
+                tags: key.1.clone(),
                 pending: AtomicU64::new(0),
-                total: AtomicU64::new(0),
+                total: AtomicU64::new(total),
             })
         });
         Counter {
@@ -146,7 +151,13 @@ impl Registry {
     /// any more are sent a last time and forgotten.
     pub(crate) fn pulse(&self) -> Vec<Envelope> {
         let mut envelopes = Vec::new();
-        self.counters.lock().retain(|_, series| {
+        let mut retired = Vec::new();
+        self.counters.lock().retain(|key, series| {
+            // No handle is left (none can be made while the lock is held):
+            // after this last look the series is forgotten. Checked before
+            // reading, so an add made just before the last drop is seen.
+            let orphaned = Arc::strong_count(series) == 1;
+            fence(Ordering::Acquire);
             let delta = series.pending.swap(0, Relaxed);
             if delta > 0 {
                 let total = series.total.fetch_add(delta, Relaxed).wrapping_add(delta);
@@ -162,12 +173,18 @@ impl Registry {
                 }
                 envelopes.push(Envelope::from_proto(envelope));
             }
-            Arc::strong_count(series) > 1
+            if orphaned {
+                retired.push((key.clone(), series.total.load(Relaxed)));
+            }
+            !orphaned
         });
+        self.retired_totals.lock().extend(retired);
         let mut gauge = Envelope::gauge();
         let mut any = false;
         self.gauges.lock().retain(|_, series| {
-            if series.set.load(Relaxed) {
+            let orphaned = Arc::strong_count(series) == 1;
+            fence(Ordering::Acquire);
+            if series.set.load(Ordering::Acquire) {
                 let value = f64::from_bits(series.bits.load(Relaxed));
                 gauge = std::mem::replace(&mut gauge, Envelope::gauge()).metric(
                     series.name.as_str(),
@@ -176,7 +193,7 @@ impl Registry {
                 );
                 any = true;
             }
-            Arc::strong_count(series) > 1
+            !orphaned
         });
         if any {
             envelopes.push(gauge.build());
@@ -184,6 +201,7 @@ impl Registry {
         envelopes
     }
 
+    /// True when no series is live (retired totals are kept).
     #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
         self.counters.lock().is_empty() && self.gauges.lock().is_empty()
@@ -247,6 +265,15 @@ mod tests {
         drop(requests);
         assert_eq!(counters(&registry.pulse()), vec![("requests".into(), 7, 7)]);
         assert!(registry.is_empty());
+    }
+
+    #[test]
+    fn a_counter_made_anew_each_time_keeps_its_running_total() {
+        let registry = Registry::default();
+        registry.counter("requests", &[]).add(4);
+        assert_eq!(counters(&registry.pulse()), vec![("requests".into(), 4, 4)]);
+        registry.counter("requests", &[]).add(2);
+        assert_eq!(counters(&registry.pulse()), vec![("requests".into(), 2, 6)]);
     }
 
     #[test]

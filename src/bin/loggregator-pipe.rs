@@ -119,13 +119,24 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
     let mut input = stdin.lock();
     let mut stdout = std::io::stdout().lock();
     let mut line = Vec::new();
+    let mut tee = args.tee;
+    let mut input_ok = true;
     loop {
         line.clear();
-        if input.read_until(b'\n', &mut line)? == 0 {
-            break;
+        match input.read_until(b'\n', &mut line) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(error) => {
+                // Still close and report: what was read is not lost.
+                eprintln!("loggregator-pipe: reading input: {error}");
+                input_ok = false;
+                break;
+            }
         }
-        if args.tee {
-            stdout.write_all(&line)?;
+        if tee && stdout.write_all(&line).is_err() {
+            // The reader downstream went away (for example `| head`): keep
+            // sending, stop copying.
+            tee = false;
         }
         let payload = line.strip_suffix(b"\n").unwrap_or(&line);
         let payload = payload.strip_suffix(b"\r").unwrap_or(payload);
@@ -136,7 +147,9 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
             log.stdout()
         });
     }
-    stdout.flush()?;
+    if tee {
+        let _ = stdout.flush();
+    }
     let closed = client.close(args.close_timeout);
     let stats = client.stats();
     eprintln!(
@@ -150,5 +163,5 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
     if let Err(error) = &closed {
         eprintln!("loggregator-pipe: close: {error}");
     }
-    Ok(closed.is_ok() && stats.dropped.total() == 0)
+    Ok(input_ok && closed.is_ok() && stats.dropped.total() == 0)
 }
