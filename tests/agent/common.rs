@@ -29,6 +29,20 @@ impl Setup {
             .tls(self.certs.client_tls().expect("client TLS"))
     }
 
+    /// The flags the example and the pipe command take to reach the spy.
+    pub fn connection_args(&self) -> Vec<std::ffi::OsString> {
+        vec![
+            "--agent-addr".into(),
+            self.agent.addr().into(),
+            "--ca-file".into(),
+            self.certs.ca_file().into(),
+            "--cert-file".into(),
+            self.certs.client_cert_file().into(),
+            "--key-file".into(),
+            self.certs.client_key_file().into(),
+        ]
+    }
+
     pub fn client(&self) -> IngressClient {
         self.builder().build().expect("client")
     }

@@ -62,16 +62,8 @@ fn the_agent_example_reports_a_bad_certificate_path_and_fails() {
 #[test]
 fn the_agent_example_sends_logs_and_metrics_until_its_duration_ends() {
     let setup = setup();
-    let certs = &setup.certs;
     let output = example("agent_example")
-        .arg("--agent-addr")
-        .arg(setup.agent.addr())
-        .arg("--ca-file")
-        .arg(certs.ca_file())
-        .arg("--cert-file")
-        .arg(certs.client_cert_file())
-        .arg("--key-file")
-        .arg(certs.client_key_file())
+        .args(setup.connection_args())
         .args([
             "--source-id",
             "example-test",

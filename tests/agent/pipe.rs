@@ -8,16 +8,8 @@ use loggregator::proto::envelope::log::Type;
 use crate::common::{Setup, setup};
 
 fn pipe(setup: &Setup, args: &[&str], input: &[u8], env: &[(&str, &str)]) -> std::process::Output {
-    let certs = &setup.certs;
     let mut child = Command::new(env!("CARGO_BIN_EXE_loggregator-pipe"))
-        .arg("--agent-addr")
-        .arg(setup.agent.addr())
-        .arg("--ca-file")
-        .arg(certs.ca_file())
-        .arg("--cert-file")
-        .arg(certs.client_cert_file())
-        .arg("--key-file")
-        .arg(certs.client_key_file())
+        .args(setup.connection_args())
         .args(args)
         .env_remove("VCAP_APPLICATION")
         .env_remove("CF_INSTANCE_INDEX")
