@@ -64,15 +64,17 @@ fn the_agent_example_sends_logs_and_metrics_until_its_duration_ends() {
     let setup = setup();
     let output = example("agent_example")
         .args(setup.connection_args())
+        .args(["--source-id", "example-test", "--metric-count", "7"])
+        // Metrics every tenth of the run: several rounds, not one 5 s tick
+        // racing the end of a 5.5 s run.
         .args([
-            "--source-id",
-            "example-test",
             "--log-interval",
-            "500ms",
-            "--metric-count",
-            "7",
+            "100ms",
+            "--metric-interval",
+            "200ms",
+            "--duration",
+            "2s",
         ])
-        .args(["--duration", "5500ms"])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
