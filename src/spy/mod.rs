@@ -22,7 +22,7 @@
 
 mod certs;
 
-use std::io;
+use std::io::{self, Read};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -30,8 +30,9 @@ use std::time::{Duration, Instant};
 use futures::TryStreamExt;
 use grpcio::{
     CertificateRequestType, ChannelBuilder, ClientStreamingSink, EnvBuilder, Environment,
-    Marshaller, Method, MethodType, RequestStream, RpcContext, RpcStatus, RpcStatusCode, Server,
-    ServerBuilder, ServerCredentialsBuilder, Service, ServiceBuilder, UnarySink,
+    Marshaller, MessageReader, Method, MethodType, RequestStream, RpcContext, RpcStatus,
+    RpcStatusCode, Server, ServerBuilder, ServerCredentialsBuilder, Service, ServiceBuilder,
+    UnarySink,
 };
 use parking_lot::{Condvar, Mutex};
 use protobuf::Message;
@@ -164,8 +165,36 @@ pub struct ReceivedBatch {
 struct Record {
     envelopes: Vec<Envelope>,
     batches: Vec<ReceivedBatch>,
+    counts: SpyCounts,
     calls_started: u64,
     streams_ended: u64,
+}
+
+/// How much the spy has read, in every mode.
+///
+/// ```
+/// # let certs = loggregator::spy::TestCerts::generate()?;
+/// let agent = loggregator::spy::SpyAgent::builder().count_only().start(&certs)?;
+/// let counts = agent.counts();
+/// assert_eq!((counts.envelopes, counts.messages, counts.bytes), (0, 0, 0));
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SpyCounts {
+    /// Envelopes read.
+    pub envelopes: u64,
+    /// gRPC messages read (batches, or single envelopes on `Sender`).
+    pub messages: u64,
+    /// Encoded bytes of those messages.
+    pub bytes: u64,
+}
+
+/// Holds readers back to a number of envelopes per second.
+struct Pacer {
+    per_second: u64,
+    since: Instant,
+    read: u64,
 }
 
 #[derive(Default)]
@@ -176,6 +205,8 @@ struct State {
     /// Ends the stream that reads the next message, instead of recording it.
     fail_next: Mutex<Option<(StatusCode, String)>>,
     reading: Mutex<Gate>,
+    pacer: Mutex<Option<Pacer>>,
+    count_only: bool,
 }
 
 /// Holds stream readers while reading is paused.
@@ -200,8 +231,36 @@ impl State {
             envelopes: envelopes.len(),
             encoded_bytes,
         });
+        record.counts.envelopes += envelopes.len() as u64;
+        record.counts.messages += 1;
+        record.counts.bytes += encoded_bytes as u64;
         record.envelopes.extend(envelopes);
         self.changed.notify_all();
+    }
+
+    /// Count-only mode: counts a message without keeping it.
+    fn count(&self, envelopes: u64, encoded_bytes: usize) {
+        let mut record = self.record.lock();
+        record.counts.envelopes += envelopes;
+        record.counts.messages += 1;
+        record.counts.bytes += encoded_bytes as u64;
+        self.changed.notify_all();
+    }
+
+    /// Holds the reader (and with it the server's one thread) until reading
+    /// `envelopes` more keeps to the read rate, if one is set.
+    fn pace(&self, envelopes: u64) {
+        let wake_at = {
+            let mut pacer = self.pacer.lock();
+            let Some(pacer) = pacer.as_mut() else { return };
+            pacer.read += envelopes;
+            let due = Duration::from_secs_f64(pacer.read as f64 / pacer.per_second as f64);
+            pacer.since + due
+        };
+        let now = Instant::now();
+        if wake_at > now {
+            std::thread::sleep(wake_at - now);
+        }
     }
 
     fn poll_reading(&self, context: &mut Context<'_>) -> Poll<()> {
@@ -294,6 +353,7 @@ impl std::fmt::Debug for SpyAgent {
 pub struct SpyAgentBuilder {
     max_message_bytes: Option<usize>,
     port: u16,
+    count_only: bool,
 }
 
 impl SpyAgentBuilder {
@@ -305,6 +365,19 @@ impl SpyAgentBuilder {
     /// ```
     pub fn max_message_bytes(mut self, bytes: usize) -> Self {
         self.max_message_bytes = Some(bytes);
+        self
+    }
+
+    /// Only counts what it reads ([`SpyAgent::counts`]), keeping no
+    /// envelopes and decoding no more than each batch's outer framing, so
+    /// that it keeps up with a client under load and stays small.
+    /// [`SpyAgent::envelopes`] and [`SpyAgent::batches`] stay empty.
+    ///
+    /// ```
+    /// let builder = loggregator::spy::SpyAgent::builder().count_only();
+    /// ```
+    pub fn count_only(mut self) -> Self {
+        self.count_only = true;
         self
     }
 
@@ -333,7 +406,10 @@ impl SpyAgentBuilder {
                 .name_prefix("spy-agent")
                 .build(),
         );
-        let state = Arc::new(State::default());
+        let state = Arc::new(State {
+            count_only: self.count_only,
+            ..State::default()
+        });
         let config = ServerConfig {
             ca_pem: certs.ca_pem().to_vec(),
             cert_pem: certs.server_cert_pem().to_vec(),
@@ -540,6 +616,54 @@ impl SpyAgent {
         self.envelopes()
     }
 
+    /// How much has been read so far.
+    ///
+    /// ```
+    /// # let certs = loggregator::spy::TestCerts::generate()?;
+    /// # let agent = loggregator::spy::SpyAgent::start(&certs)?;
+    /// assert_eq!(agent.counts().envelopes, 0);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn counts(&self) -> SpyCounts {
+        self.state.record.lock().counts
+    }
+
+    /// Waits until at least `envelopes` envelopes have been read, at most
+    /// `timeout`; returns the counts then, so a caller can compare.
+    ///
+    /// ```
+    /// # let certs = loggregator::spy::TestCerts::generate()?;
+    /// # let agent = loggregator::spy::SpyAgent::builder().count_only().start(&certs)?;
+    /// let counts = agent.wait_for_count(0, std::time::Duration::from_secs(1));
+    /// assert_eq!(counts.envelopes, 0);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn wait_for_count(&self, envelopes: u64, timeout: Duration) -> SpyCounts {
+        self.state
+            .wait_until(timeout, |record| record.counts.envelopes >= envelopes);
+        self.counts()
+    }
+
+    /// Reads at most `per_second` envelopes a second from now on, as an agent
+    /// that cannot keep up; `None` reads as fast as it can. The spy sleeps
+    /// on its one server thread to keep the rate, so the client's writes
+    /// back up behind HTTP/2 flow control just as they do against a slow agent.
+    ///
+    /// ```
+    /// # let certs = loggregator::spy::TestCerts::generate()?;
+    /// # let agent = loggregator::spy::SpyAgent::start(&certs)?;
+    /// agent.set_read_rate(Some(10_000));
+    /// agent.set_read_rate(None);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn set_read_rate(&self, per_second: Option<u64>) {
+        *self.state.pacer.lock() = per_second.filter(|&rate| rate > 0).map(|per_second| Pacer {
+            per_second,
+            since: Instant::now(),
+            read: 0,
+        });
+    }
+
     /// Waits until at least `count` streams have ended, at most `timeout`;
     /// returns whether they had.
     ///
@@ -601,30 +725,51 @@ fn serve(
 
 /// The Ingress service, recording into `state`.
 fn service(state: &Arc<State>) -> Service {
-    ServiceBuilder::new()
-        .add_client_streaming_handler(&BATCH_SENDER, {
+    let mut builder = ServiceBuilder::new();
+    builder = if state.count_only {
+        builder.add_client_streaming_handler(&COUNTED_BATCH_SENDER, {
+            let state = state.clone();
+            move |ctx: RpcContext<'_>,
+                  stream: RequestStream<CountedBatch>,
+                  sink: ClientStreamingSink<BatchSenderResponse>| {
+                serve_stream(&ctx, state.clone(), stream, sink, |state, _, batch| {
+                    state.count(batch.envelopes, batch.bytes);
+                    batch.envelopes
+                })
+            }
+        })
+    } else {
+        builder.add_client_streaming_handler(&BATCH_SENDER, {
             let state = state.clone();
             move |ctx: RpcContext<'_>,
                   stream: RequestStream<EnvelopeBatch>,
                   sink: ClientStreamingSink<BatchSenderResponse>| {
-                serve_stream(
-                    &ctx,
-                    state.clone(),
-                    Rpc::BatchSender,
-                    stream,
-                    sink,
-                    |batch| batch.batch,
-                )
+                serve_stream(&ctx, state.clone(), stream, sink, |state, call, batch| {
+                    let bytes = batch.compute_size() as usize;
+                    let count = batch.batch.len() as u64;
+                    state.read(Rpc::BatchSender, call, batch.batch, bytes);
+                    count
+                })
             }
         })
+    };
+    builder
         .add_client_streaming_handler(&SENDER, {
             let state = state.clone();
             move |ctx: RpcContext<'_>,
                   stream: RequestStream<Envelope>,
                   sink: ClientStreamingSink<IngressResponse>| {
-                serve_stream(&ctx, state.clone(), Rpc::Sender, stream, sink, |envelope| {
-                    vec![envelope]
-                })
+                serve_stream(
+                    &ctx,
+                    state.clone(),
+                    stream,
+                    sink,
+                    |state, call, envelope| {
+                        let bytes = envelope.compute_size() as usize;
+                        state.read(Rpc::Sender, call, vec![envelope], bytes);
+                        1
+                    },
+                )
             }
         })
         .add_unary_handler(&SEND, {
@@ -641,17 +786,17 @@ fn service(state: &Arc<State>) -> Service {
         .build()
 }
 
-/// Reads a client stream to its end, recording each message, then ends the
-/// call as the spy is told to.
+/// Reads a client stream to its end, recording each message with `record`
+/// (which returns how many envelopes it held), then ends the call as the spy
+/// is told to.
 fn serve_stream<Req, Resp>(
     ctx: &RpcContext<'_>,
     state: Arc<State>,
-    rpc: Rpc,
     mut stream: RequestStream<Req>,
     sink: ClientStreamingSink<Resp>,
-    envelopes: fn(Req) -> Vec<Envelope>,
+    record: fn(&State, u64, Req) -> u64,
 ) where
-    Req: Message + Send + 'static,
+    Req: Send + 'static,
     Resp: Message + Send + 'static,
 {
     let call = state.start_call();
@@ -666,8 +811,8 @@ fn serve_stream<Req, Resp>(
                         state.end_stream();
                         return;
                     }
-                    let bytes = message.compute_size() as usize;
-                    state.read(rpc, call, envelopes(message), bytes);
+                    let envelopes = record(&state, call, message);
+                    state.pace(envelopes);
                 }
                 Ok(None) => break,
                 // The client cancelled or the connection broke: nobody to answer.
@@ -688,4 +833,45 @@ fn serve_stream<Req, Resp>(
         };
         state.end_stream();
     });
+}
+
+/// An `EnvelopeBatch` read only as far as counting its envelopes.
+struct CountedBatch {
+    envelopes: u64,
+    bytes: usize,
+}
+
+/// `loggregator.v2.Ingress/BatchSender`, server side, counting only.
+const COUNTED_BATCH_SENDER: Method<CountedBatch, BatchSenderResponse> = Method {
+    ty: MethodType::ClientStreaming,
+    name: "/loggregator.v2.Ingress/BatchSender",
+    req_mar: Marshaller {
+        ser: |_, _| Err(grpcio::Error::Codec("the spy only reads batches".into())),
+        de: count_batch,
+    },
+    resp_mar: pb(),
+};
+
+/// Counts the `batch` fields (1, length-delimited) of an encoded
+/// `EnvelopeBatch`, skipping over each envelope without decoding it.
+fn count_batch(mut reader: MessageReader) -> grpcio::Result<CountedBatch> {
+    let mut bytes = Vec::new();
+    reader
+        .read_to_end(&mut bytes)
+        .map_err(|e| grpcio::Error::Codec(Box::new(e)))?;
+    let mut input = protobuf::CodedInputStream::from_bytes(&bytes);
+    let mut envelopes = 0;
+    let malformed = |e: protobuf::Error| grpcio::Error::Codec(Box::new(e));
+    while let Some(tag) = input.read_raw_tag_or_eof().map_err(malformed)? {
+        if tag == (1 << 3) | 2 {
+            envelopes += 1;
+        }
+        let wire_type = protobuf::rt::WireType::new(tag & 7)
+            .ok_or_else(|| grpcio::Error::Codec("a malformed EnvelopeBatch".into()))?;
+        input.skip_field(wire_type).map_err(malformed)?;
+    }
+    Ok(CountedBatch {
+        envelopes,
+        bytes: bytes.len(),
+    })
 }

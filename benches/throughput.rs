@@ -1,0 +1,772 @@
+//! `cargo bench --bench throughput`: the client against the spy agent over
+//! mTLS on loopback, every figure of the README's Performance section in one
+//! run.
+//!
+//! The agent runs as a child process (`loggregator-spy-agent --count-only`),
+//! so its CPU is not the client's. Each measurement runs in a child process
+//! of its own too (this program again, with `--scenario`), so its CPU time
+//! and peak memory are its alone. Add `-- --sweep` to also measure batch
+//! sizes from 100 to 2,000.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
+use futures::SinkExt;
+use grpcio::{
+    CallOption, ChannelBuilder, ChannelCredentialsBuilder, Client, EnvBuilder, GrpcSlice,
+    Marshaller, Method, MethodType, WriteFlags,
+};
+use hdrhistogram::Histogram;
+use loggregator::proto::envelope::EnvelopeBatch;
+use loggregator::proto::ingress::BatchSenderResponse;
+use loggregator::{Delivery, Envelope, IngressClient, Overflow, TlsConfig};
+use nix::sys::resource::{UsageWho, getrusage};
+use protobuf::Message;
+
+/// How long the memory runs outrun the agent, and the idle run idles.
+const LONG_RUN: Duration = Duration::from_secs(10);
+/// How fast the agent reads in the memory runs; emitters go ten times faster.
+const SLOW_AGENT_RATE: u64 = 20_000;
+/// Samples per latency histogram.
+const LATENCY_SAMPLES: u64 = 400_000;
+/// A 100-byte log line.
+const PAYLOAD: &[u8; 100] = b"GET /v2/apps/9d7d2b7c-2f4b-4d1a-9b1e-0c2f3a4b5c6d/stats 200 0.0042s \
+      ua=curl/8.5 vcap_request=abcdefg";
+
+#[derive(Parser, Debug, Clone)]
+struct Flags {
+    /// Passed by `cargo bench`.
+    #[arg(long, hide = true)]
+    bench: bool,
+    /// Also measure batch sizes from 100 to 2,000 envelopes.
+    #[arg(long)]
+    sweep: bool,
+    /// Run one measurement and print its result (used by the main run).
+    #[arg(long, value_enum)]
+    scenario: Option<Scenario>,
+    #[arg(long, default_value = "")]
+    addr: String,
+    #[arg(long)]
+    certs: Option<PathBuf>,
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    #[arg(long, value_enum, default_value_t = Workload::Logs)]
+    workload: Workload,
+    #[arg(long, value_enum, default_value_t = Policy::Block)]
+    policy: Policy,
+    #[arg(long)]
+    at_least_once: bool,
+    /// Envelopes per second to emit, in all (0: as fast as possible).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    #[arg(long, default_value_t = loggregator::DEFAULT_BATCH_MAX_ENVELOPES)]
+    batch: usize,
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "3s")]
+    seconds: Duration,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Scenario {
+    Throughput,
+    Ceiling,
+    Latency,
+    Memory,
+    Footprint,
+    Idle,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Workload {
+    Logs,
+    Mixed,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Policy {
+    DropNewest,
+    DropOldest,
+    Block,
+    BlockFor,
+}
+
+impl Policy {
+    fn overflow(self) -> Overflow {
+        match self {
+            Policy::DropNewest => Overflow::DropNewest,
+            Policy::DropOldest => Overflow::DropOldest,
+            Policy::Block => Overflow::Block,
+            Policy::BlockFor => Overflow::BlockFor(Duration::from_millis(1)),
+        }
+    }
+}
+
+type Figures = BTreeMap<String, f64>;
+
+fn main() {
+    let flags = Flags::parse();
+    match flags.scenario {
+        Some(scenario) => {
+            let figures = run_scenario(scenario, &flags);
+            let line: Vec<String> = figures.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            println!("result {}", line.join(" "));
+        }
+        None => main_run(&flags),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The main run: starts the agent, runs every scenario, prints the report.
+
+struct Agent {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    addr: String,
+    certs: PathBuf,
+}
+
+impl Agent {
+    fn start() -> Agent {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_loggregator-spy-agent"))
+            .arg("--count-only")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start loggregator-spy-agent");
+        let stdin = child.stdin.take().expect("agent stdin");
+        let mut stdout = BufReader::new(child.stdout.take().expect("agent stdout"));
+        let mut field = |name: &str| {
+            let mut line = String::new();
+            stdout.read_line(&mut line).expect("agent output");
+            line.trim()
+                .strip_prefix(name)
+                .unwrap_or_else(|| panic!("agent printed {line:?}, not {name}"))
+                .trim()
+                .to_string()
+        };
+        let addr = field("addr");
+        let certs = PathBuf::from(field("certs"));
+        Agent {
+            child,
+            stdin,
+            stdout,
+            addr,
+            certs,
+        }
+    }
+
+    fn command(&mut self, command: &str) -> String {
+        writeln!(self.stdin, "{command}").expect("agent stdin");
+        self.stdin.flush().expect("agent stdin");
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("agent output");
+        line
+    }
+
+    fn envelopes(&mut self) -> u64 {
+        parse_counts(&self.command("counts"))
+    }
+
+    fn set_rate(&mut self, per_second: u64) {
+        self.command(&format!("rate {per_second}"));
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn parse_counts(line: &str) -> u64 {
+    line.split_whitespace()
+        .find_map(|word| word.strip_prefix("envelopes="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("agent printed {line:?}"))
+}
+
+/// Runs one scenario in a child process; checks the agent read what the
+/// client says it delivered.
+fn measure(agent: &mut Agent, scenario: Scenario, extra: &[&str]) -> Figures {
+    let before = agent.envelopes();
+    let scenario_name = format!("{scenario:?}").to_lowercase();
+    let output = Command::new(std::env::current_exe().expect("own path"))
+        .args(["--scenario", &scenario_name, "--addr", &agent.addr])
+        .arg("--certs")
+        .arg(&agent.certs)
+        .args(extra)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run a scenario");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let Some(line) = stdout.lines().find_map(|l| l.strip_prefix("result ")) else {
+        panic!("scenario {scenario:?} {extra:?} failed: {stdout}");
+    };
+    let mut figures: Figures = line
+        .split_whitespace()
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.parse().expect("a number")))
+        .collect();
+    if let Some(&delivered) = figures.get("delivered") {
+        let read = parse_counts(&agent.command(&format!("wait {} 30", before + delivered as u64)))
+            - before;
+        assert_eq!(
+            read, delivered as u64,
+            "{scenario:?} {extra:?}: the agent read {read}, the client delivered {delivered}"
+        );
+        figures.insert("agent_read".into(), read as f64);
+    }
+    figures
+}
+
+fn main_run(flags: &Flags) {
+    let mut agent = Agent::start();
+    let batch = flags.batch.to_string();
+    let batch_args = ["--batch", batch.as_str()];
+    println!("loggregator throughput benchmark");
+    println!("machine: {}", machine());
+    println!(
+        "agent: loggregator-spy-agent --count-only (child process), mTLS on loopback, batch {} envelopes",
+        flags.batch
+    );
+    println!();
+
+    let ceiling = measure(&mut agent, Scenario::Ceiling, &batch_args);
+    let ceiling_rate = ceiling["rate"];
+    println!(
+        "transport ceiling (pre-built batches on one BatchSender stream): {:.0} env/s, {:.2} µs CPU/env",
+        ceiling_rate, ceiling["cpu_us_per_envelope"]
+    );
+
+    let mut runs = Vec::new();
+    for (label, args) in [
+        ("logs, 1 thread", vec!["--threads", "1"]),
+        ("logs, 4 threads", vec!["--threads", "4"]),
+        ("logs, 16 threads", vec!["--threads", "16"]),
+        (
+            "mixed, 4 threads",
+            vec!["--threads", "4", "--workload", "mixed"],
+        ),
+        (
+            "logs, 1 thread, at least once",
+            vec!["--threads", "1", "--at-least-once"],
+        ),
+    ] {
+        let mut args = args;
+        args.extend(batch_args);
+        let figures = measure(&mut agent, Scenario::Throughput, &args);
+        println!(
+            "client {label}: {:.0} env/s ({:.2} of ceiling), {:.2} µs CPU/env, dropped {}",
+            figures["rate"],
+            figures["rate"] / ceiling_rate,
+            figures["cpu_us_per_envelope"],
+            figures["dropped"]
+        );
+        runs.push((label, figures));
+    }
+    let one_thread = runs[0].1["rate"];
+    println!();
+    for (label, figures) in &runs[..3] {
+        println!(
+            "client/ceiling = {:.2} (client {:.0} env/s, ceiling {:.0} env/s) [{label}]",
+            figures["rate"] / ceiling_rate,
+            figures["rate"],
+            ceiling_rate
+        );
+    }
+    println!(
+        "at-least-once/at-most-once = {:.2}",
+        runs[4].1["rate"] / one_thread
+    );
+    println!();
+
+    let rate = ((one_thread / 2.0) as u64).to_string();
+    let latency = measure(
+        &mut agent,
+        Scenario::Latency,
+        &["--rate", &rate, "--policy", "drop-newest"],
+    );
+    println!("emit latency at {rate} env/s (half the 1-thread throughput), ns:");
+    for (name, key) in [
+        ("emit(pre-built envelope)", "emit"),
+        ("bare crossbeam try_send", "floor"),
+        ("build a log envelope + emit", "build_emit"),
+    ] {
+        println!(
+            "  {name:<30} p50 {:>6.0}  p99 {:>6.0}  p99.9 {:>7.0}",
+            latency[&format!("{key}_p50")],
+            latency[&format!("{key}_p99")],
+            latency[&format!("{key}_p999")]
+        );
+    }
+    println!(
+        "  emit/try_send at p50 = {:.2}, dropped during the run: {}",
+        latency["emit_p50"] / latency["floor_p50"],
+        latency["dropped"]
+    );
+    println!();
+
+    let footprint = measure(&mut agent, Scenario::Footprint, &[]);
+    let queue_bytes = footprint["queue_bytes"];
+    println!(
+        "memory: one queued log envelope takes {:.0} bytes; a full queue ({}) {:.1} MiB",
+        footprint["envelope_bytes"],
+        loggregator::DEFAULT_QUEUE_CAPACITY,
+        queue_bytes / MIB
+    );
+    println!(
+        "  emitters outrun an agent reading {SLOW_AGENT_RATE} env/s 10:1 for {LONG_RUN:?}; bound = queue + 16 MiB = {:.1} MiB",
+        (queue_bytes + 16.0 * MIB) / MIB
+    );
+    agent.set_rate(SLOW_AGENT_RATE);
+    let emit_rate = (SLOW_AGENT_RATE * 10).to_string();
+    let long = format!("{}s", LONG_RUN.as_secs());
+    for policy in ["drop-newest", "drop-oldest", "block", "block-for"] {
+        let figures = measure(
+            &mut agent,
+            Scenario::Memory,
+            &[
+                "--policy",
+                policy,
+                "--rate",
+                &emit_rate,
+                "--seconds",
+                &long,
+                "--threads",
+                "2",
+            ],
+        );
+        println!(
+            "  {policy:<12} peak RSS {:.1} MiB (at start {:.1} MiB), emitted {}, dropped {}",
+            figures["peak_rss_bytes"] / MIB,
+            figures["start_rss_bytes"] / MIB,
+            figures["emitted"],
+            figures["dropped"]
+        );
+    }
+    agent.set_rate(0);
+    println!();
+
+    let idle = measure(&mut agent, Scenario::Idle, &["--seconds", &long]);
+    println!(
+        "idle: {:.3} ms CPU per second over {LONG_RUN:?} with nothing to send",
+        idle["cpu_ms_per_second"]
+    );
+
+    if flags.sweep {
+        println!();
+        println!("batch size sweep (logs, 1 thread):");
+        for size in ["100", "250", "500", "1000", "2000"] {
+            let ceiling = measure(&mut agent, Scenario::Ceiling, &["--batch", size]);
+            let client = measure(
+                &mut agent,
+                Scenario::Throughput,
+                &["--batch", size, "--threads", "1"],
+            );
+            println!(
+                "  batch {size:>5}: ceiling {:>8.0} env/s ({:.2} µs CPU/env), client {:>8.0} env/s ({:.2} µs CPU/env), client/ceiling {:.2}",
+                ceiling["rate"],
+                ceiling["cpu_us_per_envelope"],
+                client["rate"],
+                client["cpu_us_per_envelope"],
+                client["rate"] / ceiling["rate"]
+            );
+        }
+    }
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|l| l.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    format!(
+        "{cpu}, {} cores",
+        thread::available_parallelism().map_or(0, |n| n.get())
+    )
+}
+
+// ---------------------------------------------------------------------------
+// Scenarios, each in a child process.
+
+fn run_scenario(scenario: Scenario, flags: &Flags) -> Figures {
+    match scenario {
+        Scenario::Throughput => throughput(flags),
+        Scenario::Ceiling => ceiling(flags),
+        Scenario::Latency => latency(flags),
+        Scenario::Memory => memory(flags),
+        Scenario::Footprint => footprint(),
+        Scenario::Idle => idle(flags),
+    }
+}
+
+fn certs_dir(flags: &Flags) -> &PathBuf {
+    flags.certs.as_ref().expect("--certs")
+}
+
+fn tls(flags: &Flags) -> TlsConfig {
+    let file = |name| certs_dir(flags).join(name);
+    TlsConfig::from_files(file("ca.crt"), file("client.crt"), file("client.key"))
+        .expect("the agent's certificates")
+}
+
+fn client(flags: &Flags) -> IngressClient {
+    IngressClient::builder()
+        .addr(&flags.addr)
+        .tls(tls(flags))
+        .overflow(flags.policy.overflow())
+        .batch_max_envelopes(flags.batch)
+        .delivery(if flags.at_least_once {
+            Delivery::AtLeastOnce
+        } else {
+            Delivery::AtMostOnce
+        })
+        .build()
+        .expect("a client")
+}
+
+/// A log as a program would emit it: 100-byte payload, source, three tags.
+fn log_envelope() -> Envelope {
+    Envelope::log(&PAYLOAD[..])
+        .source("bench-app", "0")
+        .tag("deployment", "cf")
+        .tag("job", "api")
+        .tag("index", "3")
+        .into()
+}
+
+fn mixed_envelope(n: u64) -> Envelope {
+    match n % 3 {
+        0 => log_envelope(),
+        1 => Envelope::counter("requests")
+            .delta(1)
+            .source("bench-app", "0")
+            .tag("deployment", "cf")
+            .tag("job", "api")
+            .tag("index", "3")
+            .into(),
+        _ => Envelope::gauge()
+            .metric("cpu", n as f64, "percentage")
+            .source("bench-app", "0")
+            .tag("deployment", "cf")
+            .tag("job", "api")
+            .tag("index", "3")
+            .into(),
+    }
+}
+
+/// User + system CPU time of this whole process, all threads.
+fn cpu_time() -> Duration {
+    let usage = getrusage(UsageWho::RUSAGE_SELF).expect("getrusage");
+    let micros = |t: nix::sys::time::TimeVal| t.tv_sec() as u64 * 1_000_000 + t.tv_usec() as u64;
+    Duration::from_micros(micros(usage.user_time()) + micros(usage.system_time()))
+}
+
+fn peak_rss_bytes() -> f64 {
+    getrusage(UsageWho::RUSAGE_SELF)
+        .expect("getrusage")
+        .max_rss() as f64
+        * 1024.0
+}
+
+fn current_rss_bytes() -> f64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("/proc/self/statm");
+    let pages: f64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .expect("resident pages");
+    pages * 4096.0
+}
+
+/// Connects before measuring, so the TLS handshake is not in the figures.
+fn warm_up(client: &IngressClient) {
+    client.emit(log_envelope());
+    client
+        .flush(Duration::from_secs(10))
+        .expect("reach the agent");
+}
+
+/// Emits from `threads` threads for `seconds` (each at `rate / threads`
+/// envelopes a second if a rate is set); returns how many were emitted.
+fn emit_for(client: &IngressClient, flags: &Flags, make: fn(u64) -> Envelope) -> u64 {
+    let stop = Arc::new(AtomicBool::new(false));
+    let per_thread_rate = flags.rate as f64 / flags.threads as f64;
+    let emitters: Vec<_> = (0..flags.threads)
+        .map(|_| {
+            let client = client.clone();
+            let stop = stop.clone();
+            thread::spawn(move || {
+                let started = Instant::now();
+                let mut emitted = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    for _ in 0..64 {
+                        client.emit(make(emitted));
+                        emitted += 1;
+                    }
+                    if per_thread_rate > 0.0 {
+                        let due =
+                            started + Duration::from_secs_f64(emitted as f64 / per_thread_rate);
+                        let now = Instant::now();
+                        if due > now {
+                            thread::sleep(due - now);
+                        }
+                    }
+                }
+                emitted
+            })
+        })
+        .collect();
+    thread::sleep(flags.seconds);
+    stop.store(true, Ordering::Relaxed);
+    emitters
+        .into_iter()
+        .map(|t| t.join().expect("emitter"))
+        .sum()
+}
+
+fn throughput(flags: &Flags) -> Figures {
+    let client = client(flags);
+    warm_up(&client);
+    let warm = client.stats().sent;
+    let cpu_before = cpu_time();
+    let started = Instant::now();
+    let make = match flags.workload {
+        Workload::Logs => |_| log_envelope(),
+        Workload::Mixed => mixed_envelope,
+    };
+    emit_for(&client, flags, make);
+    client.close(Duration::from_secs(60)).expect("close");
+    let elapsed = started.elapsed();
+    let cpu = cpu_time() - cpu_before;
+    let stats = client.stats();
+    let delivered = stats.sent - warm;
+    Figures::from([
+        ("rate".into(), delivered as f64 / elapsed.as_secs_f64()),
+        ("delivered".into(), stats.sent as f64),
+        ("dropped".into(), stats.dropped.total() as f64),
+        (
+            "cpu_us_per_envelope".into(),
+            cpu.as_secs_f64() * 1e6 / delivered as f64,
+        ),
+    ])
+}
+
+/// Raw requests: the batches are encoded before the clock starts.
+const RAW_BATCH_SENDER: Method<GrpcSlice, BatchSenderResponse> = Method {
+    ty: MethodType::ClientStreaming,
+    name: "/loggregator.v2.Ingress/BatchSender",
+    req_mar: Marshaller {
+        ser: |message: &GrpcSlice, out: &mut GrpcSlice| {
+            *out = message.clone();
+            Ok(())
+        },
+        de: |_| Err(grpcio::Error::Codec("requests are only sent".into())),
+    },
+    resp_mar: Marshaller {
+        ser: grpcio::pb_ser,
+        de: grpcio::pb_de,
+    },
+};
+
+/// Pre-built batches written in a loop on one stream, one write in flight
+/// at a time (the most grpcio allows), straight through grpcio.
+fn ceiling(flags: &Flags) -> Figures {
+    let env = Arc::new(EnvBuilder::new().cq_count(1).build());
+    let file = |name| std::fs::read(certs_dir(flags).join(name)).expect("certificate files");
+    let credentials = ChannelCredentialsBuilder::new()
+        .root_cert(file("ca.crt"))
+        .cert(file("client.crt"), file("client.key"))
+        .build();
+    let channel = ChannelBuilder::new(env)
+        .override_ssl_target(loggregator::DEFAULT_SERVER_NAME)
+        .set_credentials(credentials)
+        .connect(&flags.addr);
+    let client = Client::new(channel);
+    let mut batch = EnvelopeBatch::new();
+    for _ in 0..flags.batch {
+        batch.batch.push(log_envelope().into_proto());
+    }
+    let message = GrpcSlice::from(batch.write_to_bytes().expect("encode"));
+    let batch_len = flags.batch as u64;
+
+    // Warm up: connect and write one batch.
+    let (mut sink, response) = client
+        .client_streaming(&RAW_BATCH_SENDER, CallOption::default())
+        .expect("open a stream");
+    futures::executor::block_on(sink.send((message.clone(), WriteFlags::default())))
+        .expect("first write");
+    let mut written = batch_len;
+
+    let cpu_before = cpu_time();
+    let started = Instant::now();
+    futures::executor::block_on(async {
+        while started.elapsed() < flags.seconds {
+            for _ in 0..16 {
+                sink.feed((message.clone(), WriteFlags::default()))
+                    .await
+                    .expect("write");
+                written += batch_len;
+            }
+        }
+        sink.close().await.expect("half-close");
+    });
+    // The agent ends the call once it has read everything: UNKNOWN "EOF".
+    let _ = futures::executor::block_on(response);
+    let elapsed = started.elapsed();
+    let cpu = cpu_time() - cpu_before;
+    let measured = written - batch_len;
+    Figures::from([
+        ("rate".into(), measured as f64 / elapsed.as_secs_f64()),
+        ("delivered".into(), written as f64),
+        (
+            "cpu_us_per_envelope".into(),
+            cpu.as_secs_f64() * 1e6 / measured as f64,
+        ),
+    ])
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("histogram bounds")
+}
+
+fn percentiles(figures: &mut Figures, name: &str, histogram: &Histogram<u64>) {
+    for (suffix, quantile) in [("p50", 0.5), ("p99", 0.99), ("p999", 0.999)] {
+        figures.insert(
+            format!("{name}_{suffix}"),
+            histogram.value_at_quantile(quantile) as f64,
+        );
+    }
+}
+
+/// Times `op` on each of `LATENCY_SAMPLES` envelopes from `make`, made
+/// outside the timing, at `rate` a second.
+fn time_each(rate: u64, make: impl Fn() -> Envelope, op: impl Fn(Envelope)) -> Histogram<u64> {
+    let mut histogram = histogram();
+    let started = Instant::now();
+    for n in 0..LATENCY_SAMPLES {
+        let envelope = make();
+        let t0 = Instant::now();
+        op(envelope);
+        histogram.saturating_record(t0.elapsed().as_nanos() as u64);
+        if n % 64 == 63 {
+            let due = started + Duration::from_secs_f64(n as f64 / rate as f64);
+            let now = Instant::now();
+            if due > now {
+                thread::sleep(due - now);
+            }
+        }
+    }
+    histogram
+}
+
+fn latency(flags: &Flags) -> Figures {
+    let client = client(flags);
+    warm_up(&client);
+    let prebuilt = log_envelope();
+    let mut figures = Figures::new();
+
+    let emit = time_each(flags.rate, || prebuilt.clone(), |e| client.emit(e));
+    percentiles(&mut figures, "emit", &emit);
+
+    let build_emit = {
+        let mut histogram = histogram();
+        let started = Instant::now();
+        for n in 0..LATENCY_SAMPLES {
+            let t0 = Instant::now();
+            client.emit(log_envelope());
+            histogram.saturating_record(t0.elapsed().as_nanos() as u64);
+            if n % 64 == 63 {
+                let due = started + Duration::from_secs_f64(n as f64 / flags.rate as f64);
+                let now = Instant::now();
+                if due > now {
+                    thread::sleep(due - now);
+                }
+            }
+        }
+        histogram
+    };
+    percentiles(&mut figures, "build_emit", &build_emit);
+    client.close(Duration::from_secs(30)).expect("close");
+    figures.insert("dropped".into(), client.stats().dropped.total() as f64);
+
+    // The floor: the same envelopes into a bare channel of the same
+    // capacity, with a thread taking them off.
+    let (sender, receiver) = crossbeam_channel::bounded(loggregator::DEFAULT_QUEUE_CAPACITY);
+    let consumer = thread::spawn(move || receiver.iter().count());
+    let floor = time_each(
+        flags.rate,
+        || prebuilt.clone(),
+        |e| {
+            let _ = sender.try_send(e);
+        },
+    );
+    drop(sender);
+    consumer.join().expect("consumer");
+    percentiles(&mut figures, "floor", &floor);
+    figures
+}
+
+fn memory(flags: &Flags) -> Figures {
+    let client = IngressClient::builder()
+        .addr(&flags.addr)
+        .tls(tls(flags))
+        .overflow(flags.policy.overflow())
+        .build()
+        .expect("a client");
+    warm_up(&client);
+    let start_rss = current_rss_bytes();
+    emit_for(&client, flags, |_| log_envelope());
+    let peak = peak_rss_bytes();
+    let _ = client.close(Duration::from_secs(60));
+    let stats = client.stats();
+    Figures::from([
+        ("peak_rss_bytes".into(), peak),
+        ("start_rss_bytes".into(), start_rss),
+        ("emitted".into(), stats.emitted as f64),
+        ("dropped".into(), stats.dropped.total() as f64),
+        ("delivered".into(), stats.sent as f64),
+    ])
+}
+
+/// What one queued log envelope costs in memory: the resident growth from
+/// holding a queue's worth of them.
+fn footprint() -> Figures {
+    let count = loggregator::DEFAULT_QUEUE_CAPACITY;
+    let before = current_rss_bytes();
+    let held: Vec<Envelope> = (0..count).map(|_| log_envelope()).collect();
+    let after = current_rss_bytes();
+    let bytes = after - before;
+    drop(held);
+    Figures::from([
+        ("envelope_bytes".into(), bytes / count as f64),
+        ("queue_bytes".into(), bytes),
+    ])
+}
+
+fn idle(flags: &Flags) -> Figures {
+    let client = client(flags);
+    warm_up(&client);
+    let cpu_before = cpu_time();
+    thread::sleep(flags.seconds);
+    let cpu = cpu_time() - cpu_before;
+    client.close(Duration::from_secs(10)).expect("close");
+    Figures::from([(
+        "cpu_ms_per_second".into(),
+        cpu.as_secs_f64() * 1e3 / flags.seconds.as_secs_f64(),
+    )])
+}
