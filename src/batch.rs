@@ -8,6 +8,7 @@ use protobuf::rt::WireType;
 use protobuf::{CodedOutputStream, Message};
 
 use crate::proto::envelope as pb;
+use crate::source::SourceInfo;
 
 /// The encoded size of `len` as a protobuf varint.
 pub(crate) fn varint_len(len: u64) -> usize {
@@ -19,7 +20,8 @@ pub(crate) fn framed_len(size: usize) -> usize {
     1 + varint_len(size as u64) + size
 }
 
-/// Adds the client-wide tags an envelope lacks; its own tags win.
+/// Adds the client-wide tags an envelope lacks; its own tags win. The
+/// reference for [`Stamp`], and what unary sends use.
 pub(crate) fn merge_global_tags(envelope: &mut pb::Envelope, global_tags: &[(String, String)]) {
     for (key, value) in global_tags {
         if !envelope.tags.contains_key(key) {
@@ -28,19 +30,82 @@ pub(crate) fn merge_global_tags(envelope: &mut pb::Envelope, global_tags: &[(Str
     }
 }
 
-/// The most bytes the client-wide tags can add to one encoded envelope: each
-/// is a `tags` map entry (field 9) of a key and a value string.
-pub(crate) fn global_tags_len(global_tags: &[(String, String)]) -> usize {
-    global_tags
-        .iter()
-        .map(|(key, value)| framed_len(framed_len(key.len()) + framed_len(value.len())))
-        .sum()
+/// What the client adds to every envelope it batches, encoded once: the
+/// client-wide tags an envelope lacks, and the default source's ids where
+/// it names none. Appending these encoded fields to an envelope's own
+/// encoding gives the same message as merging them in, without copying a
+/// string per envelope. A map entry is a repeated field and a string field
+/// missing from the envelope's encoding is empty, so order does not matter.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Stamp {
+    /// Each tag's key and its encoded `tags` map entry (field 9).
+    tags: Vec<(String, Vec<u8>)>,
+    /// Encoded `source_id` (field 2), if the default source has one.
+    source_id: Option<Vec<u8>>,
+    /// Encoded `instance_id` (field 8), if the default source has one.
+    instance_id: Option<Vec<u8>>,
 }
 
-/// The most an envelope of encoded size `size` can take in a batch once
-/// client-wide tags adding at most `global_tags_len` bytes are merged in.
-pub(crate) fn accounted_len(size: usize, global_tags_len: usize) -> usize {
-    framed_len(size + global_tags_len)
+impl Stamp {
+    pub(crate) fn new(global_tags: &[(String, String)], source: Option<&SourceInfo>) -> Stamp {
+        let mut tags: Vec<(String, Vec<u8>)> = Vec::with_capacity(global_tags.len());
+        for (key, value) in global_tags {
+            // The first of two equal keys wins, as in `merge_global_tags`.
+            if tags.iter().all(|(seen, _)| seen != key) {
+                let mut entry = pb::Envelope::new();
+                entry.tags.insert(key.clone(), value.clone());
+                tags.push((key.clone(), encode(&entry)));
+            }
+        }
+        let string_field = |set: fn(&mut pb::Envelope, String), value: &str| {
+            (!value.is_empty()).then(|| {
+                let mut field = pb::Envelope::new();
+                set(&mut field, value.to_string());
+                encode(&field)
+            })
+        };
+        Stamp {
+            tags,
+            source_id: source.and_then(|s| string_field(|e, v| e.source_id = v, s.source_id())),
+            instance_id: source
+                .and_then(|s| string_field(|e, v| e.instance_id = v, s.instance_id())),
+        }
+    }
+
+    /// The encoded fields `envelope` gets, in order.
+    fn fields<'a>(&'a self, envelope: &'a pb::Envelope) -> impl Iterator<Item = &'a [u8]> + 'a {
+        let source_id = self
+            .source_id
+            .as_deref()
+            .filter(|_| envelope.source_id.is_empty());
+        let instance_id = self
+            .instance_id
+            .as_deref()
+            .filter(|_| envelope.instance_id.is_empty());
+        let tags = self
+            .tags
+            .iter()
+            .filter(|(key, _)| !envelope.tags.contains_key(key))
+            .map(|(_, entry)| entry.as_slice());
+        source_id.into_iter().chain(instance_id).chain(tags)
+    }
+
+    /// How many bytes the fields add to `envelope`'s encoding.
+    pub(crate) fn added_len(&self, envelope: &pb::Envelope) -> usize {
+        if self.is_empty() {
+            return 0;
+        }
+        self.fields(envelope).map(<[u8]>::len).sum()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.tags.is_empty() && self.source_id.is_none() && self.instance_id.is_none()
+    }
+}
+
+fn encode(message: &pb::Envelope) -> Vec<u8> {
+    // Encoding into memory cannot fail for a message this small.
+    message.write_to_bytes().unwrap_or_default()
 }
 
 /// A complete encoded `EnvelopeBatch`.
@@ -111,10 +176,17 @@ impl BatchBuilder {
         self.bytes.len()
     }
 
-    /// Appends an envelope whose `compute_size()` was `size`.
-    pub(crate) fn push(&mut self, envelope: &pb::Envelope, size: usize) -> protobuf::Result<()> {
+    /// Appends an envelope whose `compute_size()` was `size`, with the
+    /// stamp's fields adding `added` bytes.
+    pub(crate) fn push(
+        &mut self,
+        envelope: &pb::Envelope,
+        size: usize,
+        stamp: &Stamp,
+        added: usize,
+    ) -> protobuf::Result<()> {
         let before = self.bytes.len();
-        if let Err(error) = encode_framed(envelope, size, &mut self.bytes) {
+        if let Err(error) = encode_framed(envelope, size, stamp, added, &mut self.bytes) {
             self.bytes.truncate(before);
             return Err(error);
         }
@@ -126,24 +198,66 @@ impl BatchBuilder {
     /// Takes the batch, leaving this empty; `last_seq` numbers its last envelope.
     pub(crate) fn seal(&mut self, last_seq: u64) -> Batch {
         self.started = None;
+        // The next batch is likely as big: reserve that much rather than
+        // grow into it.
+        let bytes = Vec::with_capacity(self.bytes.len());
+        let ends = Vec::with_capacity(self.ends.len());
         Batch {
-            bytes: std::mem::take(&mut self.bytes),
-            ends: std::mem::take(&mut self.ends),
+            bytes: std::mem::replace(&mut self.bytes, bytes),
+            ends: std::mem::replace(&mut self.ends, ends),
             last_seq,
             isolate: false,
         }
     }
 }
 
-/// Appends `envelope` to an encoded `EnvelopeBatch` as one `batch` field.
-fn encode_framed(envelope: &pb::Envelope, size: usize, out: &mut Vec<u8>) -> protobuf::Result<()> {
-    let size = u32::try_from(size)
+/// Appends `envelope`, stamped, to an encoded `EnvelopeBatch` as one `batch` field.
+fn encode_framed(
+    envelope: &pb::Envelope,
+    size: usize,
+    stamp: &Stamp,
+    added: usize,
+    out: &mut Vec<u8>,
+) -> protobuf::Result<()> {
+    let total = u32::try_from(size + added)
         .map_err(|_| protobuf::Error::from(std::io::Error::other("envelope too large")))?;
-    let mut stream = CodedOutputStream::vec(out);
-    stream.write_tag(1, WireType::LengthDelimited)?;
-    stream.write_raw_varint32(size)?;
-    envelope.write_to_with_cached_sizes(&mut stream)?;
-    stream.flush()
+    out.reserve(framed_len(size + added));
+    {
+        let mut stream = CodedOutputStream::vec(out);
+        stream.write_tag(1, WireType::LengthDelimited)?;
+        stream.write_raw_varint32(total)?;
+        envelope.write_to_with_cached_sizes(&mut stream)?;
+        stream.flush()?;
+    }
+    if added > 0 {
+        for field in stamp.fields(envelope) {
+            out.extend_from_slice(field);
+        }
+    }
+    Ok(())
+}
+
+/// One envelope as the sender thread encodes it into a batch, stamped, and
+/// as merging the stamp in and encoding would: the two must decode alike.
+#[cfg(feature = "testing")]
+pub(crate) fn stamped_both_ways(
+    envelope: &pb::Envelope,
+    global_tags: &[(String, String)],
+    source: Option<&SourceInfo>,
+) -> (Vec<u8>, Vec<u8>) {
+    let stamp = Stamp::new(global_tags, source);
+    let size = envelope.compute_size() as usize;
+    let mut fast = Vec::new();
+    let _ = encode_framed(envelope, size, &stamp, stamp.added_len(envelope), &mut fast);
+    let mut merged = envelope.clone();
+    if let Some(source) = source {
+        source.stamp(&mut merged);
+    }
+    merge_global_tags(&mut merged, global_tags);
+    let mut reference = Vec::new();
+    let size = merged.compute_size() as usize;
+    let _ = encode_framed(&merged, size, &Stamp::default(), 0, &mut reference);
+    (fast, reference)
 }
 
 #[cfg(test)]
@@ -161,7 +275,7 @@ mod tests {
         for n in 0..count {
             let envelope = envelope(n);
             let size = envelope.compute_size() as usize;
-            builder.push(&envelope, size).unwrap();
+            builder.push(&envelope, size, &Stamp::default(), 0).unwrap();
         }
         builder.seal(100)
     }

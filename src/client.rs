@@ -10,7 +10,7 @@ use parking_lot::Mutex;
 use protobuf::Message;
 
 use crate::LOG_TARGET;
-use crate::batch::{accounted_len, framed_len, global_tags_len, merge_global_tags};
+use crate::batch::merge_global_tags;
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::policy::{Backoff, Delivery, Overflow};
@@ -21,7 +21,7 @@ use crate::source::SourceInfo;
 use crate::stats::{Counters, DropReason, Stats};
 use crate::tls::TlsConfig;
 use crate::transport::{ChannelSettings, GrpcTransport};
-use crate::worker::{Control, LONGEST_WAIT, Queued, Settings, Worker, deadline_after};
+use crate::worker::{Control, LONGEST_WAIT, Queued, Room, Settings, Worker, deadline_after};
 
 /// Where the agent listens on every Cloud Foundry VM and container.
 pub const DEFAULT_ADDR: &str = "localhost:3458";
@@ -67,6 +67,10 @@ const REPLY_GRACE: Duration = Duration::from_millis(200);
 /// How many envelopes one `DropOldest` emit evicts at most before it drops
 /// its own (other emitters may keep taking the room it makes).
 const MAX_EVICTIONS: usize = 8;
+/// How often (in emits per thread) `emit` checks whether a batch's worth is
+/// waiting for the sender thread: often enough that a full batch waits for
+/// a few dozen more emits at most, rarely enough to cost nothing.
+const NUDGE_SAMPLE: u64 = 32;
 
 /// Sends envelopes to a Loggregator agent from any thread.
 ///
@@ -107,6 +111,10 @@ pub struct IngressClient {
 struct Inner {
     addr: String,
     data: Sender<Queued>,
+    /// Wakes the sender thread when a batch's worth is waiting.
+    nudge: Sender<()>,
+    /// How many queued envelopes make a batch's worth.
+    nudge_at: usize,
     /// Kept so envelopes that slip in after the sender thread stopped can be
     /// counted instead of vanishing with the channel.
     leftovers: Receiver<Queued>,
@@ -123,13 +131,13 @@ struct Inner {
     source: Option<SourceInfo>,
     /// Commands to the pulse thread, once started.
     aux: Mutex<Option<Sender<AuxCommand>>>,
-    /// Disconnects when close begins, releasing emitters blocked on a full queue.
+    /// Where emitters wait for room in a full queue.
+    room: Arc<Room>,
+    /// Disconnects when close begins, stopping the pulse thread.
     closing: Receiver<()>,
     close_signal: Mutex<Option<Sender<()>>>,
     batch_max_bytes: usize,
     global_tags: Vec<(String, String)>,
-    /// Bytes the global tags can add to one encoded envelope.
-    global_tags_bytes: usize,
     close_on_drop_timeout: Duration,
     sender_thread: Mutex<Option<SenderThread>>,
 }
@@ -155,9 +163,10 @@ impl IngressClient {
     /// Queues an envelope for the sender thread; returns at once.
     ///
     /// The envelope is dropped and counted instead when the queue is full,
-    /// when it alone encodes larger than `batch_max_bytes`, when it is a
-    /// counter with delta and total 0 not made with `reset()`, or after
-    /// `close`. The first drop logs one warning (target `loggregator`).
+    /// when it is a counter with delta and total 0 not made with `reset()`,
+    /// or after `close`; the sender thread drops and counts it if it alone
+    /// encodes larger than `batch_max_bytes`. The first drop logs one
+    /// warning (target `loggregator`).
     ///
     /// ```no_run
     /// # let client: loggregator::IngressClient = unimplemented!();
@@ -508,22 +517,29 @@ impl Inner {
 
     fn emit_with(&self, envelope: Envelope, overflow: Overflow) {
         let inner = self;
-        inner.counters.emitted.fetch_add(1, Ordering::Relaxed);
+        let counted_before = inner.counters.emitted.add(1);
         if inner.closed.load(Ordering::Acquire) {
             return inner.drop_envelopes(DropReason::Closed, 1);
         }
         if envelope.is_accidental_reset() {
             return inner.drop_envelopes(DropReason::ZeroCounter, 1);
         }
-        if inner.accounted_size(&envelope) > inner.batch_max_bytes {
-            return inner.drop_envelopes(DropReason::TooLarge, 1);
-        }
+        // Its size is measured once, by the sender thread as it encodes it,
+        // which also drops it if it can never fit a batch.
         let queued = Queued {
             envelope: envelope.into_proto(),
         };
         let queued = match inner.data.try_send(queued) {
-            Ok(()) => return inner.queued(),
-            Err(TrySendError::Full(queued)) => queued,
+            Ok(()) => {
+                if counted_before % NUDGE_SAMPLE == 0 {
+                    inner.nudge_if_batch_waiting();
+                }
+                return inner.queued();
+            }
+            Err(TrySendError::Full(queued)) => {
+                let _ = inner.nudge.try_send(());
+                queued
+            }
             Err(TrySendError::Disconnected(_)) => {
                 return inner.drop_envelopes(DropReason::Closed, 1);
             }
@@ -533,6 +549,14 @@ impl Inner {
             Overflow::DropOldest => inner.evict_oldest_for(queued),
             Overflow::Block => inner.block_for(queued, None),
             Overflow::BlockFor(wait) => inner.block_for(queued, Some(wait)),
+        }
+    }
+
+    /// Tells the sender thread, which does not wake for every envelope
+    /// while it fills a batch, that a batch's worth is waiting.
+    fn nudge_if_batch_waiting(&self) {
+        if self.data.len() >= self.nudge_at {
+            let _ = self.nudge.try_send(());
         }
     }
 
@@ -573,26 +597,46 @@ impl Inner {
     }
 
     /// Waits for room, at most `wait`, and never past the start of close.
-    fn block_for(&self, queued: Queued, wait: Option<Duration>) {
-        let timeout = wait.map_or_else(crossbeam_channel::never, |wait| {
-            crossbeam_channel::at(deadline_after(wait))
-        });
-        crossbeam_channel::select! {
-            send(self.data, queued) -> sent => match sent {
-                Ok(()) => self.queued(),
-                Err(_) => self.drop_envelopes(DropReason::Closed, 1),
-            },
-            recv(self.closing) -> _ => self.drop_envelopes(DropReason::Closed, 1),
-            recv(timeout) -> _ => self.drop_envelopes(DropReason::QueueFull, 1),
+    fn block_for(&self, mut queued: Queued, wait: Option<Duration>) {
+        let deadline = wait.map(deadline_after);
+        let room = &*self.room;
+        let mut locked = room.lock.lock();
+        loop {
+            // Counted as waiting before the last look at the queue, so the
+            // sender thread's next pass cannot miss this thread.
+            room.waiting.fetch_add(1, Ordering::SeqCst);
+            let outcome = self.data.try_send(queued);
+            let timed_out = match outcome {
+                Err(TrySendError::Full(_)) if !self.closed.load(Ordering::SeqCst) => {
+                    let _ = self.nudge.try_send(());
+                    match deadline {
+                        Some(deadline) => room.freed.wait_until(&mut locked, deadline).timed_out(),
+                        None => {
+                            room.freed.wait(&mut locked);
+                            false
+                        }
+                    }
+                }
+                _ => false,
+            };
+            room.waiting.fetch_sub(1, Ordering::SeqCst);
+            queued = match outcome {
+                Ok(()) => {
+                    drop(locked);
+                    return self.queued();
+                }
+                Err(TrySendError::Disconnected(_)) => {
+                    return self.drop_envelopes(DropReason::Closed, 1);
+                }
+                Err(TrySendError::Full(queued)) => queued,
+            };
+            if self.closed.load(Ordering::SeqCst) {
+                return self.drop_envelopes(DropReason::Closed, 1);
+            }
+            if timed_out {
+                return self.drop_envelopes(DropReason::QueueFull, 1);
+            }
         }
-    }
-
-    /// The most an envelope can take in a batch once the global tags are merged.
-    fn accounted_size(&self, envelope: &Envelope) -> usize {
-        accounted_len(
-            envelope.as_proto().compute_size() as usize,
-            self.global_tags_bytes,
-        )
     }
 
     fn undelivered(&self) -> u64 {
@@ -667,7 +711,10 @@ impl Inner {
         for envelope in self.registry.pulse() {
             self.emit_with(envelope, Overflow::DropNewest);
         }
-        self.closed.store(true, Ordering::Release);
+        // SeqCst, paired with `block_for`: a waiting emitter either sees
+        // this or is counted in `waiting` and woken next.
+        self.closed.store(true, Ordering::SeqCst);
+        self.room.wake_all();
         drop(self.aux.lock().take());
         drop(self.close_signal.lock().take());
         let failed_before = self.counters.undeliverable();
@@ -855,7 +902,8 @@ impl IngressClientBuilder {
     /// The most encoded bytes in one `EnvelopeBatch` (default
     /// [`DEFAULT_BATCH_MAX_BYTES`], 1 MiB; at most
     /// [`AGENT_MAX_MESSAGE_BYTES`], the agent's 10 MiB limit). A single
-    /// envelope larger than this is dropped at `emit` (reason `too_large`).
+    /// envelope larger than this is dropped (reason `too_large`) by the
+    /// sender thread, which measures each envelope once, as it encodes it.
     ///
     /// ```
     /// let builder = loggregator::IngressClient::builder().batch_max_bytes(4 << 20);
@@ -1035,6 +1083,9 @@ impl IngressClientBuilder {
         };
         let counters = Arc::new(Counters::default());
         let (data_tx, data_rx) = bounded(self.queue_capacity);
+        let (nudge_tx, nudge_rx) = bounded(1);
+        let room = Arc::new(Room::default());
+        let worker_room = room.clone();
         let (control_tx, control_rx) = unbounded();
         let (abort_tx, abort_rx) = bounded(0);
         let (exited_tx, exited_rx) = bounded::<()>(0);
@@ -1049,12 +1100,12 @@ impl IngressClientBuilder {
             confirm_interval: self.confirm_interval,
             replay_buffer_bytes: self.replay_buffer_bytes,
             confirm_timeout: self.write_timeout,
+            write_timeout: self.write_timeout,
             backoff: Backoff::new(self.reconnect_initial, self.reconnect_max),
         };
         let channel = ChannelSettings {
             addr: self.addr.clone(),
             tls,
-            write_timeout: self.write_timeout,
             keepalive: self.keepalive,
             reconnect_initial: self.reconnect_initial,
             reconnect_max: self.reconnect_max,
@@ -1070,6 +1121,8 @@ impl IngressClientBuilder {
                 Worker::new(
                     transport,
                     worker_data,
+                    nudge_rx,
+                    worker_room,
                     control_rx,
                     settings,
                     worker_counters,
@@ -1077,15 +1130,13 @@ impl IngressClientBuilder {
                 .run();
             })
             .map_err(Error::Spawn)?;
-        // A default source can add its ids to an envelope, as tags can.
-        let source_bytes = source.as_ref().map_or(0, |source| {
-            framed_len(source.source_id().len()) + framed_len(source.instance_id().len())
-        });
-        let global_tags_bytes = global_tags_len(&self.global_tags) + source_bytes;
         Ok(IngressClient {
             inner: Arc::new(Inner {
                 addr: self.addr,
                 data: data_tx,
+                nudge: nudge_tx,
+                nudge_at: self.batch_max_envelopes.min(self.queue_capacity / 2).max(1),
+                room,
                 leftovers: data_rx,
                 control: control_tx,
                 counters,
@@ -1100,7 +1151,6 @@ impl IngressClientBuilder {
                 close_signal: Mutex::new(Some(close_signal)),
                 batch_max_bytes: self.batch_max_bytes,
                 global_tags: self.global_tags,
-                global_tags_bytes,
                 close_on_drop_timeout: self.close_on_drop_timeout,
                 sender_thread: Mutex::new(Some(SenderThread {
                     handle,

@@ -67,29 +67,26 @@ pub use tls::{DEFAULT_SERVER_NAME, TlsConfig};
 #[cfg(feature = "testing")]
 #[doc(hidden)]
 pub mod fuzzing {
-    use crate::batch::{accounted_len, framed_len, global_tags_len, merge_global_tags};
-    use protobuf::Message;
-
-    /// The size `emit` accounts an envelope at with these client-wide tags,
-    /// and the size it really takes in a batch once they are merged.
+    /// One envelope encoded into a batch as the sender thread does it, with
+    /// client-wide tags and a default source appended as encoded fields, and
+    /// as merging them into the envelope and encoding would; both decode alike.
     ///
     /// ```
+    /// use loggregator::proto::envelope::EnvelopeBatch;
+    /// use protobuf::Message;
+    ///
     /// let env = loggregator::Envelope::log("x").build();
-    /// let (accounted, actual) = loggregator::fuzzing::accounted_and_actual(&env, &[]);
-    /// assert!(actual <= accounted);
+    /// let tags = [("deployment".to_string(), "cf".to_string())];
+    /// let (fast, reference) = loggregator::fuzzing::stamped_both_ways(&env, &tags, None);
+    /// let decode = |bytes: &[u8]| EnvelopeBatch::parse_from_bytes(bytes).unwrap();
+    /// assert_eq!(decode(&fast), decode(&reference));
     /// ```
-    pub fn accounted_and_actual(
+    pub fn stamped_both_ways(
         envelope: &crate::Envelope,
         global_tags: &[(String, String)],
-    ) -> (usize, usize) {
-        let accounted = accounted_len(
-            envelope.as_proto().compute_size() as usize,
-            global_tags_len(global_tags),
-        );
-        let mut merged = envelope.as_proto().clone();
-        merge_global_tags(&mut merged, global_tags);
-        let actual = framed_len(merged.write_to_bytes().map_or(0, |bytes| bytes.len()));
-        (accounted, actual)
+        source: Option<&crate::SourceInfo>,
+    ) -> (Vec<u8>, Vec<u8>) {
+        crate::batch::stamped_both_ways(envelope.as_proto(), global_tags, source)
     }
 }
 

@@ -41,8 +41,9 @@ pub enum Delivery {
     /// A batch counts as sent once gRPC accepts it on the stream. A batch
     /// whose write finds the stream already ended is written again on a new
     /// stream; what a stream had accepted before it broke may be lost (at most
-    /// what fits in the HTTP/2 window and socket buffers). No duplicates. The
-    /// default.
+    /// what fits in the HTTP/2 window and socket buffers), and a write under
+    /// way on a working stream when it breaks is given up (`gave_up`), since
+    /// the agent may have read it. No duplicates. The default.
     #[default]
     AtMostOnce,
     /// Every `confirm_interval` the client ends its stream cleanly and opens

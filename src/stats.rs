@@ -1,7 +1,8 @@
 //! Delivery counters shared by the handle and the sender thread, and their snapshot.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 
+use crossbeam_utils::CachePadded;
 use parking_lot::Mutex;
 
 /// A snapshot of what the client has done, from [`IngressClient::stats`](crate::IngressClient::stats).
@@ -103,11 +104,55 @@ impl DropReason {
     }
 }
 
+/// A counter that many threads add to, each on a cache line of its own
+/// (shared only when there are more threads than shards), so emitting
+/// threads never wait on each other to count.
+pub(crate) struct Sharded {
+    shards: Box<[CachePadded<AtomicU64>]>,
+}
+
+/// Shards per counter; a power of two.
+const SHARDS: usize = 16;
+
+static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// This thread's shard, handed out in turn.
+    static SHARD: usize = NEXT_SHARD.fetch_add(1, Relaxed) % SHARDS;
+}
+
+impl Default for Sharded {
+    fn default() -> Sharded {
+        Sharded {
+            shards: (0..SHARDS)
+                .map(|_| CachePadded::new(AtomicU64::new(0)))
+                .collect(),
+        }
+    }
+}
+
+impl Sharded {
+    /// Adds `count`; returns what this thread's shard held before.
+    pub(crate) fn add(&self, count: u64) -> u64 {
+        // A thread being torn down counts on the first shard.
+        let shard = SHARD.try_with(|shard| *shard).unwrap_or(0);
+        self.shards[shard].fetch_add(count, Relaxed)
+    }
+
+    pub(crate) fn sum(&self) -> u64 {
+        self.shards.iter().map(|shard| shard.load(Relaxed)).sum()
+    }
+}
+
 /// The live counters behind [`Stats`].
+///
+/// `emitted` is written by every emitting thread and the rest almost only
+/// by the sender thread: they live on different cache lines so that neither
+/// side slows the other down.
 #[derive(Default)]
 pub(crate) struct Counters {
-    pub emitted: AtomicU64,
-    pub sent: AtomicU64,
+    pub emitted: Sharded,
+    pub sent: CachePadded<AtomicU64>,
     pub batches: AtomicU64,
     pub errors: AtomicU64,
     pub reconnects: AtomicU64,
@@ -116,7 +161,8 @@ pub(crate) struct Counters {
     /// Envelopes the sender thread dropped after taking them (given up, or
     /// refused as too large); flush and close report these.
     pub undeliverable: AtomicU64,
-    dropped_queue_full: AtomicU64,
+    /// Emitting threads count these, on their own shards.
+    dropped_queue_full: Sharded,
     dropped_too_large: AtomicU64,
     dropped_closed: AtomicU64,
     dropped_gave_up: AtomicU64,
@@ -130,19 +176,30 @@ impl Counters {
     /// ever, so the caller can warn once.
     pub(crate) fn drop_envelopes(&self, reason: DropReason, count: u64) -> bool {
         let counter = match reason {
-            DropReason::QueueFull => &self.dropped_queue_full,
+            DropReason::QueueFull => return self.drop_queue_full(count),
             DropReason::TooLarge => &self.dropped_too_large,
             DropReason::Closed => &self.dropped_closed,
             DropReason::GaveUp => &self.dropped_gave_up,
             DropReason::ZeroCounter => &self.dropped_zero_counter,
         };
         counter.fetch_add(count, Relaxed);
-        !self.warned_about_drops.swap(true, Relaxed)
+        self.first_drop()
+    }
+
+    fn drop_queue_full(&self, count: u64) -> bool {
+        self.dropped_queue_full.add(count);
+        self.first_drop()
+    }
+
+    /// True once only. Reads before writing, so that threads dropping under
+    /// overload do not all write one cache line.
+    fn first_drop(&self) -> bool {
+        !self.warned_about_drops.load(Relaxed) && !self.warned_about_drops.swap(true, Relaxed)
     }
 
     fn dropped(&self) -> Dropped {
         Dropped {
-            queue_full: self.dropped_queue_full.load(Relaxed),
+            queue_full: self.dropped_queue_full.sum(),
             too_large: self.dropped_too_large.load(Relaxed),
             closed: self.dropped_closed.load(Relaxed),
             gave_up: self.dropped_gave_up.load(Relaxed),
@@ -161,7 +218,7 @@ impl Counters {
 
     pub(crate) fn snapshot(&self, queued: usize) -> Stats {
         Stats {
-            emitted: self.emitted.load(Relaxed),
+            emitted: self.emitted.sum(),
             sent: self.sent.load(Relaxed),
             dropped: self.dropped(),
             batches: self.batches.load(Relaxed),

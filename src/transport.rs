@@ -9,7 +9,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, at, bounded, select};
-use futures::{Sink, SinkExt};
+use futures::Sink;
 use grpcio::{
     CallOption, ChannelBuilder, ChannelCredentialsBuilder, Client, ClientCStreamReceiver,
     ClientCStreamSender, EnvBuilder, Environment, GrpcSlice, Marshaller, MessageReader, Method,
@@ -71,7 +71,6 @@ const SEND: Method<GrpcSlice, SendResponse> = Method {
 pub(crate) struct ChannelSettings {
     pub addr: String,
     pub tls: TlsConfig,
-    pub write_timeout: Duration,
     pub keepalive: Option<Duration>,
     pub reconnect_initial: Duration,
     pub reconnect_max: Duration,
@@ -85,7 +84,6 @@ pub(crate) struct GrpcTransport {
     waiter: Waiter,
     addr: String,
     server_name: String,
-    write_timeout: Duration,
     // Declared last so it is dropped after the channel that uses it.
     _env: Arc<Environment>,
 }
@@ -124,7 +122,6 @@ impl GrpcTransport {
             waiter: Waiter::new(abort),
             addr: settings.addr.clone(),
             server_name: tls.verified_name().to_string(),
-            write_timeout: settings.write_timeout,
             _env: env,
         }
     }
@@ -148,7 +145,6 @@ impl Transport for GrpcTransport {
             waiter: self.waiter.clone(),
             addr: self.addr.clone(),
             server_name: self.server_name.clone(),
-            write_timeout: self.write_timeout,
         })
     }
 
@@ -178,13 +174,19 @@ pub(crate) struct GrpcStream {
     waiter: Waiter,
     addr: String,
     server_name: String,
-    write_timeout: Duration,
 }
 
 /// How long to wait for the status of a call that has already ended.
 const END_STATUS_WAIT: Duration = Duration::from_secs(1);
 
 impl GrpcStream {
+    /// A write failed because the call ended: sorts it by the call's status.
+    /// On error the caller drops the stream, which cancels the call.
+    fn failed(&mut self, error: grpcio::Error) -> WriteError {
+        let error = self.ended(error);
+        classify(agent_error(&self.addr, &self.server_name, &error), &error)
+    }
+
     /// The call has ended: its status (from the response side) says why,
     /// which is more useful than the sink's "call finished".
     fn ended(&mut self, fallback: grpcio::Error) -> grpcio::Error {
@@ -201,31 +203,27 @@ impl GrpcStream {
 impl BatchStream for GrpcStream {
     type Closing = GrpcClosing;
 
-    fn write(&mut self, batch: &[u8]) -> std::result::Result<(), WriteError> {
+    fn start_write(&mut self, batch: &[u8]) -> std::result::Result<(), WriteError> {
         let message = (GrpcSlice::from(batch), WriteFlags::default());
-        let waited = self
-            .waiter
-            .wait(self.sink.send(message), deadline_after(self.write_timeout));
-        // On error the caller drops the stream, which cancels the call.
-        match waited {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(error)) => {
-                let error = self.ended(error);
-                Err(classify(
-                    agent_error(&self.addr, &self.server_name, &error),
-                    &error,
-                ))
-            }
-            Err(interrupted) => Err(WriteError::Uncertain(Error::Agent {
-                addr: self.addr.clone(),
-                status: match interrupted {
-                    Interrupted::Deadline => {
-                        format!("write not accepted within {:?}", self.write_timeout)
-                    }
-                    Interrupted::Aborted => "write cancelled by close".to_string(),
-                },
-                hint: Some("the agent is not reading; it may be overloaded or stuck".to_string()),
-            })),
+        // The previous write was accepted, so the sink is ready at once.
+        let mut context = Context::from_waker(Waker::noop());
+        let sink = Pin::new(&mut self.sink);
+        let started = match sink.poll_ready(&mut context) {
+            Poll::Ready(Ok(())) => Pin::new(&mut self.sink).start_send(message),
+            Poll::Ready(Err(error)) => Err(error),
+            Poll::Pending => Err(grpcio::Error::RpcFinished(None)),
+        };
+        started.map_err(|error| self.failed(error))
+    }
+
+    fn poll_written(
+        &mut self,
+        context: &mut Context<'_>,
+    ) -> Poll<std::result::Result<(), WriteError>> {
+        match Pin::new(&mut self.sink).poll_flush(context) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
+            Poll::Ready(Err(error)) => Poll::Ready(Err(self.failed(error))),
         }
     }
 

@@ -8,7 +8,8 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
@@ -16,7 +17,7 @@ use crossbeam_channel::{Receiver, Sender, at, bounded, never, select_biased};
 use protobuf::Message;
 
 use crate::LOG_TARGET;
-use crate::batch::{Batch, BatchBuilder, framed_len, merge_global_tags};
+use crate::batch::{Batch, BatchBuilder, Stamp, framed_len};
 use crate::error::{Error, Result};
 use crate::policy::{Backoff, Delivery};
 use crate::proto::envelope as pb;
@@ -25,6 +26,28 @@ use crate::stats::{Counters, DropReason};
 /// An envelope on its way to the sender thread.
 pub(crate) struct Queued {
     pub envelope: pb::Envelope,
+}
+
+/// Where emitters wait for room in a full queue (`Overflow::Block` and
+/// `BlockFor`). The sender thread wakes them once per pass over the queue,
+/// not once per envelope it takes, which would cost a wake-up (a system
+/// call) per envelope just when the client is busiest.
+#[derive(Default)]
+pub(crate) struct Room {
+    /// Emitters waiting, or about to; read by the sender thread without the lock.
+    pub waiting: AtomicUsize,
+    pub lock: parking_lot::Mutex<()>,
+    pub freed: parking_lot::Condvar,
+}
+
+impl Room {
+    /// Wakes every waiting emitter, if any.
+    pub(crate) fn wake_all(&self) {
+        if self.waiting.load(SeqCst) > 0 {
+            let _locked = self.lock.lock();
+            self.freed.notify_all();
+        }
+    }
 }
 
 /// Requests from the handle, on their own channel so they are never stuck
@@ -85,12 +108,24 @@ impl WriteError {
 }
 
 /// One client stream of encoded `EnvelopeBatch` messages.
+///
+/// One write is in flight at a time: the loop starts a write, builds the
+/// next batch while the transport sends it, and starts the next write once
+/// [`poll_written`](Self::poll_written) says the last one was accepted.
 pub(crate) trait BatchStream {
     /// Half-closing a stream yields this; it resolves when the call ends.
     type Closing: Closing;
 
-    /// Writes one encoded batch; returns once the transport accepted it.
-    fn write(&mut self, batch: &[u8]) -> std::result::Result<(), WriteError>;
+    /// Starts writing one encoded batch, without waiting for it; the
+    /// previous write has been accepted.
+    fn start_write(&mut self, batch: &[u8]) -> std::result::Result<(), WriteError>;
+
+    /// Ready once the write in flight has been accepted by the transport, or
+    /// has failed.
+    fn poll_written(
+        &mut self,
+        context: &mut Context<'_>,
+    ) -> Poll<std::result::Result<(), WriteError>>;
 
     /// Starts a half-close without waiting for the agent's answer.
     fn half_close(self) -> Self::Closing;
@@ -135,6 +170,8 @@ pub(crate) struct Settings {
     pub replay_buffer_bytes: usize,
     /// How long the agent may take to end a half-closed stream.
     pub confirm_timeout: Duration,
+    /// How long one write may wait to be accepted before the stream is dropped.
+    pub write_timeout: Duration,
     pub backoff: Backoff,
 }
 
@@ -143,6 +180,17 @@ struct OpenStream<S> {
     stream: S,
     opened: Instant,
     unconfirmed: Vec<Batch>,
+    /// The batch whose write is in flight.
+    writing: Option<Writing>,
+}
+
+/// A write the transport has not yet accepted.
+struct Writing {
+    batch: Batch,
+    /// When it stops waiting for the transport.
+    deadline: Instant,
+    /// The stream had carried writes before this one.
+    reused: bool,
 }
 
 /// A half-closed stream and the batches its clean end will confirm.
@@ -175,11 +223,17 @@ pub(crate) struct Worker<T: Transport> {
     confirming: Vec<Confirming<ClosingOf<T>>>,
     data: Receiver<Queued>,
     no_data: Receiver<Queued>,
+    /// Emitters' signal that a batch's worth is waiting in the queue.
+    nudges: Receiver<()>,
+    no_nudges: Receiver<()>,
+    room: Arc<Room>,
     control: Receiver<Control>,
     waker: Waker,
     wakeups: Receiver<()>,
     settings: Settings,
     counters: Arc<Counters>,
+    /// What every envelope gets from the client: tags, default source.
+    stamp: Stamp,
     building: BatchBuilder,
     /// Sealed batches waiting to be written, oldest first.
     outbox: VecDeque<Batch>,
@@ -203,6 +257,8 @@ impl<T: Transport> Worker<T> {
     pub(crate) fn new(
         transport: T,
         data: Receiver<Queued>,
+        nudges: Receiver<()>,
+        room: Arc<Room>,
         control: Receiver<Control>,
         settings: Settings,
         counters: Arc<Counters>,
@@ -215,10 +271,14 @@ impl<T: Transport> Worker<T> {
             confirming: Vec::new(),
             data,
             no_data: never(),
+            nudges,
+            no_nudges: never(),
+            room,
             control,
             waker: Waker::from(Arc::new(ChannelWaker(wake))),
             wakeups,
             backoff: settings.backoff.clone(),
+            stamp: Stamp::new(&settings.global_tags, settings.source.as_ref()),
             settings,
             counters,
             building: BatchBuilder::default(),
@@ -237,22 +297,39 @@ impl<T: Transport> Worker<T> {
     /// Runs until a close request is done (or every handle is gone).
     pub(crate) fn run(mut self) {
         loop {
+            // Whatever the last pass took from the queue made room.
+            self.room.wake_all();
             let now = Instant::now();
             self.on_time(now);
-            self.write_outbox();
+            self.write_outbox(now);
             self.rotate_if_due(now);
             self.poll_confirmations(now);
             self.answer_flushes();
             if self.finish_close_if_done() {
                 return;
             }
-            if self.can_write() && !self.outbox.is_empty() {
+            if self.can_write() && !self.outbox.is_empty() && !self.writing() {
                 // A failed confirmation put batches back: write them now.
                 continue;
             }
 
-            let accepting = self.closing.is_none() && self.outbox.is_empty() && self.can_write();
-            let data = if accepting { &self.data } else { &self.no_data };
+            // While a write is in flight the next batch is built, unless the
+            // agent is failing: then the client holds no more than before.
+            let accepting = self.closing.is_none()
+                && self.outbox.is_empty()
+                && self.can_write()
+                && (self.healthy || !self.writing());
+            // With a batch open, the loop does not wake for each envelope
+            // (that would cost the emitting thread a wake-up each): it
+            // drains the queue when emitters say a batch's worth is waiting,
+            // or when the batch's time is up.
+            let listening = accepting && self.building.is_empty();
+            let data = if listening { &self.data } else { &self.no_data };
+            let nudges = if accepting {
+                &self.nudges
+            } else {
+                &self.no_nudges
+            };
             let timer = self.next_deadline().map_or_else(never, at);
             select_biased! {
                 recv(self.control) -> request => match request {
@@ -268,18 +345,22 @@ impl<T: Transport> Worker<T> {
                 recv(data) -> queued => {
                     if let Ok(queued) = queued {
                         self.take(queued);
-                        // Take what else is waiting, up to a full batch, without
-                        // going back to select.
-                        while self.outbox.is_empty() {
-                            match self.data.try_recv() {
-                                Ok(queued) => self.take(queued),
-                                Err(_) => break,
-                            }
-                        }
+                        self.take_waiting();
                     }
                 },
+                recv(nudges) -> _ => self.take_waiting(),
                 recv(self.wakeups) -> _ => {},
                 recv(timer) -> _ => {},
+            }
+        }
+    }
+
+    /// Takes what is waiting in the queue, up to a sealed batch.
+    fn take_waiting(&mut self) {
+        while self.outbox.is_empty() {
+            match self.data.try_recv() {
+                Ok(queued) => self.take(queued),
+                Err(_) => break,
             }
         }
     }
@@ -353,10 +434,18 @@ impl<T: Transport> Worker<T> {
         let rotation = self.rotation_due();
         let confirmation = self.confirming.iter().map(|c| c.deadline).min();
         let close = self.closing.as_ref().map(|(deadline, _)| *deadline);
-        [batch_due, self.retry_at, rotation, confirmation, close]
-            .into_iter()
-            .flatten()
-            .min()
+        let write = self.in_flight().map(|writing| writing.deadline);
+        [
+            batch_due,
+            self.retry_at,
+            rotation,
+            confirmation,
+            close,
+            write,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Adds one envelope to the batch being built, sealing it first if the
@@ -365,20 +454,35 @@ impl<T: Transport> Worker<T> {
         self.taken += 1;
         // In flight from now until it is sent or dropped.
         self.counters.in_flight.fetch_add(1, Relaxed);
-        let mut envelope = queued.envelope;
-        if let Some(source) = &self.settings.source {
-            source.stamp(&mut envelope);
-        }
-        merge_global_tags(&mut envelope, &self.settings.global_tags);
+        let envelope = queued.envelope;
         let size = envelope.compute_size() as usize;
+        let added = self.stamp.added_len(&envelope);
+        let framed = framed_len(size + added);
+        if framed > self.settings.batch_max_bytes {
+            // It can never fit a batch. Dropped as emit would have dropped
+            // it, so not one that flush and close report as undelivered.
+            self.counters.in_flight.fetch_sub(1, Relaxed);
+            if self.counters.drop_envelopes(DropReason::TooLarge, 1) {
+                log::warn!(
+                    target: LOG_TARGET,
+                    "dropping envelopes: {}; further drops are only counted in stats()",
+                    DropReason::TooLarge.describe()
+                );
+            }
+            return;
+        }
         if !self.building.is_empty()
-            && self.building.encoded_len() + framed_len(size) > self.settings.batch_max_bytes
+            && self.building.encoded_len() + framed > self.settings.batch_max_bytes
         {
             // The new envelope is counted in `taken` but not in this batch.
             let batch = self.building.seal(self.taken - 1);
             self.outbox.push_back(batch);
         }
-        if self.building.push(&envelope, size).is_err() {
+        if self
+            .building
+            .push(&envelope, size, &self.stamp, added)
+            .is_err()
+        {
             // Encoding into memory fails only on an inconsistent size; count
             // it rather than send a corrupt batch.
             self.give_up(1, DropReason::GaveUp);
@@ -402,7 +506,8 @@ impl<T: Transport> Worker<T> {
     fn written_through(&self) -> u64 {
         let pending = self.outbox.front().map(|b| b.last_seq - b.len());
         let building = (!self.building.is_empty()).then(|| self.taken - self.building.len() as u64);
-        [pending, building]
+        let writing = self.in_flight().map(|w| w.batch.last_seq - w.batch.len());
+        [pending, building, writing]
             .into_iter()
             .flatten()
             .min()
@@ -431,10 +536,28 @@ impl<T: Transport> Worker<T> {
             && self.replay_bytes >= self.settings.replay_buffer_bytes
     }
 
-    /// Writes sealed batches until the outbox is empty, a failure starts a
-    /// backoff, or (at least once) the replay buffer is full.
-    fn write_outbox(&mut self) {
-        while !self.outbox.is_empty() && self.retry_at.is_none() && !self.replay_full() {
+    /// The write in flight, if any.
+    fn in_flight(&self) -> Option<&Writing> {
+        self.stream.as_ref().and_then(|open| open.writing.as_ref())
+    }
+
+    fn writing(&self) -> bool {
+        self.in_flight().is_some()
+    }
+
+    /// Starts writing sealed batches, one in flight at a time, until the
+    /// outbox is empty, a write is under way, a failure starts a backoff, or
+    /// (at least once) the replay buffer is full.
+    fn write_outbox(&mut self, now: Instant) {
+        loop {
+            self.poll_write(now);
+            if self.writing()
+                || self.outbox.is_empty()
+                || self.retry_at.is_some()
+                || self.replay_full()
+            {
+                return;
+            }
             let isolate = self.outbox.front().is_some_and(|batch| batch.isolate);
             if isolate
                 && self
@@ -446,16 +569,70 @@ impl<T: Transport> Worker<T> {
                 self.rotate();
             }
             let reused = self.stream.is_some();
-            let written = match self.open_stream() {
-                Ok(()) => match (self.stream.as_mut(), self.outbox.front()) {
-                    (Some(open), Some(batch)) => open.stream.write(&batch.bytes),
-                    _ => break,
-                },
-                Err(error) => Err(WriteError::StreamEnded(error)),
+            if let Err(error) = self.open_stream() {
+                self.write_failed(WriteError::StreamEnded(error), reused);
+                continue;
+            }
+            let (Some(open), Some(batch)) = (self.stream.as_mut(), self.outbox.pop_front()) else {
+                return;
             };
-            match written {
-                Ok(()) => self.written(),
-                Err(failure) => self.write_failed(failure, reused),
+            match open.stream.start_write(&batch.bytes) {
+                Ok(()) => {
+                    open.writing = Some(Writing {
+                        batch,
+                        deadline: deadline_after(self.settings.write_timeout),
+                        reused,
+                    });
+                }
+                Err(failure) => {
+                    self.outbox.push_front(batch);
+                    self.write_failed(failure, reused);
+                }
+            }
+        }
+    }
+
+    /// Settles the write in flight once the transport accepted it, failed it,
+    /// or kept it past the write timeout.
+    fn poll_write(&mut self, now: Instant) {
+        let Some(open) = self.stream.as_mut() else {
+            return;
+        };
+        let Some(deadline) = open.writing.as_ref().map(|w| w.deadline) else {
+            return;
+        };
+        let mut context = Context::from_waker(&self.waker);
+        let outcome = match open.stream.poll_written(&mut context) {
+            Poll::Ready(outcome) => outcome,
+            Poll::Pending if now >= deadline => Err(WriteError::Uncertain(Error::Agent {
+                addr: self.settings.addr.clone(),
+                status: format!(
+                    "write not accepted within {:?}",
+                    self.settings.write_timeout
+                ),
+                hint: Some("the agent is not reading; it may be overloaded or stuck".to_string()),
+            })),
+            Poll::Pending => return,
+        };
+        let Some(writing) = open.writing.take() else {
+            return;
+        };
+        match outcome {
+            Ok(()) => self.written(writing.batch),
+            Err(failure) => {
+                let failure = match failure {
+                    // The stream had carried writes, so the connection was
+                    // up: the agent may have read this one before the call
+                    // ended. At most once must not write it again.
+                    WriteError::StreamEnded(error)
+                        if writing.reused && self.settings.delivery == Delivery::AtMostOnce =>
+                    {
+                        WriteError::Uncertain(error)
+                    }
+                    other => other,
+                };
+                self.outbox.push_front(writing.batch);
+                self.write_failed(failure, writing.reused);
             }
         }
     }
@@ -471,15 +648,13 @@ impl<T: Transport> Worker<T> {
                 stream,
                 opened: Instant::now(),
                 unconfirmed: Vec::new(),
+                writing: None,
             });
         }
         Ok(())
     }
 
-    fn written(&mut self) {
-        let Some(batch) = self.outbox.pop_front() else {
-            return;
-        };
+    fn written(&mut self, batch: Batch) {
         self.counters.batches.fetch_add(1, Relaxed);
         let proven = self
             .stream
@@ -636,6 +811,10 @@ impl<T: Transport> Worker<T> {
     }
 
     fn rotate_if_due(&mut self, now: Instant) {
+        if self.writing() {
+            // Its acceptance (or failure) wakes the loop, which comes back here.
+            return;
+        }
         let closing_idle =
             self.closing.is_some() && self.outbox.is_empty() && self.building.is_empty();
         let due = self.rotation_due().is_some_and(|due| now >= due);
@@ -733,6 +912,7 @@ impl<T: Transport> Worker<T> {
         }
         if let Some(stream) = self.stream.take() {
             undelivered += stream.unconfirmed.iter().map(Batch::len).sum::<u64>();
+            undelivered += stream.writing.map_or(0, |writing| writing.batch.len());
         }
         for confirming in std::mem::take(&mut self.confirming) {
             if confirming.batches.is_empty() && self.close_error.is_none() {
@@ -800,6 +980,25 @@ mod tests {
         ends: Arc<Mutex<VecDeque<Outcome>>>,
         /// When set, every write waits for a message here first.
         gate: Option<Receiver<()>>,
+        /// When set, writes stay in flight (never accepted) until released.
+        hold: Option<Arc<Mutex<Hold>>>,
+    }
+
+    /// Writes held in flight, and the worker's waker to call on release.
+    #[derive(Default)]
+    struct Hold {
+        released: bool,
+        waker: Option<Waker>,
+    }
+
+    impl Hold {
+        fn release(hold: &Mutex<Hold>) {
+            let mut hold = hold.lock();
+            hold.released = true;
+            if let Some(waker) = hold.waker.take() {
+                waker.wake();
+            }
+        }
     }
 
     impl Script {
@@ -816,6 +1015,8 @@ mod tests {
     struct FakeStream {
         seen: Sender<Seen>,
         script: Script,
+        /// How the write in flight ends.
+        writing: Option<Outcome>,
     }
 
     struct FakeClosing(Option<Outcome>);
@@ -828,6 +1029,7 @@ mod tests {
             Ok(FakeStream {
                 seen: self.seen.clone(),
                 script: self.script.clone(),
+                writing: None,
             })
         }
 
@@ -839,17 +1041,31 @@ mod tests {
     impl BatchStream for FakeStream {
         type Closing = FakeClosing;
 
-        fn write(&mut self, batch: &[u8]) -> Outcome {
+        fn start_write(&mut self, batch: &[u8]) -> Outcome {
+            assert!(self.writing.is_none(), "two writes in flight");
             if let Some(gate) = &self.script.gate {
                 self.seen.send(Seen::AtGate).unwrap();
                 gate.recv().unwrap();
             }
+            // A scripted failure is a stream found already ended.
             let scripted = self.script.writes.lock().pop_front();
             scripted.unwrap_or(Ok(()))?;
             let decoded = pb::EnvelopeBatch::parse_from_bytes(batch).unwrap();
             let timestamps = decoded.batch.iter().map(|e| e.timestamp).collect();
             self.seen.send(Seen::Batch(timestamps)).unwrap();
+            self.writing = Some(Ok(()));
             Ok(())
+        }
+
+        fn poll_written(&mut self, context: &mut Context<'_>) -> Poll<Outcome> {
+            if let Some(hold) = &self.script.hold {
+                let mut hold = hold.lock();
+                if !hold.released {
+                    hold.waker = Some(context.waker().clone());
+                    return Poll::Pending;
+                }
+            }
+            Poll::Ready(self.writing.take().expect("a write in flight"))
         }
 
         fn half_close(self) -> FakeClosing {
@@ -866,6 +1082,7 @@ mod tests {
 
     struct Harness {
         data: Sender<Queued>,
+        nudge: Sender<()>,
         control: Sender<Control>,
         seen: Receiver<Seen>,
         counters: Arc<Counters>,
@@ -887,12 +1104,14 @@ mod tests {
             confirm_interval: HOUR,
             replay_buffer_bytes: 8 << 20,
             confirm_timeout: WAIT,
+            write_timeout: WAIT,
             backoff: Backoff::new(Duration::from_millis(1), Duration::from_millis(2)),
         }
     }
 
     fn start(settings: Settings, script: Script) -> Harness {
         let (data_tx, data_rx) = bounded(1000);
+        let (nudge_tx, nudge_rx) = bounded(1);
         let (control_tx, control_rx) = unbounded();
         let (seen_tx, seen_rx) = unbounded();
         let counters = Arc::new(Counters::default());
@@ -900,9 +1119,18 @@ mod tests {
             seen: seen_tx,
             script,
         };
-        let worker = Worker::new(transport, data_rx, control_rx, settings, counters.clone());
+        let worker = Worker::new(
+            transport,
+            data_rx,
+            nudge_rx,
+            Arc::default(),
+            control_rx,
+            settings,
+            counters.clone(),
+        );
         Harness {
             data: data_tx,
+            nudge: nudge_tx,
             control: control_tx,
             seen: seen_rx,
             counters,
@@ -918,8 +1146,10 @@ mod tests {
 
     impl Harness {
         fn emit(&self, n: i64) {
-            self.counters.emitted.fetch_add(1, Relaxed);
+            let _ = self.counters.emitted.add(1);
             self.data.send(log(n)).unwrap();
+            // As the client does once a batch's worth may be waiting.
+            let _ = self.nudge.try_send(());
         }
 
         fn flush(&self) -> Result<()> {
@@ -1047,6 +1277,63 @@ mod tests {
         assert_eq!(harness.next_batch(), vec![1]);
         drop(release);
         harness.close();
+    }
+
+    #[test]
+    fn the_next_batch_is_built_while_a_write_is_in_flight_and_written_after_it() {
+        let hold = Arc::new(Mutex::new(Hold::default()));
+        let script = Script {
+            hold: Some(hold.clone()),
+            ..Script::default()
+        };
+        let harness = start(settings(), script);
+        for n in 0..3 {
+            harness.emit(n);
+        }
+        assert_eq!(harness.next_batch(), vec![0, 1, 2]);
+        for n in 3..6 {
+            harness.emit(n);
+        }
+        // The flush is answered only once both batches are written; while
+        // the first is held the second is built but not started (the fake
+        // panics on two writes in flight).
+        let (reply, result) = bounded(1);
+        harness.control.send(Control::Flush(reply)).unwrap();
+        assert!(result.try_recv().is_err());
+        assert_eq!(harness.counters.snapshot(0).sent, 0);
+        Hold::release(&hold);
+        result.recv_timeout(WAIT).unwrap().unwrap();
+        assert_eq!(harness.next_batch(), vec![3, 4, 5]);
+        let (_, stats) = harness.close();
+        assert_eq!((stats.sent, stats.batches), (6, 2));
+    }
+
+    #[test]
+    fn at_most_once_a_write_held_past_the_write_timeout_is_given_up_not_repeated() {
+        let hold = Arc::new(Mutex::new(Hold::default()));
+        let script = Script {
+            hold: Some(hold.clone()),
+            ..Script::default()
+        };
+        let settings = Settings {
+            write_timeout: Duration::from_millis(20),
+            ..settings()
+        };
+        let harness = start(settings, script);
+        for n in 0..3 {
+            harness.emit(n);
+        }
+        assert_eq!(harness.next_batch(), vec![0, 1, 2]);
+        // Only the timeout can end this write.
+        let flushed = harness.flush();
+        assert!(matches!(flushed, Ok(())), "{flushed:?}");
+        Hold::release(&hold);
+        harness.emit(3);
+        harness.flush().unwrap();
+        let (seen, stats) = harness.close();
+        assert_eq!(count(&seen, |s| matches!(s, Seen::Opened)), 1, "{seen:?}");
+        assert_eq!(batches(&seen), vec![vec![3]]);
+        assert_eq!((stats.sent, stats.dropped.gave_up, stats.errors), (1, 3, 1));
     }
 
     #[test]
@@ -1230,6 +1517,8 @@ mod tests {
                 script: Script::default(),
             },
             data,
+            never(),
+            Arc::default(),
             control,
             settings,
             counters,

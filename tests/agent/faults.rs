@@ -171,10 +171,14 @@ fn at_most_once_loses_only_what_dying_streams_had_accepted() {
     let lost = missing.len() as u64;
     assert!(lost <= 3 * LOSS_BOUND_PER_FAILURE, "lost {lost}");
     let stats = client.stats();
+    // A write cut short by a restart may have reached the agent: at most
+    // once gives it up rather than risk a duplicate.
     assert_eq!(
-        stats.sent, TOTAL,
-        "lost envelopes were accepted by gRPC, so counted sent"
+        stats.sent + stats.dropped.gave_up,
+        TOTAL,
+        "lost envelopes were accepted by gRPC or given up, {stats:?}"
     );
+    assert_eq!(stats.dropped.total(), stats.dropped.gave_up, "{stats:?}");
     assert_closed_accounting(&stats);
 }
 
@@ -206,12 +210,14 @@ fn a_stalled_agent_never_blocks_emit_and_flush_and_close_keep_their_timeouts() {
         rounds += 1;
         assert!(rounds < 10_000, "the writes never stalled");
     }
-    // The sender is stuck: emit still returns at once, dropping what does not fit.
+    // The sender is stuck: emit still returns at once, dropping what does not
+    // fit (the queue's 100, and one more batch the sender builds while a
+    // write is in flight).
     for _ in 0..1_000 {
         client.emit(Envelope::log(payload.clone()));
     }
     assert!(
-        client.stats().dropped.queue_full >= 900,
+        client.stats().dropped.queue_full >= 700,
         "{:?}",
         client.stats()
     );
@@ -236,14 +242,14 @@ fn a_stream_ended_with_an_error_is_replaced_and_the_cause_kept_at_most_once() {
         let client = builder(&certs, agent.addr()).build().unwrap();
         agent.fail_next_stream(code, "injected");
         client.emit(numbered(0));
-        flush_naming_too_large(&client);
+        flush_naming_one_undelivered(&client);
         assert!(agent.wait_for_streams_ended(1, WAIT));
         // The client learns the stream is gone on its next write, which is
         // then made again on a new stream.
         let mut n = 1;
         while client.stats().errors == 0 {
             client.emit(numbered(n));
-            flush_naming_too_large(&client);
+            flush_naming_one_undelivered(&client);
             n += 1;
             assert!(n < 1000, "the failure was never noticed");
         }
@@ -260,9 +266,11 @@ fn a_stream_ended_with_an_error_is_replaced_and_the_cause_kept_at_most_once() {
         );
         assert!(stats.reconnects >= 1, "{stats:?}");
         let received = seqs(&agent);
-        // The envelope whose write met the ended stream is written again, unless
-        // the refusal came on its own new stream and named it too large.
-        let expected: &[u64] = if stats.dropped.too_large == 1 {
+        // The envelope whose write met the ended stream is written again,
+        // unless the refusal came on its own new stream and named it too
+        // large, or gRPC had already taken the write when the call ended, so
+        // that the agent might have read it: at most once then gives it up.
+        let expected: &[u64] = if stats.dropped.too_large == 1 || stats.dropped.gave_up == 1 {
             &[n]
         } else {
             &[n - 1, n]
@@ -286,7 +294,7 @@ fn a_stream_ended_with_an_error_is_replayed_at_least_once() {
             .unwrap();
         agent.fail_next_stream(code, "injected");
         client.emit(numbered(0));
-        flush_naming_too_large(&client);
+        flush_naming_one_undelivered(&client);
         client.emit(numbered(1));
         client.close(WAIT).unwrap();
         let received: HashSet<u64> = seqs(&agent).into_iter().collect();
@@ -367,11 +375,14 @@ fn at_most_once_an_envelope_over_the_agents_limit_is_counted_or_reported() {
 }
 
 /// Flushes; a RESOURCE_EXHAUSTED injected on a stream's first message may
-/// name that envelope too large, which flush then reports.
-fn flush_naming_too_large(client: &IngressClient) {
+/// name that envelope too large, and at most once gives up an envelope
+/// whose write gRPC had taken when an injected error ended the call; flush
+/// reports either.
+fn flush_naming_one_undelivered(client: &IngressClient) {
     match client.flush(WAIT) {
         Ok(()) => {}
-        Err(Error::Undelivered { count: 1, .. }) if client.stats().dropped.too_large == 1 => {}
+        Err(Error::Undelivered { count: 1, .. })
+            if client.stats().dropped.too_large + client.stats().dropped.gave_up == 1 => {}
         other => panic!("{other:?}"),
     }
 }

@@ -111,17 +111,27 @@ proptest! {
     }
 
     #[test]
-    fn envelopes_encode_within_their_accounted_size_and_round_trip(
+    fn stamped_envelopes_decode_as_merged_ones_and_round_trip(
         kind in kind(),
         source in ".{0,40}",
         own_tags in tags(),
         global_tags in tags(),
+        default_source in proptest::option::of((".{0,20}", ".{0,5}")),
         timestamp in any::<i64>(),
     ) {
         let envelope = build(kind, &source, &own_tags, timestamp);
         let _ = envelope.to_string();
-        let (accounted, actual) = loggregator::fuzzing::accounted_and_actual(&envelope, &global_tags);
-        prop_assert!(actual <= accounted, "encoded {} > accounted {}", actual, accounted);
+        let default_source = default_source.map(|(id, instance)| loggregator::SourceInfo::new(id, instance));
+        let (fast, reference) =
+            loggregator::fuzzing::stamped_both_ways(&envelope, &global_tags, default_source.as_ref());
+        prop_assert_eq!(fast.len(), reference.len());
+        let decode = |bytes: &[u8]| pb::EnvelopeBatch::parse_from_bytes(bytes).unwrap().batch;
+        let (fast, reference) = (decode(&fast), decode(&reference));
+        prop_assert_eq!(fast.len(), 1);
+        prop_assert_eq!(&fast[0].tags, &reference[0].tags);
+        prop_assert_eq!(&fast[0].source_id, &reference[0].source_id);
+        prop_assert_eq!(&fast[0].instance_id, &reference[0].instance_id);
+        prop_assert_eq!(fast[0].timestamp, reference[0].timestamp);
         let bytes = envelope.as_proto().write_to_bytes().unwrap();
         let decoded = pb::Envelope::parse_from_bytes(&bytes).unwrap();
         // NaN gauge values never compare equal; compare the encodings instead.
