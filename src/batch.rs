@@ -4,9 +4,10 @@
 
 use std::time::Instant;
 
+use protobuf::Message;
 use protobuf::rt::WireType;
-use protobuf::{CodedOutputStream, Message};
 
+use crate::envelope::Encoded;
 use crate::proto::envelope as pb;
 use crate::source::SourceInfo;
 
@@ -73,25 +74,30 @@ impl Stamp {
     }
 
     /// The encoded fields `envelope` gets, in order.
-    fn fields<'a>(&'a self, envelope: &'a pb::Envelope) -> impl Iterator<Item = &'a [u8]> + 'a {
+    fn fields<'a>(&'a self, envelope: &'a Encoded) -> impl Iterator<Item = &'a [u8]> + 'a {
         let source_id = self
             .source_id
             .as_deref()
-            .filter(|_| envelope.source_id.is_empty());
+            .filter(|_| !envelope.has_source_id);
         let instance_id = self
             .instance_id
             .as_deref()
-            .filter(|_| envelope.instance_id.is_empty());
+            .filter(|_| !envelope.has_instance_id);
+        let own_keys = if self.tags.is_empty() {
+            Vec::new()
+        } else {
+            envelope.tag_keys()
+        };
         let tags = self
             .tags
             .iter()
-            .filter(|(key, _)| !envelope.tags.contains_key(key))
+            .filter(move |(key, _)| !own_keys.contains(&key.as_bytes()))
             .map(|(_, entry)| entry.as_slice());
         source_id.into_iter().chain(instance_id).chain(tags)
     }
 
     /// How many bytes the fields add to `envelope`'s encoding.
-    pub(crate) fn added_len(&self, envelope: &pb::Envelope) -> usize {
+    pub(crate) fn added_len(&self, envelope: &Encoded) -> usize {
         if self.is_empty() {
             return 0;
         }
@@ -176,23 +182,11 @@ impl BatchBuilder {
         self.bytes.len()
     }
 
-    /// Appends an envelope whose `compute_size()` was `size`, with the
-    /// stamp's fields adding `added` bytes.
-    pub(crate) fn push(
-        &mut self,
-        envelope: &pb::Envelope,
-        size: usize,
-        stamp: &Stamp,
-        added: usize,
-    ) -> protobuf::Result<()> {
-        let before = self.bytes.len();
-        if let Err(error) = encode_framed(envelope, size, stamp, added, &mut self.bytes) {
-            self.bytes.truncate(before);
-            return Err(error);
-        }
+    /// Appends an envelope, with the stamp's fields adding `added` bytes.
+    pub(crate) fn push(&mut self, envelope: &Encoded, stamp: &Stamp, added: usize) {
+        encode_framed(envelope, stamp, added, &mut self.bytes);
         self.ends.push(self.bytes.len());
         self.started.get_or_insert_with(Instant::now);
-        Ok(())
     }
 
     /// Takes the batch, leaving this empty; `last_seq` numbers its last envelope.
@@ -211,52 +205,46 @@ impl BatchBuilder {
     }
 }
 
-/// Appends `envelope`, stamped, to an encoded `EnvelopeBatch` as one `batch` field.
-fn encode_framed(
-    envelope: &pb::Envelope,
-    size: usize,
-    stamp: &Stamp,
-    added: usize,
-    out: &mut Vec<u8>,
-) -> protobuf::Result<()> {
-    let total = u32::try_from(size + added)
-        .map_err(|_| protobuf::Error::from(std::io::Error::other("envelope too large")))?;
-    out.reserve(framed_len(size + added));
-    {
-        let mut stream = CodedOutputStream::vec(out);
-        stream.write_tag(1, WireType::LengthDelimited)?;
-        stream.write_raw_varint32(total)?;
-        envelope.write_to_with_cached_sizes(&mut stream)?;
-        stream.flush()?;
+/// Appends `envelope`, stamped, to an encoded `EnvelopeBatch` as one
+/// `batch` field: a copy of bytes, with no protobuf work.
+fn encode_framed(envelope: &Encoded, stamp: &Stamp, added: usize, out: &mut Vec<u8>) {
+    let len = envelope.bytes.len() + added;
+    out.reserve(framed_len(len));
+    out.push((1 << 3) | WireType::LengthDelimited as u8);
+    let mut left = len as u64;
+    while left >= 0x80 {
+        out.push((left as u8) | 0x80);
+        left >>= 7;
     }
+    out.push(left as u8);
+    out.extend_from_slice(&envelope.bytes);
     if added > 0 {
         for field in stamp.fields(envelope) {
             out.extend_from_slice(field);
         }
     }
-    Ok(())
 }
 
-/// One envelope as the sender thread encodes it into a batch, stamped, and
+/// One envelope as the sender thread frames it into a batch, stamped, and
 /// as merging the stamp in and encoding would: the two must decode alike.
 #[cfg(feature = "testing")]
 pub(crate) fn stamped_both_ways(
-    envelope: &pb::Envelope,
+    envelope: &crate::Envelope,
     global_tags: &[(String, String)],
     source: Option<&SourceInfo>,
 ) -> (Vec<u8>, Vec<u8>) {
     let stamp = Stamp::new(global_tags, source);
-    let size = envelope.compute_size() as usize;
+    let encoded = envelope.clone().into_encoded();
     let mut fast = Vec::new();
-    let _ = encode_framed(envelope, size, &stamp, stamp.added_len(envelope), &mut fast);
-    let mut merged = envelope.clone();
+    encode_framed(&encoded, &stamp, stamp.added_len(&encoded), &mut fast);
+    let mut merged = envelope.as_proto().clone();
     if let Some(source) = source {
         source.stamp(&mut merged);
     }
     merge_global_tags(&mut merged, global_tags);
+    let merged = crate::Envelope::from_proto(merged).into_encoded();
     let mut reference = Vec::new();
-    let size = merged.compute_size() as usize;
-    let _ = encode_framed(&merged, size, &Stamp::default(), 0, &mut reference);
+    encode_framed(&merged, &Stamp::default(), 0, &mut reference);
     (fast, reference)
 }
 
@@ -264,18 +252,17 @@ pub(crate) fn stamped_both_ways(
 mod tests {
     use super::*;
 
-    fn envelope(n: i64) -> pb::Envelope {
-        let mut envelope = crate::Envelope::log(format!("{n}")).build().into_proto();
-        envelope.timestamp = n;
-        envelope
+    fn envelope(n: i64) -> Encoded {
+        crate::Envelope::log(format!("{n}"))
+            .timestamp(n)
+            .build()
+            .into_encoded()
     }
 
     fn batch_of(count: i64) -> Batch {
         let mut builder = BatchBuilder::default();
         for n in 0..count {
-            let envelope = envelope(n);
-            let size = envelope.compute_size() as usize;
-            builder.push(&envelope, size, &Stamp::default(), 0).unwrap();
+            builder.push(&envelope(n), &Stamp::default(), 0);
         }
         builder.seal(100)
     }
@@ -289,9 +276,7 @@ mod tests {
     fn a_built_batch_decodes_as_an_envelope_batch_of_the_exact_size() {
         let batch = batch_of(3);
         assert_eq!(timestamps(&batch), vec![0, 1, 2]);
-        let expected: usize = (0..3)
-            .map(|n| framed_len(envelope(n).compute_size() as usize))
-            .sum();
+        let expected: usize = (0..3).map(|n| framed_len(envelope(n).bytes.len())).sum();
         assert_eq!(batch.bytes.len(), expected);
     }
 

@@ -1,7 +1,10 @@
 //! Envelope builders: one constructor per kind, shared setters for source and tags.
 
 use std::marker::PhantomData;
+use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use protobuf::Message;
 
 use crate::proto::envelope as pb;
 
@@ -19,12 +22,130 @@ use crate::proto::envelope as pb;
 /// let env: Envelope = Envelope::log("hello").source("my-app", "0").stdout().tag("k", "v").into();
 /// assert_eq!(env.as_proto().source_id, "my-app");
 /// ```
-#[derive(Clone, Debug, PartialEq)]
+///
+/// An envelope is encoded once, when it is built, on the thread that builds
+/// it: `emit` then hands the sender thread one buffer instead of a tree of
+/// strings and maps (which another core would have to read and free).
+/// [`as_proto`](Envelope::as_proto) decodes it on first use.
+#[derive(Clone)]
 pub struct Envelope {
-    inner: pb::Envelope,
-    /// A counter built with [`CounterEnvelope::reset`], the only way to send
-    /// `delta == 0 && total == 0`.
-    reset: bool,
+    encoded: Encoded,
+    /// Decoded on first use of `as_proto`.
+    decoded: OnceLock<Box<pb::Envelope>>,
+}
+
+/// An envelope's protobuf encoding, with what the client needs to know of
+/// it without decoding it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Encoded {
+    pub bytes: Vec<u8>,
+    pub kind: Option<EnvelopeKind>,
+    /// A counter with delta and total 0 not made with `reset()`.
+    pub accidental_reset: bool,
+    pub has_source_id: bool,
+    pub has_instance_id: bool,
+    pub has_tags: bool,
+    /// It could not be encoded (larger than protobuf allows).
+    pub unencodable: bool,
+}
+
+impl Encoded {
+    fn new(envelope: &pb::Envelope, reset: bool) -> Encoded {
+        let (bytes, unencodable) = match envelope.write_to_bytes() {
+            Ok(bytes) => (bytes, false),
+            Err(_) => (Vec::new(), true),
+        };
+        let accidental_reset = match &envelope.message {
+            Some(pb::envelope::Message::Counter(c)) => c.delta == 0 && c.total == 0 && !reset,
+            _ => false,
+        };
+        Encoded {
+            bytes,
+            kind: kind_of(envelope),
+            accidental_reset,
+            has_source_id: !envelope.source_id.is_empty(),
+            has_instance_id: !envelope.instance_id.is_empty(),
+            has_tags: !envelope.tags.is_empty(),
+            unencodable,
+        }
+    }
+
+    /// The keys of the envelope's tags, read from its encoding.
+    pub(crate) fn tag_keys(&self) -> Vec<&[u8]> {
+        let mut keys = Vec::new();
+        if !self.has_tags {
+            return keys;
+        }
+        let mut input = Reader(&self.bytes);
+        while let Some((field, value)) = input.field() {
+            if field == (9 << 3) | 2 {
+                let mut entry = Reader(value);
+                while let Some((field, key)) = entry.field() {
+                    if field == (1 << 3) | 2 {
+                        keys.push(key);
+                    }
+                }
+            }
+        }
+        keys
+    }
+}
+
+/// Walks the fields of an encoded message: each tag with its
+/// length-delimited contents (empty for other wire types).
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn varint(&mut self) -> Option<u64> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let (&byte, rest) = self.0.split_first()?;
+            self.0 = rest;
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte < 0x80 {
+                return Some(value);
+            }
+        }
+        None
+    }
+
+    fn field(&mut self) -> Option<(u64, &'a [u8])> {
+        let tag = self.varint()?;
+        let contents = match tag & 7 {
+            0 => {
+                self.varint()?;
+                &[][..]
+            }
+            1 => self.take(8)?,
+            2 => {
+                let len = usize::try_from(self.varint()?).ok()?;
+                self.take(len)?
+            }
+            5 => self.take(4)?,
+            _ => return None,
+        };
+        Some((tag, contents))
+    }
+
+    fn take(&mut self, len: usize) -> Option<&'a [u8]> {
+        if len > self.0.len() {
+            return None;
+        }
+        let (taken, rest) = self.0.split_at(len);
+        self.0 = rest;
+        Some(taken)
+    }
+}
+
+fn kind_of(envelope: &pb::Envelope) -> Option<EnvelopeKind> {
+    use pb::envelope::Message;
+    Some(match envelope.message.as_ref()? {
+        Message::Log(_) => EnvelopeKind::Log,
+        Message::Counter(_) => EnvelopeKind::Counter,
+        Message::Gauge(_) => EnvelopeKind::Gauge,
+        Message::Timer(_) => EnvelopeKind::Timer,
+        Message::Event(_) => EnvelopeKind::Event,
+    })
 }
 
 /// Marker types naming the kind an [`EnvelopeBuilder`] builds.
@@ -219,10 +340,26 @@ impl Envelope {
     /// assert_eq!(Envelope::from_proto(raw).as_proto().timestamp, 1);
     /// ```
     pub fn from_proto(inner: pb::Envelope) -> Envelope {
+        Envelope::encode(inner, false)
+    }
+
+    /// Encodes `inner`, dropping it here, on the building thread.
+    fn encode(inner: pb::Envelope, reset: bool) -> Envelope {
         Envelope {
-            inner,
-            reset: false,
+            encoded: Encoded::new(&inner, reset),
+            decoded: OnceLock::new(),
         }
+    }
+
+    /// What `emit` queues.
+    pub(crate) fn into_encoded(self) -> Encoded {
+        self.encoded
+    }
+
+    /// Decoding an envelope the client encoded cannot fail; an envelope too
+    /// large to encode decodes as empty.
+    fn decode(&self) -> pb::Envelope {
+        pb::Envelope::parse_from_bytes(&self.encoded.bytes).unwrap_or_default()
     }
 
     /// The protobuf message that will be sent (before the client's global tags
@@ -233,7 +370,7 @@ impl Envelope {
     /// assert!(env.as_proto().timestamp > 0);
     /// ```
     pub fn as_proto(&self) -> &pb::Envelope {
-        &self.inner
+        self.decoded.get_or_init(|| Box::new(self.decode()))
     }
 
     /// The protobuf message, by value.
@@ -242,8 +379,11 @@ impl Envelope {
     /// let raw = loggregator::Envelope::event("t", "b").build().into_proto();
     /// assert_eq!(raw.event().body, "b");
     /// ```
-    pub fn into_proto(self) -> pb::Envelope {
-        self.inner
+    pub fn into_proto(mut self) -> pb::Envelope {
+        match self.decoded.take() {
+            Some(decoded) => *decoded,
+            None => self.decode(),
+        }
     }
 
     /// Which kind of envelope this is, or `None` for a raw envelope without a
@@ -255,23 +395,31 @@ impl Envelope {
     /// assert_eq!(Envelope::counter("c").build().kind(), Some(EnvelopeKind::Counter));
     /// ```
     pub fn kind(&self) -> Option<EnvelopeKind> {
-        use pb::envelope::Message;
-        Some(match self.inner.message.as_ref()? {
-            Message::Log(_) => EnvelopeKind::Log,
-            Message::Counter(_) => EnvelopeKind::Counter,
-            Message::Gauge(_) => EnvelopeKind::Gauge,
-            Message::Timer(_) => EnvelopeKind::Timer,
-            Message::Event(_) => EnvelopeKind::Event,
-        })
+        self.encoded.kind
     }
 
     /// True for a counter with `delta == 0 && total == 0` that was not made
     /// with [`CounterEnvelope::reset`]: the agent would reset its total.
     pub(crate) fn is_accidental_reset(&self) -> bool {
-        match &self.inner.message {
-            Some(pb::envelope::Message::Counter(c)) => c.delta == 0 && c.total == 0 && !self.reset,
-            _ => false,
-        }
+        self.encoded.accidental_reset
+    }
+}
+
+impl PartialEq for Envelope {
+    /// Equal when they decode to equal messages (map entries may be encoded
+    /// in any order) and agree on being a deliberate reset.
+    fn eq(&self, other: &Envelope) -> bool {
+        self.encoded.accidental_reset == other.encoded.accidental_reset
+            && self.as_proto() == other.as_proto()
+    }
+}
+
+impl std::fmt::Debug for Envelope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Envelope")
+            .field("proto", self.as_proto())
+            .field("encoded_len", &self.encoded.bytes.len())
+            .finish()
     }
 }
 
@@ -297,7 +445,10 @@ impl From<pb::Envelope> for Envelope {
 #[derive(Clone, Debug)]
 #[must_use = "an envelope builder does nothing until it is emitted"]
 pub struct EnvelopeBuilder<K> {
-    envelope: Envelope,
+    inner: pb::Envelope,
+    /// Made with [`CounterEnvelope::reset`], the only way to send a counter
+    /// with `delta == 0 && total == 0`.
+    reset: bool,
     kind: PhantomData<K>,
 }
 
@@ -307,7 +458,8 @@ impl<K> EnvelopeBuilder<K> {
         inner.timestamp = UnixNanos::now().as_i64();
         inner.message = Some(message);
         EnvelopeBuilder {
-            envelope: Envelope::from_proto(inner),
+            inner,
+            reset: false,
             kind: PhantomData,
         }
     }
@@ -329,7 +481,7 @@ impl<K> EnvelopeBuilder<K> {
     /// assert_eq!(env.as_proto().source_id, "app-guid");
     /// ```
     pub fn source_id(mut self, source_id: impl Into<String>) -> Self {
-        self.envelope.inner.source_id = source_id.into();
+        self.inner.source_id = source_id.into();
         self
     }
 
@@ -340,7 +492,7 @@ impl<K> EnvelopeBuilder<K> {
     /// assert_eq!(env.as_proto().instance_id, "7");
     /// ```
     pub fn instance_id(mut self, instance_id: impl Into<String>) -> Self {
-        self.envelope.inner.instance_id = instance_id.into();
+        self.inner.instance_id = instance_id.into();
         self
     }
 
@@ -351,7 +503,7 @@ impl<K> EnvelopeBuilder<K> {
     /// assert_eq!(env.as_proto().tags["a"], "2");
     /// ```
     pub fn tag(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
-        self.envelope.inner.tags.insert(key.into(), value.into());
+        self.inner.tags.insert(key.into(), value.into());
         self
     }
 
@@ -362,7 +514,7 @@ impl<K> EnvelopeBuilder<K> {
     /// assert_eq!(env.as_proto().timestamp, 42);
     /// ```
     pub fn timestamp(mut self, at: impl Into<UnixNanos>) -> Self {
-        self.envelope.inner.timestamp = at.into().as_i64();
+        self.inner.timestamp = at.into().as_i64();
         self
     }
 
@@ -373,13 +525,13 @@ impl<K> EnvelopeBuilder<K> {
     /// assert_eq!(env.as_proto().counter().name, "c");
     /// ```
     pub fn build(self) -> Envelope {
-        self.envelope
+        Envelope::encode(self.inner, self.reset)
     }
 }
 
 impl<K> From<EnvelopeBuilder<K>> for Envelope {
     fn from(builder: EnvelopeBuilder<K>) -> Envelope {
-        builder.envelope
+        builder.build()
     }
 }
 
@@ -409,7 +561,7 @@ impl EnvelopeBuilder<kind::Log> {
     }
 
     fn log_type(mut self, log_type: pb::log::Type) -> Self {
-        if let Some(pb::envelope::Message::Log(log)) = &mut self.envelope.inner.message {
+        if let Some(pb::envelope::Message::Log(log)) = &mut self.inner.message {
             log.type_ = log_type.into();
         }
         self
@@ -461,12 +613,12 @@ impl EnvelopeBuilder<kind::Counter> {
             counter.total = 0;
             counter.delta = 0;
         });
-        self.envelope.reset = true;
+        self.reset = true;
         self
     }
 
     fn with_counter(&mut self, change: impl FnOnce(&mut pb::Counter)) {
-        if let Some(pb::envelope::Message::Counter(counter)) = &mut self.envelope.inner.message {
+        if let Some(pb::envelope::Message::Counter(counter)) = &mut self.inner.message {
             change(counter);
         }
     }
@@ -484,7 +636,7 @@ impl EnvelopeBuilder<kind::Gauge> {
     /// assert_eq!(env.as_proto().gauge().metrics["memory"].unit, "bytes");
     /// ```
     pub fn metric(mut self, name: impl Into<String>, value: f64, unit: impl Into<String>) -> Self {
-        if let Some(pb::envelope::Message::Gauge(gauge)) = &mut self.envelope.inner.message {
+        if let Some(pb::envelope::Message::Gauge(gauge)) = &mut self.inner.message {
             let mut metric = pb::GaugeValue::new();
             metric.value = value;
             metric.unit = unit.into();
@@ -504,7 +656,7 @@ impl EnvelopeBuilder<kind::Gauge> {
 impl std::fmt::Display for Envelope {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         use pb::envelope::Message;
-        let env = &self.inner;
+        let env = self.as_proto();
         let kind = match self.kind() {
             Some(kind) => format!("{kind:?}").to_lowercase(),
             None => "empty".to_string(),

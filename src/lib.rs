@@ -86,7 +86,7 @@ pub mod fuzzing {
         global_tags: &[(String, String)],
         source: Option<&crate::SourceInfo>,
     ) -> (Vec<u8>, Vec<u8>) {
-        crate::batch::stamped_both_ways(envelope.as_proto(), global_tags, source)
+        crate::batch::stamped_both_ways(envelope, global_tags, source)
     }
 }
 

@@ -14,18 +14,18 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, at, bounded, never, select_biased};
-use protobuf::Message;
 
 use crate::LOG_TARGET;
 use crate::batch::{Batch, BatchBuilder, Stamp, framed_len};
+use crate::envelope::Encoded;
 use crate::error::{Error, Result};
 use crate::policy::{Backoff, Delivery};
-use crate::proto::envelope as pb;
 use crate::stats::{Counters, DropReason};
 
 /// An envelope on its way to the sender thread.
 pub(crate) struct Queued {
-    pub envelope: pb::Envelope,
+    /// Encoded by the thread that built it.
+    pub envelope: Encoded,
 }
 
 /// Where emitters wait for room in a full queue (`Overflow::Block` and
@@ -455,10 +455,10 @@ impl<T: Transport> Worker<T> {
         // In flight from now until it is sent or dropped.
         self.counters.in_flight.fetch_add(1, Relaxed);
         let envelope = queued.envelope;
-        let size = envelope.compute_size() as usize;
+        let size = envelope.bytes.len();
         let added = self.stamp.added_len(&envelope);
         let framed = framed_len(size + added);
-        if framed > self.settings.batch_max_bytes {
+        if framed > self.settings.batch_max_bytes || envelope.unencodable {
             // It can never fit a batch. Dropped as emit would have dropped
             // it, so not one that flush and close report as undelivered.
             self.counters.in_flight.fetch_sub(1, Relaxed);
@@ -478,16 +478,7 @@ impl<T: Transport> Worker<T> {
             let batch = self.building.seal(self.taken - 1);
             self.outbox.push_back(batch);
         }
-        if self
-            .building
-            .push(&envelope, size, &self.stamp, added)
-            .is_err()
-        {
-            // Encoding into memory fails only on an inconsistent size; count
-            // it rather than send a corrupt batch.
-            self.give_up(1, DropReason::GaveUp);
-            return;
-        }
+        self.building.push(&envelope, &self.stamp, added);
         if self.building.len() >= self.settings.batch_max_envelopes
             || self.building.encoded_len() >= self.settings.batch_max_bytes
         {
@@ -956,8 +947,10 @@ fn failure_into_error(failure: WriteError) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::envelope as pb;
     use crossbeam_channel::{bounded, unbounded};
     use parking_lot::Mutex;
+    use protobuf::Message;
 
     /// What the fake agent saw, sent to the test as it happens.
     #[derive(Debug)]
@@ -1139,9 +1132,17 @@ mod tests {
     }
 
     fn log(n: i64) -> Queued {
-        let mut envelope = crate::Envelope::log(format!("{n}")).build().into_proto();
-        envelope.timestamp = n;
-        Queued { envelope }
+        log_tagged(n, &[])
+    }
+
+    fn log_tagged(n: i64, tags: &[(&str, &str)]) -> Queued {
+        let mut builder = crate::Envelope::log(format!("{n}")).timestamp(n);
+        for (key, value) in tags {
+            builder = builder.tag(*key, *value);
+        }
+        Queued {
+            envelope: builder.build().into_encoded(),
+        }
     }
 
     impl Harness {
@@ -1227,7 +1228,7 @@ mod tests {
 
     #[test]
     fn a_batch_closes_before_it_would_exceed_the_byte_limit() {
-        let one = framed_len(log(0).envelope.compute_size() as usize);
+        let one = framed_len(log(0).envelope.bytes.len());
         let settings = Settings {
             batch_max_envelopes: 100,
             batch_max_bytes: one * 2 + one / 2,
@@ -1523,9 +1524,7 @@ mod tests {
             settings,
             counters,
         );
-        let mut queued = log(1);
-        queued.envelope.tags.insert("k".into(), "mine".into());
-        worker.take(queued);
+        worker.take(log_tagged(1, &[("k", "mine")]));
         worker.seal();
         let batch = worker.outbox.pop_front().unwrap();
         let decoded = pb::EnvelopeBatch::parse_from_bytes(&batch.bytes).unwrap();
