@@ -345,9 +345,11 @@ fn main_run(flags: &Flags) {
             ],
         );
         println!(
-            "  {policy:<12} peak RSS {:.1} MiB (at start {:.1} MiB), emitted {}, dropped {}",
+            "  {policy:<12} peak RSS {:.1} MiB: {:.1} MiB before the client, {:.1} MiB once connected, +{:.1} MiB under overload; emitted {}, dropped {}",
             figures["peak_rss_bytes"] / MIB,
+            figures["process_rss_bytes"] / MIB,
             figures["start_rss_bytes"] / MIB,
+            (figures["peak_rss_bytes"] - figures["start_rss_bytes"]) / MIB,
             figures["emitted"],
             figures["dropped"]
         );
@@ -722,6 +724,7 @@ fn latency(flags: &Flags) -> Figures {
 }
 
 fn memory(flags: &Flags) -> Figures {
+    let process_rss = current_rss_bytes();
     let client = IngressClient::builder()
         .addr(&flags.addr)
         .tls(tls(flags))
@@ -737,6 +740,7 @@ fn memory(flags: &Flags) -> Figures {
     Figures::from([
         ("peak_rss_bytes".into(), peak),
         ("start_rss_bytes".into(), start_rss),
+        ("process_rss_bytes".into(), process_rss),
         ("emitted".into(), stats.emitted as f64),
         ("dropped".into(), stats.dropped.total() as f64),
         ("delivered".into(), stats.sent as f64),

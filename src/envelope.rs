@@ -6,6 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use protobuf::Message;
 
+use crate::batch::framed_len;
 use crate::proto::envelope as pb;
 
 /// One Loggregator v2 envelope, ready to emit.
@@ -138,14 +139,58 @@ impl<'a> Reader<'a> {
 }
 
 fn kind_of(envelope: &pb::Envelope) -> Option<EnvelopeKind> {
+    envelope.message.as_ref().map(kind_of_message)
+}
+
+fn kind_of_message(message: &pb::envelope::Message) -> EnvelopeKind {
     use pb::envelope::Message;
-    Some(match envelope.message.as_ref()? {
+    match message {
         Message::Log(_) => EnvelopeKind::Log,
         Message::Counter(_) => EnvelopeKind::Counter,
         Message::Gauge(_) => EnvelopeKind::Gauge,
         Message::Timer(_) => EnvelopeKind::Timer,
         Message::Event(_) => EnvelopeKind::Event,
-    })
+    }
+}
+
+/// Appends a field's tag: its number and wire type.
+fn put_tag(out: &mut Vec<u8>, field: u32, wire_type: u32) {
+    put_varint(out, u64::from((field << 3) | wire_type));
+}
+
+fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+/// Appends a length-delimited field (a string or bytes).
+fn put_bytes(out: &mut Vec<u8>, field: u32, bytes: &[u8]) {
+    put_tag(out, field, 2);
+    put_varint(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+}
+
+/// Appends the envelope's message (the `message` oneof) as its field.
+fn put_message(out: &mut Vec<u8>, message: &pb::envelope::Message) -> protobuf::Result<()> {
+    use pb::envelope::Message as M;
+    let (field, nested): (u32, &dyn protobuf::MessageDyn) = match message {
+        M::Log(m) => (4, m),
+        M::Counter(m) => (5, m),
+        M::Gauge(m) => (6, m),
+        M::Timer(m) => (7, m),
+        M::Event(m) => (10, m),
+    };
+    let size = nested.compute_size_dyn();
+    let size = u32::try_from(size)
+        .map_err(|_| protobuf::Error::from(std::io::Error::other("message too large")))?;
+    put_tag(out, field, 2);
+    put_varint(out, u64::from(size));
+    let mut stream = protobuf::CodedOutputStream::vec(out);
+    nested.write_to_with_cached_sizes_dyn(&mut stream)?;
+    stream.flush()
 }
 
 /// Marker types naming the kind an [`EnvelopeBuilder`] builds.
@@ -445,7 +490,15 @@ impl From<pb::Envelope> for Envelope {
 #[derive(Clone, Debug)]
 #[must_use = "an envelope builder does nothing until it is emitted"]
 pub struct EnvelopeBuilder<K> {
-    inner: pb::Envelope,
+    /// Source ids and tags, encoded as they are set (the last of a repeated
+    /// field or map key wins when decoded, as the setters promise); the
+    /// timestamp and message are added by `build`.
+    fields: Vec<u8>,
+    timestamp: i64,
+    message: pb::envelope::Message,
+    has_source_id: bool,
+    has_instance_id: bool,
+    has_tags: bool,
     /// Made with [`CounterEnvelope::reset`], the only way to send a counter
     /// with `delta == 0 && total == 0`.
     reset: bool,
@@ -454,11 +507,19 @@ pub struct EnvelopeBuilder<K> {
 
 impl<K> EnvelopeBuilder<K> {
     fn new(message: pb::envelope::Message) -> EnvelopeBuilder<K> {
-        let mut inner = pb::Envelope::new();
-        inner.timestamp = UnixNanos::now().as_i64();
-        inner.message = Some(message);
+        // Room for the usual ids and tags and the message, so that the
+        // envelope is built in one allocation.
+        let payload = match &message {
+            pb::envelope::Message::Log(log) => log.payload.len(),
+            _ => 0,
+        };
         EnvelopeBuilder {
-            inner,
+            fields: Vec::with_capacity(192 + payload),
+            timestamp: UnixNanos::now().as_i64(),
+            message,
+            has_source_id: false,
+            has_instance_id: false,
+            has_tags: false,
             reset: false,
             kind: PhantomData,
         }
@@ -470,7 +531,7 @@ impl<K> EnvelopeBuilder<K> {
     /// let env = loggregator::Envelope::log("x").source("app-guid", "2").build();
     /// assert_eq!(env.as_proto().source_id, "app-guid");
     /// ```
-    pub fn source(self, source_id: impl Into<String>, instance_id: impl Into<String>) -> Self {
+    pub fn source(self, source_id: impl AsRef<str>, instance_id: impl AsRef<str>) -> Self {
         self.source_id(source_id).instance_id(instance_id)
     }
 
@@ -480,8 +541,10 @@ impl<K> EnvelopeBuilder<K> {
     /// let env = loggregator::Envelope::log("x").source_id("app-guid").build();
     /// assert_eq!(env.as_proto().source_id, "app-guid");
     /// ```
-    pub fn source_id(mut self, source_id: impl Into<String>) -> Self {
-        self.inner.source_id = source_id.into();
+    pub fn source_id(mut self, source_id: impl AsRef<str>) -> Self {
+        let source_id = source_id.as_ref();
+        put_bytes(&mut self.fields, 2, source_id.as_bytes());
+        self.has_source_id = !source_id.is_empty();
         self
     }
 
@@ -491,8 +554,10 @@ impl<K> EnvelopeBuilder<K> {
     /// let env = loggregator::Envelope::log("x").instance_id("7").build();
     /// assert_eq!(env.as_proto().instance_id, "7");
     /// ```
-    pub fn instance_id(mut self, instance_id: impl Into<String>) -> Self {
-        self.inner.instance_id = instance_id.into();
+    pub fn instance_id(mut self, instance_id: impl AsRef<str>) -> Self {
+        let instance_id = instance_id.as_ref();
+        put_bytes(&mut self.fields, 8, instance_id.as_bytes());
+        self.has_instance_id = !instance_id.is_empty();
         self
     }
 
@@ -502,8 +567,15 @@ impl<K> EnvelopeBuilder<K> {
     /// let env = loggregator::Envelope::log("x").tag("a", "1").tag("a", "2").build();
     /// assert_eq!(env.as_proto().tags["a"], "2");
     /// ```
-    pub fn tag(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
-        self.inner.tags.insert(key.into(), value.into());
+    pub fn tag(mut self, key: impl AsRef<str>, value: impl AsRef<str>) -> Self {
+        let (key, value) = (key.as_ref().as_bytes(), value.as_ref().as_bytes());
+        // A map entry: a message of the key (1) and the value (2).
+        let entry_len = framed_len(key.len()) + framed_len(value.len());
+        put_tag(&mut self.fields, 9, 2);
+        put_varint(&mut self.fields, entry_len as u64);
+        put_bytes(&mut self.fields, 1, key);
+        put_bytes(&mut self.fields, 2, value);
+        self.has_tags = true;
         self
     }
 
@@ -514,7 +586,7 @@ impl<K> EnvelopeBuilder<K> {
     /// assert_eq!(env.as_proto().timestamp, 42);
     /// ```
     pub fn timestamp(mut self, at: impl Into<UnixNanos>) -> Self {
-        self.inner.timestamp = at.into().as_i64();
+        self.timestamp = at.into().as_i64();
         self
     }
 
@@ -525,7 +597,28 @@ impl<K> EnvelopeBuilder<K> {
     /// assert_eq!(env.as_proto().counter().name, "c");
     /// ```
     pub fn build(self) -> Envelope {
-        Envelope::encode(self.inner, self.reset)
+        let mut bytes = self.fields;
+        if self.timestamp != 0 {
+            put_tag(&mut bytes, 1, 0);
+            put_varint(&mut bytes, self.timestamp as u64);
+        }
+        let unencodable = put_message(&mut bytes, &self.message).is_err();
+        let accidental_reset = match &self.message {
+            pb::envelope::Message::Counter(c) => c.delta == 0 && c.total == 0 && !self.reset,
+            _ => false,
+        };
+        Envelope {
+            encoded: Encoded {
+                bytes,
+                kind: Some(kind_of_message(&self.message)),
+                accidental_reset,
+                has_source_id: self.has_source_id,
+                has_instance_id: self.has_instance_id,
+                has_tags: self.has_tags,
+                unencodable,
+            },
+            decoded: OnceLock::new(),
+        }
     }
 }
 
@@ -561,7 +654,7 @@ impl EnvelopeBuilder<kind::Log> {
     }
 
     fn log_type(mut self, log_type: pb::log::Type) -> Self {
-        if let Some(pb::envelope::Message::Log(log)) = &mut self.inner.message {
+        if let pb::envelope::Message::Log(log) = &mut self.message {
             log.type_ = log_type.into();
         }
         self
@@ -618,7 +711,7 @@ impl EnvelopeBuilder<kind::Counter> {
     }
 
     fn with_counter(&mut self, change: impl FnOnce(&mut pb::Counter)) {
-        if let Some(pb::envelope::Message::Counter(counter)) = &mut self.inner.message {
+        if let pb::envelope::Message::Counter(counter) = &mut self.message {
             change(counter);
         }
     }
@@ -636,7 +729,7 @@ impl EnvelopeBuilder<kind::Gauge> {
     /// assert_eq!(env.as_proto().gauge().metrics["memory"].unit, "bytes");
     /// ```
     pub fn metric(mut self, name: impl Into<String>, value: f64, unit: impl Into<String>) -> Self {
-        if let Some(pb::envelope::Message::Gauge(gauge)) = &mut self.inner.message {
+        if let pb::envelope::Message::Gauge(gauge) = &mut self.message {
             let mut metric = pb::GaugeValue::new();
             metric.value = value;
             metric.unit = unit.into();
