@@ -29,9 +29,10 @@ pub(crate) struct Queued {
 }
 
 /// Where emitters wait for room in a full queue (`Overflow::Block` and
-/// `BlockFor`). The sender thread wakes them once per pass over the queue,
-/// not once per envelope it takes, which would cost a wake-up (a system
-/// call) per envelope just when the client is busiest.
+/// `BlockFor`). The sender thread wakes them once the queue is down to half
+/// full, not once per envelope it takes, which would cost a wake-up (a
+/// system call) per envelope, and per emitting thread, just when the client
+/// is busiest.
 #[derive(Default)]
 pub(crate) struct Room {
     /// Emitters waiting, or about to; read by the sender thread without the lock.
@@ -297,8 +298,9 @@ impl<T: Transport> Worker<T> {
     /// Runs until a close request is done (or every handle is gone).
     pub(crate) fn run(mut self) {
         loop {
-            // Whatever the last pass took from the queue made room.
-            self.room.wake_all();
+            if self.data.len() <= self.data.capacity().unwrap_or(0) / 2 {
+                self.room.wake_all();
+            }
             let now = Instant::now();
             self.on_time(now);
             self.write_outbox(now);
