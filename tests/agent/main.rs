@@ -10,4 +10,5 @@ mod metrics;
 mod pipe;
 mod properties;
 mod round_trip;
+mod spy;
 mod unary;

@@ -1,0 +1,83 @@
+//! The spy agent's counting mode, in process and as the loggregator-spy-agent program.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use loggregator::spy::{SpyAgent, TestCerts};
+use loggregator::{Envelope, IngressClient, TlsConfig};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+#[test]
+fn a_counting_spy_counts_every_envelope_and_message_and_keeps_none() {
+    let certs = TestCerts::generate().unwrap();
+    let agent = SpyAgent::builder().count_only().start(&certs).unwrap();
+    // A read rate far above what the test sends: exercised, never waited on.
+    agent.set_read_rate(Some(10_000_000));
+    let client = IngressClient::builder()
+        .addr(agent.addr())
+        .tls(certs.client_tls().unwrap())
+        .batch_max_envelopes(100)
+        .build()
+        .unwrap();
+    for n in 0..1_000 {
+        client.emit(Envelope::log(format!("line {n}")).tag("k", "v"));
+    }
+    client.close(WAIT).unwrap();
+    let counts = agent.wait_for_count(1_000, WAIT);
+    assert_eq!(counts.envelopes, 1_000);
+    let stats = client.stats();
+    assert_eq!(counts.messages, stats.batches, "{counts:?} {stats:?}");
+    assert!(counts.messages >= 10, "{counts:?}");
+    assert!(counts.bytes > 1_000 * 10, "{counts:?}");
+    assert!(agent.envelopes().is_empty());
+    assert!(agent.batches().is_empty());
+}
+
+#[test]
+fn the_spy_agent_program_prints_where_it_listens_and_answers_counts() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_loggregator-spy-agent"))
+        .arg("--count-only")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = |stdout: &mut BufReader<_>| {
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        line.trim().to_string()
+    };
+    let addr = line(&mut stdout).strip_prefix("addr ").unwrap().to_string();
+    let certs = std::path::PathBuf::from(line(&mut stdout).strip_prefix("certs ").unwrap());
+    let tls = TlsConfig::from_files(
+        certs.join("ca.crt"),
+        certs.join("client.crt"),
+        certs.join("client.key"),
+    )
+    .unwrap();
+    let client = IngressClient::builder()
+        .addr(&addr)
+        .tls(tls)
+        .build()
+        .unwrap();
+    for _ in 0..25 {
+        client.emit(Envelope::counter("requests"));
+    }
+    client.close(WAIT).unwrap();
+    writeln!(stdin, "wait 25 10").unwrap();
+    let counts = line(&mut stdout);
+    assert!(
+        counts.starts_with("counts envelopes=25 messages="),
+        "{counts}"
+    );
+    writeln!(stdin, "rate 1000").unwrap();
+    assert_eq!(line(&mut stdout), "ok");
+    writeln!(stdin, "bogus").unwrap();
+    assert!(line(&mut stdout).starts_with("error: unknown command"));
+    // The program ends when its input does.
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+}
