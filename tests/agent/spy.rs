@@ -45,7 +45,7 @@ fn the_spy_agent_program_prints_where_it_listens_and_answers_counts() {
         .unwrap();
     let mut stdin = child.stdin.take().unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = |stdout: &mut BufReader<_>| {
+    let line = |stdout: &mut BufReader<_>| {
         let mut line = String::new();
         stdout.read_line(&mut line).unwrap();
         line.trim().to_string()
