@@ -29,9 +29,9 @@ pub const DEFAULT_ADDR: &str = "localhost:3458";
 pub const DEFAULT_QUEUE_CAPACITY: usize = 10_000;
 /// Envelopes per `EnvelopeBatch`. The agent pays per gRPC message as much
 /// as per envelope, and so does gRPC here: in `cargo bench --bench
-/// throughput` batches of 1,000 carry logs for a quarter of the CPU per
-/// envelope of batches of 100. Latency is bounded by the flush interval,
-/// not by this cap.
+/// throughput` gRPC spends about a fifth of the CPU per envelope in batches
+/// of 1,000 that it spends in batches of 100. Latency is bounded by the
+/// flush interval, not by this cap.
 pub const DEFAULT_BATCH_MAX_ENVELOPES: usize = 1000;
 /// Encoded bytes per `EnvelopeBatch`; also the largest envelope accepted.
 pub const DEFAULT_BATCH_MAX_BYTES: usize = 1024 * 1024;
