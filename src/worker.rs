@@ -236,6 +236,10 @@ pub(crate) struct Worker<T: Transport> {
     /// What every envelope gets from the client: tags, default source.
     stamp: Stamp,
     building: BatchBuilder,
+    /// When the envelopes left in the queue by a batch sealed on time were
+    /// already due: the batch they open is due from then, not from when it
+    /// opens.
+    overdue: Option<Instant>,
     /// Sealed batches waiting to be written, oldest first.
     outbox: VecDeque<Batch>,
     /// Envelopes taken from the queue so far; batches are numbered by it.
@@ -283,6 +287,7 @@ impl<T: Transport> Worker<T> {
             settings,
             counters,
             building: BatchBuilder::default(),
+            overdue: None,
             outbox: VecDeque::new(),
             taken: 0,
             replay_bytes: 0,
@@ -315,12 +320,7 @@ impl<T: Transport> Worker<T> {
                 continue;
             }
 
-            // While a write is in flight the next batch is built, unless the
-            // agent is failing: then the client holds no more than before.
-            let accepting = self.closing.is_none()
-                && self.outbox.is_empty()
-                && self.can_write()
-                && (self.healthy || !self.writing());
+            let accepting = self.accepting();
             // With a batch open, the loop does not wake for each envelope
             // (that would cost the emitting thread a wake-up each): it
             // drains the queue when emitters say a batch's worth is waiting,
@@ -355,6 +355,16 @@ impl<T: Transport> Worker<T> {
                 recv(timer) -> _ => {},
             }
         }
+    }
+
+    /// Whether the loop takes envelopes from the queue now. While a write is
+    /// in flight the next batch is built, unless the agent is failing: then
+    /// the client holds no more than before.
+    fn accepting(&self) -> bool {
+        self.closing.is_none()
+            && self.outbox.is_empty()
+            && self.can_write()
+            && (self.healthy || !self.writing())
     }
 
     /// Takes what is waiting in the queue, up to a sealed batch.
@@ -415,11 +425,27 @@ impl<T: Transport> Worker<T> {
         self.closing = Some((deadline, reply));
     }
 
-    /// Time-driven steps: a partial batch whose interval passed is sealed, a
-    /// backoff that ran out ends.
+    /// Time-driven steps: a partial batch whose interval passed is sealed
+    /// with what queued behind it, a backoff that ran out ends.
     fn on_time(&mut self, now: Instant) {
         if let Some(started) = self.building.started {
             if now >= started + self.settings.flush_interval.min(LONGEST_WAIT) {
+                // With a batch open the loop does not listen to the queue, so
+                // what waits there has waited since before the batch was due:
+                // it goes with this batch, up to the batch's caps.
+                if self.accepting() {
+                    for _ in 0..self.data.len() {
+                        if !self.outbox.is_empty() {
+                            // Full: the rest opens a batch that is due already.
+                            self.overdue = Some(started);
+                            break;
+                        }
+                        match self.data.try_recv() {
+                            Ok(queued) => self.take(queued),
+                            Err(_) => break,
+                        }
+                    }
+                }
                 self.seal();
             }
         }
@@ -481,6 +507,10 @@ impl<T: Transport> Worker<T> {
             self.outbox.push_back(batch);
         }
         self.building.push(&envelope, &self.stamp, added);
+        if let Some(due) = self.overdue.take() {
+            // Its first envelope has just gone in.
+            self.building.started = Some(due);
+        }
         if self.building.len() >= self.settings.batch_max_envelopes
             || self.building.encoded_len() >= self.settings.batch_max_bytes
         {
@@ -1155,6 +1185,21 @@ mod tests {
             let _ = self.nudge.try_send(());
         }
 
+        /// As the client emits below a batch's worth: no nudge.
+        fn emit_quietly(&self, n: i64) {
+            let _ = self.counters.emitted.add(1);
+            self.data.send(log(n)).unwrap();
+        }
+
+        /// Waits until the loop has taken this many envelopes in all.
+        fn wait_taken(&self, in_flight: u64) {
+            let give_up = Instant::now() + WAIT;
+            while self.counters.in_flight.load(Relaxed) < in_flight {
+                assert!(Instant::now() < give_up, "the loop never took them");
+                std::thread::yield_now();
+            }
+        }
+
         fn flush(&self) -> Result<()> {
             let (reply, result) = bounded(1);
             self.control.send(Control::Flush(reply)).unwrap();
@@ -1243,6 +1288,65 @@ mod tests {
         harness.flush().unwrap();
         let (seen, _) = harness.close();
         assert_eq!(batches(&seen), vec![vec![0, 1], vec![2, 3], vec![4]]);
+    }
+
+    #[test]
+    fn envelopes_queued_behind_an_open_batch_go_with_it_when_its_time_is_up() {
+        let settings = Settings {
+            batch_max_envelopes: 100,
+            flush_interval: Duration::from_secs(1),
+            ..settings()
+        };
+        let harness = start(settings, Script::default());
+        harness.emit_quietly(1);
+        // The first opens a batch; the loop no longer listens to the queue.
+        harness.wait_taken(1);
+        harness.emit_quietly(2);
+        harness.emit_quietly(3);
+        // Sealed on time with the first, not left for the next interval.
+        assert_eq!(harness.next_batch(), vec![1, 2, 3]);
+        harness.close();
+    }
+
+    #[test]
+    fn what_a_full_batch_on_time_leaves_queued_is_due_at_once() {
+        // The loop's steps, driven by hand with a clock of the test's own.
+        let (data, data_rx) = bounded(10);
+        let (seen, _seen_rx) = unbounded();
+        let (_control, control_rx) = unbounded();
+        let settings = Settings {
+            batch_max_envelopes: 2,
+            ..settings()
+        };
+        let transport = FakeTransport {
+            seen,
+            script: Script::default(),
+        };
+        let mut worker = Worker::new(
+            transport,
+            data_rx,
+            never(),
+            Arc::default(),
+            control_rx,
+            settings,
+            Arc::default(),
+        );
+        worker.take(log(1));
+        let due = worker.building.started.unwrap() + HOUR;
+        for n in 2..=3 {
+            data.send(log(n)).unwrap();
+        }
+        worker.on_time(due);
+        assert_eq!(worker.outbox.len(), 1, "the full batch, sealed on time");
+        assert!(worker.building.is_empty());
+        // The one left behind opens a batch already due at the same time.
+        let left = worker.data.try_recv().unwrap();
+        worker.take(left);
+        assert_eq!(worker.next_deadline(), Some(due));
+        worker.outbox.clear();
+        worker.on_time(due);
+        assert_eq!(worker.outbox.len(), 1);
+        assert_eq!(worker.outbox[0].len(), 1);
     }
 
     #[test]
