@@ -624,22 +624,25 @@ impl Inner {
                 _ => false,
             };
             room.waiting.fetch_sub(1, Ordering::SeqCst);
-            queued = match outcome {
-                Ok(()) => {
-                    drop(locked);
-                    return self.queued();
+            // The lock is let go before anything that may log: a logger
+            // that emits into this client must not wait on it.
+            let reason = match outcome {
+                Ok(()) => None,
+                Err(TrySendError::Disconnected(_)) => Some(DropReason::Closed),
+                Err(TrySendError::Full(_)) if self.closed.load(Ordering::SeqCst) => {
+                    Some(DropReason::Closed)
                 }
-                Err(TrySendError::Disconnected(_)) => {
-                    return self.drop_envelopes(DropReason::Closed, 1);
+                Err(TrySendError::Full(_)) if timed_out => Some(DropReason::QueueFull),
+                Err(TrySendError::Full(again)) => {
+                    queued = again;
+                    continue;
                 }
-                Err(TrySendError::Full(queued)) => queued,
             };
-            if self.closed.load(Ordering::SeqCst) {
-                return self.drop_envelopes(DropReason::Closed, 1);
-            }
-            if timed_out {
-                return self.drop_envelopes(DropReason::QueueFull, 1);
-            }
+            drop(locked);
+            return match reason {
+                None => self.queued(),
+                Some(reason) => self.drop_envelopes(reason, 1),
+            };
         }
     }
 
