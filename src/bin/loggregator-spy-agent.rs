@@ -82,27 +82,37 @@ fn run(flags: &Flags) -> Result<(), Box<dyn std::error::Error>> {
     for line in std::io::stdin().lock().lines() {
         let line = line?;
         let words: Vec<&str> = line.split_whitespace().collect();
-        match words.as_slice() {
-            [] => continue,
-            ["counts"] => print_counts(&mut out, agent.counts())?,
-            ["wait", envelopes, seconds] => {
-                let timeout = Duration::from_secs_f64(seconds.parse()?);
-                print_counts(&mut out, agent.wait_for_count(envelopes.parse()?, timeout))?;
-            }
-            ["rate", per_second] => {
-                agent.set_read_rate(Some(per_second.parse()?));
-                writeln!(out, "ok")?;
-            }
-            _ => writeln!(out, "error: unknown command {line:?}")?,
+        if words.is_empty() {
+            continue;
+        }
+        // A command it cannot read is answered, not fatal.
+        match answer(&agent, &words) {
+            Ok(reply) => writeln!(out, "{reply}")?,
+            Err(error) => writeln!(out, "error: {error} in {line:?}")?,
         }
         out.flush()?;
     }
     Ok(())
 }
 
-fn print_counts(out: &mut impl Write, counts: SpyCounts) -> std::io::Result<()> {
-    writeln!(
-        out,
+/// The reply to one command line.
+fn answer(agent: &SpyAgent, words: &[&str]) -> Result<String, Box<dyn std::error::Error>> {
+    Ok(match words {
+        ["counts"] => counts_line(agent.counts()),
+        ["wait", envelopes, seconds] => {
+            let timeout = Duration::try_from_secs_f64(seconds.parse()?)?;
+            counts_line(agent.wait_for_count(envelopes.parse()?, timeout))
+        }
+        ["rate", per_second] => {
+            agent.set_read_rate(Some(per_second.parse()?));
+            "ok".to_string()
+        }
+        _ => return Err("unknown command".into()),
+    })
+}
+
+fn counts_line(counts: SpyCounts) -> String {
+    format!(
         "counts envelopes={} messages={} bytes={}",
         counts.envelopes, counts.messages, counts.bytes
     )

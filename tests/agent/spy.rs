@@ -77,6 +77,11 @@ fn the_spy_agent_program_prints_where_it_listens_and_answers_counts() {
     assert_eq!(line(&mut stdout), "ok");
     writeln!(stdin, "bogus").unwrap();
     assert!(line(&mut stdout).starts_with("error: unknown command"));
+    // A command it cannot read is answered, and the program goes on.
+    writeln!(stdin, "wait 25 -1").unwrap();
+    assert!(line(&mut stdout).starts_with("error: "));
+    writeln!(stdin, "counts").unwrap();
+    assert!(line(&mut stdout).starts_with("counts envelopes=25 "));
     // The program ends when its input does.
     drop(stdin);
     assert!(child.wait().unwrap().success());
