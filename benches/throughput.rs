@@ -353,6 +353,15 @@ fn main_run(flags: &Flags) {
             figures["emitted"],
             figures["dropped"]
         );
+        println!(
+            "  {:<12} of which mapped files (program, libraries) {:.1} MiB; anonymous memory at its peak {:.1} MiB: {:.1} before the client, {:.1} once connected, +{:.1} under overload",
+            "",
+            figures["peak_file_bytes"] / MIB,
+            figures["peak_anon_bytes"] / MIB,
+            figures["process_anon_bytes"] / MIB,
+            figures["start_anon_bytes"] / MIB,
+            (figures["peak_anon_bytes"] - figures["start_anon_bytes"]) / MIB,
+        );
     }
     agent.set_rate(0);
     println!();
@@ -486,13 +495,49 @@ fn peak_rss_bytes() -> f64 {
 }
 
 fn current_rss_bytes() -> f64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").expect("/proc/self/statm");
-    let pages: f64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .expect("resident pages");
-    pages * 4096.0
+    let resident = Resident::now();
+    resident.anon + resident.file
+}
+
+/// Resident memory in two parts: pages the process allocated (heap, stacks)
+/// and pages of mapped files (the program and its libraries, shared with
+/// every process that maps them).
+#[derive(Clone, Copy, Default)]
+struct Resident {
+    anon: f64,
+    file: f64,
+}
+
+impl Resident {
+    fn now() -> Resident {
+        let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+        let kib = |field: &str| -> f64 {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(field))
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("{field} in /proc/self/status"))
+        };
+        Resident {
+            anon: kib("RssAnon:") * 1024.0,
+            file: (kib("RssFile:") + kib("RssShmem:")) * 1024.0,
+        }
+    }
+
+    /// The largest of each part, sampled every 5 ms until `stop` is set.
+    fn peak_until(stop: Arc<AtomicBool>) -> thread::JoinHandle<Resident> {
+        thread::spawn(move || {
+            let mut peak = Resident::default();
+            while !stop.load(Ordering::Relaxed) {
+                let now = Resident::now();
+                peak.anon = peak.anon.max(now.anon);
+                peak.file = peak.file.max(now.file);
+                thread::sleep(Duration::from_millis(5));
+            }
+            peak
+        })
+    }
 }
 
 /// Connects before measuring, so the TLS handshake is not in the figures.
@@ -724,7 +769,8 @@ fn latency(flags: &Flags) -> Figures {
 }
 
 fn memory(flags: &Flags) -> Figures {
-    let process_rss = current_rss_bytes();
+    let process = Resident::now();
+    let process_rss = process.anon + process.file;
     let client = IngressClient::builder()
         .addr(&flags.addr)
         .tls(tls(flags))
@@ -732,8 +778,13 @@ fn memory(flags: &Flags) -> Figures {
         .build()
         .expect("a client");
     warm_up(&client);
-    let start_rss = current_rss_bytes();
+    let start = Resident::now();
+    let start_rss = start.anon + start.file;
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = Resident::peak_until(stop.clone());
     emit_for(&client, flags, |_| log_envelope());
+    stop.store(true, Ordering::Relaxed);
+    let sampled = sampler.join().expect("sampler");
     let peak = peak_rss_bytes();
     let _ = client.close(Duration::from_secs(60));
     let stats = client.stats();
@@ -741,6 +792,10 @@ fn memory(flags: &Flags) -> Figures {
         ("peak_rss_bytes".into(), peak),
         ("start_rss_bytes".into(), start_rss),
         ("process_rss_bytes".into(), process_rss),
+        ("peak_anon_bytes".into(), sampled.anon),
+        ("peak_file_bytes".into(), sampled.file),
+        ("start_anon_bytes".into(), start.anon),
+        ("process_anon_bytes".into(), process.anon),
         ("emitted".into(), stats.emitted as f64),
         ("dropped".into(), stats.dropped.total() as f64),
         ("delivered".into(), stats.sent as f64),
