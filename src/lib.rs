@@ -19,7 +19,7 @@
 //! # Ok::<(), loggregator::Error>(())
 //! ```
 //!
-//! With the `testing` feature, [`spy`] provides a real mTLS agent and
+//! With the `testing` feature, the `spy` module provides a real mTLS agent and
 //! throwaway certificates for integration tests.
 
 #![forbid(unsafe_code)]
