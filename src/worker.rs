@@ -1191,7 +1191,8 @@ mod tests {
             self.data.send(log(n)).unwrap();
         }
 
-        /// Waits until the loop has taken this many envelopes in all.
+        /// Waits until the loop holds this many envelopes taken from the
+        /// queue and not yet written.
         fn wait_taken(&self, in_flight: u64) {
             let give_up = Instant::now() + WAIT;
             while self.counters.in_flight.load(Relaxed) < in_flight {
