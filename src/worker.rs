@@ -347,10 +347,12 @@ impl<T: Transport> Worker<T> {
                 recv(data) -> queued => {
                     if let Ok(queued) = queued {
                         self.take(queued);
-                        self.take_waiting();
+                        self.take_waiting(usize::MAX);
                     }
                 },
-                recv(nudges) -> _ => self.take_waiting(),
+                recv(nudges) -> _ => {
+                    self.take_waiting(usize::MAX);
+                }
                 recv(self.wakeups) -> _ => {},
                 recv(timer) -> _ => {},
             }
@@ -367,14 +369,18 @@ impl<T: Transport> Worker<T> {
             && (self.healthy || !self.writing())
     }
 
-    /// Takes what is waiting in the queue, up to a sealed batch.
-    fn take_waiting(&mut self) {
-        while self.outbox.is_empty() {
+    /// Takes at most `most` of what is waiting in the queue, up to a sealed
+    /// batch; how many it took.
+    fn take_waiting(&mut self, most: usize) -> usize {
+        let mut took = 0;
+        while took < most && self.outbox.is_empty() {
             match self.data.try_recv() {
                 Ok(queued) => self.take(queued),
                 Err(_) => break,
             }
+            took += 1;
         }
+        took
     }
 
     fn handle(&mut self, request: Control) {
@@ -434,16 +440,10 @@ impl<T: Transport> Worker<T> {
                 // what waits there has waited since before the batch was due:
                 // it goes with this batch, up to the batch's caps.
                 if self.accepting() {
-                    for _ in 0..self.data.len() {
-                        if !self.outbox.is_empty() {
-                            // Full: the rest opens a batch that is due already.
-                            self.overdue = Some(started);
-                            break;
-                        }
-                        match self.data.try_recv() {
-                            Ok(queued) => self.take(queued),
-                            Err(_) => break,
-                        }
+                    let waiting = self.data.len();
+                    if self.take_waiting(waiting) < waiting {
+                        // Full: the rest opens a batch that is due already.
+                        self.overdue = Some(started);
                     }
                 }
                 self.seal();
