@@ -495,8 +495,7 @@ fn peak_rss_bytes() -> f64 {
 }
 
 fn current_rss_bytes() -> f64 {
-    let resident = Resident::now();
-    resident.anon + resident.file
+    Resident::now().total()
 }
 
 /// Resident memory in two parts: pages the process allocated (heap, stacks)
@@ -509,6 +508,10 @@ struct Resident {
 }
 
 impl Resident {
+    fn total(&self) -> f64 {
+        self.anon + self.file
+    }
+
     fn now() -> Resident {
         let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
         let kib = |field: &str| -> f64 {
@@ -770,7 +773,6 @@ fn latency(flags: &Flags) -> Figures {
 
 fn memory(flags: &Flags) -> Figures {
     let process = Resident::now();
-    let process_rss = process.anon + process.file;
     let client = IngressClient::builder()
         .addr(&flags.addr)
         .tls(tls(flags))
@@ -779,7 +781,6 @@ fn memory(flags: &Flags) -> Figures {
         .expect("a client");
     warm_up(&client);
     let start = Resident::now();
-    let start_rss = start.anon + start.file;
     let stop = Arc::new(AtomicBool::new(false));
     let sampler = Resident::peak_until(stop.clone());
     emit_for(&client, flags, |_| log_envelope());
@@ -790,8 +791,8 @@ fn memory(flags: &Flags) -> Figures {
     let stats = client.stats();
     Figures::from([
         ("peak_rss_bytes".into(), peak),
-        ("start_rss_bytes".into(), start_rss),
-        ("process_rss_bytes".into(), process_rss),
+        ("start_rss_bytes".into(), start.total()),
+        ("process_rss_bytes".into(), process.total()),
         ("peak_anon_bytes".into(), sampled.anon),
         ("peak_file_bytes".into(), sampled.file),
         ("start_anon_bytes".into(), start.anon),
