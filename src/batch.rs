@@ -10,16 +10,7 @@ use protobuf::rt::WireType;
 use crate::envelope::Encoded;
 use crate::proto::envelope as pb;
 use crate::source::SourceInfo;
-
-/// The encoded size of `len` as a protobuf varint.
-pub(crate) fn varint_len(len: u64) -> usize {
-    (64 - (len | 1).leading_zeros() as usize).div_ceil(7)
-}
-
-/// The bytes an envelope of encoded size `size` takes inside an `EnvelopeBatch`.
-pub(crate) fn framed_len(size: usize) -> usize {
-    1 + varint_len(size as u64) + size
-}
+use crate::wire::{framed_len, put_varint};
 
 /// Adds the client-wide tags an envelope lacks; its own tags win. The
 /// reference for [`Stamp`], and what unary sends use.
@@ -127,12 +118,20 @@ pub(crate) struct Batch {
     /// Written on a stream of its own, so that if the agent refuses it as
     /// too large the refusal points at it alone.
     pub isolate: bool,
+    /// Written before, at least once: its bytes count in the replay buffer
+    /// (until it is confirmed or given up), no longer in the queue's budget.
+    pub replay: bool,
 }
 
 impl Batch {
     /// How many envelopes it holds.
     pub(crate) fn len(&self) -> u64 {
         self.ends.len() as u64
+    }
+
+    /// How many envelopes were taken from the queue before its first.
+    pub(crate) fn first_seq(&self) -> u64 {
+        self.last_seq - self.len()
     }
 
     /// Splits a batch of two or more envelopes into two halves; a batch of
@@ -143,18 +142,20 @@ impl Batch {
         }
         let half = self.ends.len() / 2;
         let cut = self.ends[half - 1];
-        let first_seq = self.last_seq - self.len();
+        let first_seq = self.first_seq();
         let first = Batch {
             bytes: self.bytes[..cut].to_vec(),
             ends: self.ends[..half].to_vec(),
             last_seq: first_seq + half as u64,
             isolate: self.isolate,
+            replay: self.replay,
         };
         let second = Batch {
             bytes: self.bytes[cut..].to_vec(),
             ends: self.ends[half..].iter().map(|end| end - cut).collect(),
             last_seq: self.last_seq,
             isolate: self.isolate,
+            replay: self.replay,
         };
         Ok((first, second))
     }
@@ -201,6 +202,7 @@ impl BatchBuilder {
             ends: std::mem::replace(&mut self.ends, ends),
             last_seq,
             isolate: false,
+            replay: false,
         }
     }
 }
@@ -211,12 +213,7 @@ fn encode_framed(envelope: &Encoded, stamp: &Stamp, added: usize, out: &mut Vec<
     let len = envelope.bytes.len() + added;
     out.reserve(framed_len(len));
     out.push((1 << 3) | WireType::LengthDelimited as u8);
-    let mut left = len as u64;
-    while left >= 0x80 {
-        out.push((left as u8) | 0x80);
-        left >>= 7;
-    }
-    out.push(left as u8);
+    put_varint(out, len as u64);
     out.extend_from_slice(&envelope.bytes);
     if added > 0 {
         for field in stamp.fields(envelope) {
@@ -287,15 +284,5 @@ mod tests {
         assert_eq!(timestamps(&second), vec![2, 3, 4]);
         assert_eq!((first.last_seq, second.last_seq), (97, 100));
         assert!(batch_of(1).split().is_err());
-    }
-
-    #[test]
-    fn varint_lengths() {
-        assert_eq!(varint_len(0), 1);
-        assert_eq!(varint_len(127), 1);
-        assert_eq!(varint_len(128), 2);
-        assert_eq!(varint_len(16_383), 2);
-        assert_eq!(varint_len(16_384), 3);
-        assert_eq!(varint_len(u64::MAX), 10);
     }
 }

@@ -6,8 +6,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use protobuf::Message;
 
-use crate::batch::framed_len;
 use crate::proto::envelope as pb;
+use crate::wire::{Reader, framed_len, put_bytes, put_tag, put_varint};
 
 /// One Loggregator v2 envelope, ready to emit.
 ///
@@ -92,52 +92,6 @@ impl Encoded {
     }
 }
 
-/// Walks the fields of an encoded message: each tag with its
-/// length-delimited contents (empty for other wire types).
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn varint(&mut self) -> Option<u64> {
-        let mut value = 0u64;
-        for shift in (0..64).step_by(7) {
-            let (&byte, rest) = self.0.split_first()?;
-            self.0 = rest;
-            value |= u64::from(byte & 0x7f) << shift;
-            if byte < 0x80 {
-                return Some(value);
-            }
-        }
-        None
-    }
-
-    fn field(&mut self) -> Option<(u64, &'a [u8])> {
-        let tag = self.varint()?;
-        let contents = match tag & 7 {
-            0 => {
-                self.varint()?;
-                &[][..]
-            }
-            1 => self.take(8)?,
-            2 => {
-                let len = usize::try_from(self.varint()?).ok()?;
-                self.take(len)?
-            }
-            5 => self.take(4)?,
-            _ => return None,
-        };
-        Some((tag, contents))
-    }
-
-    fn take(&mut self, len: usize) -> Option<&'a [u8]> {
-        if len > self.0.len() {
-            return None;
-        }
-        let (taken, rest) = self.0.split_at(len);
-        self.0 = rest;
-        Some(taken)
-    }
-}
-
 fn kind_of(envelope: &pb::Envelope) -> Option<EnvelopeKind> {
     envelope.message.as_ref().map(kind_of_message)
 }
@@ -151,26 +105,6 @@ fn kind_of_message(message: &pb::envelope::Message) -> EnvelopeKind {
         Message::Timer(_) => EnvelopeKind::Timer,
         Message::Event(_) => EnvelopeKind::Event,
     }
-}
-
-/// Appends a field's tag: its number and wire type.
-fn put_tag(out: &mut Vec<u8>, field: u32, wire_type: u32) {
-    put_varint(out, u64::from((field << 3) | wire_type));
-}
-
-fn put_varint(out: &mut Vec<u8>, mut value: u64) {
-    while value >= 0x80 {
-        out.push((value as u8) | 0x80);
-        value >>= 7;
-    }
-    out.push(value as u8);
-}
-
-/// Appends a length-delimited field (a string or bytes).
-fn put_bytes(out: &mut Vec<u8>, field: u32, bytes: &[u8]) {
-    put_tag(out, field, 2);
-    put_varint(out, bytes.len() as u64);
-    out.extend_from_slice(bytes);
 }
 
 /// Appends the envelope's message (the `message` oneof) as its field.

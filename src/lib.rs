@@ -26,31 +26,34 @@
 #![deny(missing_docs)]
 
 mod batch;
+mod builder;
 mod client;
 mod envelope;
 mod error;
+mod grpc;
 mod log_bridge;
 mod policy;
 mod process;
 pub mod proto;
 mod pulse;
+mod queue;
+mod sender;
 mod source;
 mod stats;
 mod tls;
-mod transport;
-mod worker;
+mod wire;
 
 #[cfg(feature = "testing")]
 pub mod spy;
 
-pub use client::{
+pub use builder::{
     AGENT_MAX_MESSAGE_BYTES, DEFAULT_ADDR, DEFAULT_BATCH_MAX_BYTES, DEFAULT_BATCH_MAX_ENVELOPES,
     DEFAULT_CLOSE_ON_DROP_TIMEOUT, DEFAULT_CONFIRM_INTERVAL, DEFAULT_FLUSH_INTERVAL,
-    DEFAULT_KEEPALIVE, DEFAULT_PULSE_INTERVAL, DEFAULT_QUEUE_CAPACITY,
+    DEFAULT_KEEPALIVE, DEFAULT_PULSE_INTERVAL, DEFAULT_QUEUE_CAPACITY, DEFAULT_QUEUE_MAX_BYTES,
     DEFAULT_RECONNECT_BACKOFF_INITIAL, DEFAULT_RECONNECT_BACKOFF_MAX, DEFAULT_REPLAY_BUFFER_BYTES,
-    DEFAULT_WRITE_TIMEOUT, IngressClient, IngressClientBuilder, MAX_QUEUE_CAPACITY, MIN_KEEPALIVE,
-    TimerGuard,
+    DEFAULT_WRITE_TIMEOUT, IngressClientBuilder, MAX_QUEUE_CAPACITY, MIN_KEEPALIVE,
 };
+pub use client::{CLOSE_MARGIN, IngressClient, TimerGuard};
 pub use envelope::{
     CounterEnvelope, Envelope, EnvelopeBuilder, EnvelopeKind, EventEnvelope, GaugeEnvelope,
     LogEnvelope, TimerEnvelope, UnixNanos, kind,
@@ -93,3 +96,15 @@ pub mod fuzzing {
 /// The `log` target of the crate's own diagnostics, so they can be filtered
 /// (and kept out of any logger that forwards to Loggregator).
 pub const LOG_TARGET: &str = "loggregator";
+
+/// Every thread the client starts (the sender, the pulse, gRPC's) has a
+/// name that starts with this.
+pub(crate) const THREAD_PREFIX: &str = "loggregator-";
+
+/// True on one of the client's own threads: there, `emit` never waits for
+/// room (it would wait on itself), and the log bridge sends nothing.
+pub(crate) fn on_own_thread() -> bool {
+    std::thread::current()
+        .name()
+        .is_some_and(|name| name.starts_with(THREAD_PREFIX))
+}

@@ -158,10 +158,7 @@ fn is_internal(target: &str) -> bool {
                 .is_some_and(|rest| rest.starts_with("::"))
     };
     let own_target = within(crate::LOG_TARGET) || within("grpcio") || within("grpcio_sys");
-    let own_thread = std::thread::current()
-        .name()
-        .is_some_and(|name| name.starts_with("loggregator-"));
-    own_target || own_thread
+    own_target || crate::on_own_thread()
 }
 
 impl Log for LogBridge {

@@ -1,18 +1,27 @@
 //! Pulse metrics: counters and gauges updated lock-free on the caller's
-//! thread and sent once per pulse interval.
+//! thread, and the pulse thread that sends them (and process metrics) once
+//! per interval.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, Ordering::Relaxed, fence};
+use std::time::{Duration, Instant};
 
+use crossbeam_channel::{Receiver, Sender, never, select, tick, unbounded};
 use parking_lot::Mutex;
 
 use crate::envelope::Envelope;
+use crate::policy::Overflow;
+use crate::process::ProcessMeter;
+use crate::queue::Queue;
 
 /// A counter: `add` and `inc` are one atomic add on the caller's thread;
-/// once per pulse interval the client sends the interval's delta with the
-/// running total. An interval with nothing added sends nothing, so the
-/// agent's total is never reset by accident.
+/// once per pulse interval the client sends what was added in the interval
+/// as a delta with total 0. The agent keeps the running total itself, one
+/// per name, source id and tags, and adds every sender's deltas to it, so
+/// several processes (or instances, or a restarted process) counting the
+/// same counter add up. An interval with nothing added sends nothing:
+/// a counter with delta and total 0 would reset the agent's total.
 ///
 /// Handles with the same name and tags share one series; the series stops
 /// pulsing once every handle is dropped (after sending what was added).
@@ -32,8 +41,8 @@ pub struct Counter {
 struct CounterSeries {
     name: String,
     tags: Vec<(String, String)>,
+    /// Added since the last pulse.
     pending: AtomicU64,
-    total: AtomicU64,
 }
 
 impl Counter {
@@ -100,10 +109,6 @@ type CounterKey = (String, Vec<(String, String)>);
 #[derive(Default)]
 pub(crate) struct Registry {
     counters: Mutex<HashMap<CounterKey, Arc<CounterSeries>>>,
-    /// Running totals of series whose handles are all gone, so a series
-    /// made again (say by `client.counter(name).inc()` each time) goes on
-    /// from its total instead of restarting at 0.
-    retired_totals: Mutex<HashMap<CounterKey, u64>>,
     gauges: Mutex<HashMap<String, Arc<GaugeSeries>>>,
 }
 
@@ -118,12 +123,10 @@ impl Registry {
         let key = (name.to_string(), tags);
         let mut counters = self.counters.lock();
         let series = counters.entry(key).or_insert_with_key(|key| {
-            let total = self.retired_totals.lock().remove(key).unwrap_or(0);
             Arc::new(CounterSeries {
                 name: key.0.clone(),
                 tags: key.1.clone(),
                 pending: AtomicU64::new(0),
-                total: AtomicU64::new(total),
             })
         });
         Counter {
@@ -146,13 +149,13 @@ impl Registry {
         }
     }
 
-    /// The envelopes for one pulse: a counter per series that moved, and one
-    /// gauge envelope holding every gauge with a value. Series nobody holds
-    /// any more are sent a last time and forgotten.
+    /// The envelopes for one pulse: a counter per series that moved, with
+    /// its delta and total 0, and one gauge envelope holding every gauge
+    /// with a value. Series nobody holds any more are sent a last time and
+    /// forgotten.
     pub(crate) fn pulse(&self) -> Vec<Envelope> {
         let mut envelopes = Vec::new();
-        let mut retired = Vec::new();
-        self.counters.lock().retain(|key, series| {
+        self.counters.lock().retain(|_, series| {
             // No handle is left (none can be made while the lock is held):
             // after this last look the series is forgotten. Checked before
             // reading, so an add made just before the last drop is seen.
@@ -160,25 +163,14 @@ impl Registry {
             fence(Ordering::Acquire);
             let delta = series.pending.swap(0, Relaxed);
             if delta > 0 {
-                let total = series.total.fetch_add(delta, Relaxed).wrapping_add(delta);
                 let mut counter = Envelope::counter(series.name.as_str()).delta(delta);
                 for (key, value) in &series.tags {
                     counter = counter.tag(key.as_str(), value.as_str());
                 }
-                let mut envelope = counter.build().into_proto();
-                if let Some(crate::proto::envelope::envelope::Message::Counter(c)) =
-                    &mut envelope.message
-                {
-                    c.total = total;
-                }
-                envelopes.push(Envelope::from_proto(envelope));
-            }
-            if orphaned {
-                retired.push((key.clone(), series.total.load(Relaxed)));
+                envelopes.push(counter.build());
             }
             !orphaned
         });
-        self.retired_totals.lock().extend(retired);
         let mut gauge = Envelope::gauge();
         let mut any = false;
         self.gauges.lock().retain(|_, series| {
@@ -201,10 +193,102 @@ impl Registry {
         envelopes
     }
 
-    /// True when no series is live (retired totals are kept).
+    /// True when no series is live.
     #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
         self.counters.lock().is_empty() && self.gauges.lock().is_empty()
+    }
+}
+
+/// Sends what the counters and gauges gathered, through the queue. Shared
+/// by the pulse thread and `close`, which sends the last pulse: none
+/// follows it, so no delta is lost to a pulse racing close.
+pub(crate) struct Pulses {
+    registry: Registry,
+    queue: Arc<Queue>,
+    /// Set by the last pulse.
+    over: Mutex<bool>,
+}
+
+impl Pulses {
+    pub(crate) fn new(queue: Arc<Queue>) -> Pulses {
+        Pulses {
+            registry: Registry::default(),
+            queue,
+            over: Mutex::new(false),
+        }
+    }
+
+    pub(crate) fn counter(&self, name: &str, tags: &[(&str, &str)]) -> Counter {
+        self.registry.counter(name, tags)
+    }
+
+    pub(crate) fn gauge(&self, name: &str, unit: &str) -> Gauge {
+        self.registry.gauge(name, unit)
+    }
+
+    /// Sends one pulse, unless the last has been sent; `last` makes it the last.
+    pub(crate) fn send(&self, last: bool) {
+        let mut over = self.over.lock();
+        if *over {
+            return;
+        }
+        // Never waiting for room, whatever the overflow policy: the pulse
+        // thread must stay free to stop, and close must keep its timeout.
+        for envelope in self.registry.pulse() {
+            self.queue.push(envelope, Overflow::DropNewest);
+        }
+        *over = last;
+    }
+}
+
+/// Requests to the pulse thread.
+pub(crate) enum PulseCommand {
+    /// Also send process metrics, this often.
+    ProcessMetrics(Duration),
+}
+
+/// Starts the pulse thread: it sends a pulse every `interval` and, once
+/// asked, process metrics, until `closing` disconnects. It holds the queue,
+/// never a client handle, so the last handle is always dropped (and the
+/// client closed) on the caller's thread.
+pub(crate) fn start_thread(
+    pulses: Arc<Pulses>,
+    closing: Receiver<()>,
+    interval: Duration,
+) -> std::io::Result<Sender<PulseCommand>> {
+    let (commands, received) = unbounded();
+    std::thread::Builder::new()
+        .name(format!("{}pulse", crate::THREAD_PREFIX))
+        .spawn(move || run(&pulses, &received, &closing, interval))?;
+    Ok(commands)
+}
+
+fn run(
+    pulses: &Pulses,
+    commands: &Receiver<PulseCommand>,
+    closing: &Receiver<()>,
+    interval: Duration,
+) {
+    let pulse = tick(interval);
+    let mut process: Option<(Receiver<Instant>, ProcessMeter)> = None;
+    loop {
+        let process_due = process.as_ref().map_or_else(never, |(due, _)| due.clone());
+        select! {
+            recv(closing) -> _ => return,
+            recv(commands) -> command => match command {
+                Ok(PulseCommand::ProcessMetrics(interval)) => {
+                    process = Some((tick(interval), ProcessMeter::new()));
+                }
+                Err(_) => return,
+            },
+            recv(pulse) -> _ => pulses.send(false),
+            recv(process_due) -> _ => {
+                if let Some(envelope) = process.as_mut().and_then(|(_, meter)| meter.read()) {
+                    pulses.queue.push(envelope, Overflow::DropNewest);
+                }
+            },
+        }
     }
 }
 
@@ -229,18 +313,18 @@ mod tests {
     }
 
     #[test]
-    fn a_counter_sends_its_interval_delta_and_running_total_and_nothing_when_idle() {
+    fn a_counter_sends_its_interval_delta_with_total_0_and_nothing_when_idle() {
         let registry = Registry::default();
         let requests = registry.counter("requests", &[]);
         requests.add(3);
         requests.inc();
-        assert_eq!(counters(&registry.pulse()), vec![("requests".into(), 4, 4)]);
+        assert_eq!(counters(&registry.pulse()), vec![("requests".into(), 4, 0)]);
         assert!(
             registry.pulse().is_empty(),
             "an idle interval sends nothing"
         );
         requests.add(2);
-        assert_eq!(counters(&registry.pulse()), vec![("requests".into(), 2, 6)]);
+        assert_eq!(counters(&registry.pulse()), vec![("requests".into(), 2, 0)]);
     }
 
     #[test]
@@ -254,7 +338,7 @@ mod tests {
         other.inc();
         let mut sent = counters(&registry.pulse());
         sent.sort();
-        assert_eq!(sent, vec![("hits".into(), 1, 1), ("hits".into(), 2, 2)]);
+        assert_eq!(sent, vec![("hits".into(), 1, 0), ("hits".into(), 2, 0)]);
     }
 
     #[test]
@@ -263,17 +347,17 @@ mod tests {
         let requests = registry.counter("requests", &[]);
         requests.add(7);
         drop(requests);
-        assert_eq!(counters(&registry.pulse()), vec![("requests".into(), 7, 7)]);
+        assert_eq!(counters(&registry.pulse()), vec![("requests".into(), 7, 0)]);
         assert!(registry.is_empty());
     }
 
     #[test]
-    fn a_counter_made_anew_each_time_keeps_its_running_total() {
+    fn a_counter_made_anew_each_time_sends_each_delta() {
         let registry = Registry::default();
         registry.counter("requests", &[]).add(4);
-        assert_eq!(counters(&registry.pulse()), vec![("requests".into(), 4, 4)]);
+        assert_eq!(counters(&registry.pulse()), vec![("requests".into(), 4, 0)]);
         registry.counter("requests", &[]).add(2);
-        assert_eq!(counters(&registry.pulse()), vec![("requests".into(), 2, 6)]);
+        assert_eq!(counters(&registry.pulse()), vec![("requests".into(), 2, 0)]);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Delivery counters shared by the handle and the sender thread, and their snapshot.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 use crossbeam_utils::CachePadded;
 use parking_lot::Mutex;
@@ -37,6 +37,9 @@ pub struct Stats {
     pub replayed: u64,
     /// Envelopes waiting in the queue.
     pub queued: u64,
+    /// Encoded bytes held between `emit` and gRPC (the queue, batches being
+    /// built or written); at most `queue_max_bytes`.
+    pub queued_bytes: u64,
     /// Envelopes taken from the queue by the sender thread and not yet sent or dropped.
     pub in_flight: u64,
     /// The last error seen, if any.
@@ -52,7 +55,9 @@ pub struct Stats {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Dropped {
-    /// The queue was full when `emit` was called.
+    /// The queue was full, in envelopes (`queue_capacity`) or in bytes
+    /// (`queue_max_bytes`), when `emit` was called, and the overflow policy
+    /// dropped this envelope (or, `DropOldest`, evicted it).
     pub queue_full: u64,
     /// The envelope alone encodes larger than `batch_max_bytes`.
     pub too_large: u64,
@@ -89,6 +94,19 @@ pub(crate) enum DropReason {
     GaveUp,
     ZeroCounter,
 }
+
+const REASONS: [DropReason; 5] = [
+    DropReason::QueueFull,
+    DropReason::TooLarge,
+    DropReason::Closed,
+    DropReason::GaveUp,
+    DropReason::ZeroCounter,
+];
+
+/// `drop_warning` before the first drop.
+const NO_DROP_YET: u8 = 0;
+/// `drop_warning` once the first drop has been logged.
+const DROP_LOGGED: u8 = u8::MAX;
 
 impl DropReason {
     pub(crate) fn describe(self) -> &'static str {
@@ -167,34 +185,49 @@ pub(crate) struct Counters {
     dropped_closed: AtomicU64,
     dropped_gave_up: AtomicU64,
     dropped_zero_counter: AtomicU64,
-    warned_about_drops: AtomicBool,
+    /// [`NO_DROP_YET`], then the first drop's reason (its index in
+    /// [`REASONS`] plus one) until the sender thread logs it, then [`DROP_LOGGED`].
+    drop_warning: AtomicU8,
     last_error: Mutex<Option<String>>,
 }
 
 impl Counters {
     /// Counts `count` envelopes as dropped; returns true for the first drop
-    /// ever, so the caller can warn once.
+    /// ever, which the sender thread logs ([`unlogged_drop`](Self::unlogged_drop)).
     pub(crate) fn drop_envelopes(&self, reason: DropReason, count: u64) -> bool {
         let counter = match reason {
-            DropReason::QueueFull => return self.drop_queue_full(count),
+            DropReason::QueueFull => {
+                self.dropped_queue_full.add(count);
+                return self.first_drop(reason);
+            }
             DropReason::TooLarge => &self.dropped_too_large,
             DropReason::Closed => &self.dropped_closed,
             DropReason::GaveUp => &self.dropped_gave_up,
             DropReason::ZeroCounter => &self.dropped_zero_counter,
         };
         counter.fetch_add(count, Relaxed);
-        self.first_drop()
-    }
-
-    fn drop_queue_full(&self, count: u64) -> bool {
-        self.dropped_queue_full.add(count);
-        self.first_drop()
+        self.first_drop(reason)
     }
 
     /// True once only. Reads before writing, so that threads dropping under
     /// overload do not all write one cache line.
-    fn first_drop(&self) -> bool {
-        !self.warned_about_drops.load(Relaxed) && !self.warned_about_drops.swap(true, Relaxed)
+    fn first_drop(&self, reason: DropReason) -> bool {
+        let index = REASONS.iter().position(|r| *r == reason).unwrap_or(0) as u8;
+        self.drop_warning.load(Relaxed) == NO_DROP_YET
+            && self
+                .drop_warning
+                .compare_exchange(NO_DROP_YET, index + 1, Relaxed, Relaxed)
+                .is_ok()
+    }
+
+    /// The reason of the first drop, once, if it has not been logged yet.
+    pub(crate) fn unlogged_drop(&self) -> Option<DropReason> {
+        let state = self.drop_warning.load(Relaxed);
+        if state == NO_DROP_YET || state == DROP_LOGGED {
+            return None;
+        }
+        self.drop_warning.swap(DROP_LOGGED, Relaxed);
+        REASONS.get(usize::from(state) - 1).copied()
     }
 
     fn dropped(&self) -> Dropped {
@@ -216,7 +249,7 @@ impl Counters {
         *self.last_error.lock() = Some(error.to_string());
     }
 
-    pub(crate) fn snapshot(&self, queued: usize) -> Stats {
+    pub(crate) fn snapshot(&self, queued: usize, queued_bytes: usize) -> Stats {
         Stats {
             emitted: self.emitted.sum(),
             sent: self.sent.load(Relaxed),
@@ -226,6 +259,7 @@ impl Counters {
             reconnects: self.reconnects.load(Relaxed),
             replayed: self.replayed.load(Relaxed),
             queued: queued as u64,
+            queued_bytes: queued_bytes as u64,
             in_flight: self.in_flight.load(Relaxed),
             last_error: self.last_error.lock().clone(),
         }

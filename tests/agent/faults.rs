@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use loggregator::spy::{SpyAgent, StatusCode, TestCerts};
 use loggregator::{Delivery, Envelope, Error, IngressClient, IngressClientBuilder, Overflow};
@@ -213,18 +213,32 @@ fn a_stalled_agent_never_blocks_emit_and_flush_and_close_keep_their_timeouts() {
     // The sender is stuck: emit still returns at once, dropping what does not
     // fit (the queue's 100, and one more batch the sender builds while a
     // write is in flight).
+    let mut slowest = Duration::ZERO;
     for _ in 0..1_000 {
+        let started = Instant::now();
         client.emit(Envelope::log(payload.clone()));
+        slowest = slowest.max(started.elapsed());
     }
+    assert!(
+        slowest < Duration::from_millis(500),
+        "an emit took {slowest:?}"
+    );
     assert!(
         client.stats().dropped.queue_full >= 700,
         "{:?}",
         client.stats()
     );
-    match client.close(Duration::from_millis(500)) {
+    let timeout = Duration::from_millis(500);
+    let started = Instant::now();
+    match client.close(timeout) {
         Err(Error::Timeout { undelivered, .. }) => assert!(undelivered > 0),
         other => panic!("{other:?}"),
     }
+    let took = started.elapsed();
+    assert!(
+        took < timeout + Duration::from_secs(1),
+        "close took {took:?}"
+    );
     let stats = client.stats();
     assert!(stats.dropped.gave_up > 0, "{stats:?}");
     assert_closed_accounting(&stats);

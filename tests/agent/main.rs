@@ -2,6 +2,7 @@
 
 mod bad_input;
 mod batching;
+mod bounds;
 mod common;
 mod delivery;
 mod examples;

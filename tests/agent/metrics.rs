@@ -1,6 +1,7 @@
 //! Pulse counters and gauges, timers, process metrics and the default
 //! source, against the spy agent.
 
+use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use loggregator::proto::envelope as pb;
@@ -23,7 +24,7 @@ fn counters(envelopes: &[pb::Envelope]) -> Vec<(String, u64, u64)> {
 }
 
 #[test]
-fn a_counter_pulses_its_delta_and_total_and_stays_silent_when_idle() {
+fn a_counter_pulses_its_delta_with_total_0_and_stays_silent_when_idle() {
     let setup = setup();
     let client = setup
         .builder()
@@ -48,12 +49,98 @@ fn a_counter_pulses_its_delta_and_total_and_stays_silent_when_idle() {
     assert_eq!(
         sent,
         vec![
-            ("requests".into(), 3, 3),
-            ("requests".into(), 2, 5),
-            ("requests".into(), 1, 6),
-            ("requests".into(), 4, 10)
+            ("requests".into(), 3, 0),
+            ("requests".into(), 2, 0),
+            ("requests".into(), 1, 0),
+            ("requests".into(), 4, 0)
         ]
     );
+}
+
+/// A counter's identity in the agent: name, source id, sorted tags.
+type CounterKey = (String, String, Vec<(String, String)>);
+
+/// What the agents keep as a counter's total, one per name, source id and
+/// tags (not instance id), from the counters they receive in order: a
+/// counter with total 0 and a delta adds the delta; any other replaces the
+/// total with its own (Forwarder Agent, `CounterAggregator`).
+fn agent_totals(envelopes: &[pb::Envelope]) -> HashMap<CounterKey, u64> {
+    let mut totals = HashMap::new();
+    for envelope in envelopes.iter().filter(|e| e.has_counter()) {
+        let counter = envelope.counter();
+        let mut tags: Vec<(String, String)> = envelope
+            .tags
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        tags.sort();
+        let key = (counter.name.clone(), envelope.source_id.clone(), tags);
+        let total = totals.entry(key).or_insert(0u64);
+        if counter.total == 0 && counter.delta != 0 {
+            *total += counter.delta;
+        } else {
+            *total = counter.total;
+        }
+    }
+    totals
+}
+
+#[test]
+fn two_clients_counting_one_counter_add_up_in_the_agent() {
+    let setup = setup();
+    let client = |instance: &str| {
+        setup
+            .builder()
+            .source(SourceInfo::new("shared-source", instance))
+            .pulse_interval(Duration::from_millis(5))
+            .build()
+            .unwrap()
+    };
+    let (first, second) = (client("0"), client("1"));
+    let counters = [
+        first.counter_with_tags("acc_pulse", &[("route", "/a")]),
+        second.counter_with_tags("acc_pulse", &[("route", "/a")]),
+    ];
+    for round in 0..50 {
+        for counter in &counters {
+            counter.inc();
+        }
+        if round % 10 == 0 {
+            // Interleave several pulses of each client.
+            setup.agent.wait_for_envelopes(round / 10 + 1, WAIT);
+        }
+    }
+    drop(counters);
+    first.close(WAIT).unwrap();
+    second.close(WAIT).unwrap();
+    let received = setup.agent.envelopes();
+    assert!(
+        counters_of(&received) > 2,
+        "several pulses from each: {received:?}"
+    );
+    let totals = agent_totals(&received);
+    let key = (
+        "acc_pulse".to_string(),
+        "shared-source".to_string(),
+        vec![("route".to_string(), "/a".to_string())],
+    );
+    assert_eq!(totals.get(&key), Some(&100), "{totals:?}");
+    // A counter with a total of its own still replaces the agent's.
+    let mut replaced = received.clone();
+    replaced.push(
+        loggregator::Envelope::counter("acc_pulse")
+            .source("shared-source", "2")
+            .tag("route", "/a")
+            .total(7)
+            .build()
+            .as_proto()
+            .clone(),
+    );
+    assert_eq!(agent_totals(&replaced).get(&key), Some(&7));
+}
+
+fn counters_of(envelopes: &[pb::Envelope]) -> usize {
+    envelopes.iter().filter(|e| e.has_counter()).count()
 }
 
 #[test]

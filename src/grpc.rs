@@ -18,11 +18,11 @@ use grpcio::{
 
 use crate::error::{Error, Result};
 use crate::proto::ingress::{BatchSenderResponse, SendResponse};
-use crate::tls::TlsConfig;
-use crate::worker::{
+use crate::sender::{
     BatchStream, ChannelWaker, Closing, LONGEST_WAIT, PendingSend, Transport, WriteError,
     deadline_after,
 };
+use crate::tls::TlsConfig;
 
 /// Requests are `EnvelopeBatch` messages the sender thread has already
 /// encoded; they pass through as bytes.
@@ -95,7 +95,7 @@ impl GrpcTransport {
         let env = Arc::new(
             EnvBuilder::new()
                 .cq_count(1)
-                .name_prefix("loggregator-grpc")
+                .name_prefix(format!("{}grpc", crate::THREAD_PREFIX))
                 .build(),
         );
         let tls = &settings.tls;

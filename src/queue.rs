@@ -1,0 +1,470 @@
+//! The queue between `emit` and the sender thread, and what `emit` does
+//! when it is full. This file owns the emitting side; the sender thread
+//! holds the other end ([`QueueReceiver`]).
+//!
+//! Two bounds hold at once: `queue_capacity` envelopes waiting in the
+//! channel, and `queue_max_bytes` encoded bytes anywhere from `emit` until
+//! gRPC accepts the batch that carries them (the channel, the batch being
+//! built, sealed batches, the write in flight). An emitter reserves an
+//! envelope's bytes in the [`Room`] before it queues it; the sender thread
+//! gives them back once gRPC has accepted their batch, or they were dropped.
+//! When either bound is reached the overflow policy decides, and every
+//! envelope it drops is counted.
+//!
+//! `emit` never runs code that is not the client's: drops are counted here
+//! and the sender thread logs the first one. On the client's own threads
+//! (a logger that feeds records back into the client runs there too) `emit`
+//! never waits, whatever the policy.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering, fence};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
+use crossbeam_utils::CachePadded;
+use parking_lot::{Condvar, Mutex};
+
+use crate::batch::Stamp;
+use crate::envelope::{Encoded, Envelope};
+use crate::policy::Overflow;
+use crate::stats::{Counters, DropReason};
+use crate::wire::framed_len;
+
+/// How many envelopes one `DropOldest` emit evicts, beyond the bytes it
+/// needs, before it drops its own (other emitters may keep taking the room
+/// it makes).
+const MAX_EVICTIONS: usize = 8;
+/// How often (in emits per thread) `emit` checks whether a batch's worth is
+/// waiting for the sender thread: often enough that a full batch waits for
+/// a few dozen more emits at most, rarely enough to cost nothing.
+const NUDGE_SAMPLE: u64 = 32;
+
+/// An envelope on its way to the sender thread.
+pub(crate) struct Queued {
+    /// Encoded by the thread that built it.
+    pub envelope: Encoded,
+    /// The bytes the client's stamp (tags, default source) adds to it.
+    pub added: usize,
+}
+
+impl Queued {
+    /// What it takes in a batch, and in the byte budget.
+    pub(crate) fn framed(&self) -> usize {
+        framed_len(self.envelope.bytes.len() + self.added)
+    }
+}
+
+/// Room for more: the byte budget, and where emitters wait for room
+/// (`Overflow::Block` and `BlockFor`). The sender thread wakes waiting
+/// emitters once the queue is down to half full in envelopes and in bytes,
+/// not once per envelope it takes, which would cost a wake-up (a system
+/// call) per envelope, and per emitting thread, just when the client is
+/// busiest.
+pub(crate) struct Room {
+    /// Encoded bytes reserved by emitters and not yet given back.
+    bytes: CachePadded<AtomicUsize>,
+    max_bytes: usize,
+    /// Emitters waiting, or about to; read by the sender thread without the lock.
+    waiting: AtomicUsize,
+    lock: Mutex<()>,
+    freed: Condvar,
+}
+
+impl Room {
+    pub(crate) fn new(max_bytes: usize) -> Room {
+        Room {
+            bytes: CachePadded::new(AtomicUsize::new(0)),
+            max_bytes,
+            waiting: AtomicUsize::new(0),
+            lock: Mutex::new(()),
+            freed: Condvar::new(),
+        }
+    }
+
+    /// Takes `bytes` from the budget if they fit.
+    pub(crate) fn reserve(&self, bytes: usize) -> bool {
+        let before = self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        if before + bytes <= self.max_bytes {
+            return true;
+        }
+        self.bytes.fetch_sub(bytes, Ordering::Relaxed);
+        false
+    }
+
+    /// Gives back what a reservation took.
+    pub(crate) fn release(&self, bytes: usize) {
+        self.bytes.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    /// The bytes reserved now.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Wakes waiting emitters, if any, once `queued` of `capacity` envelopes
+    /// and the bytes are both down to half.
+    pub(crate) fn wake_if_half_free(&self, queued: usize, capacity: usize) {
+        if queued <= capacity / 2 && self.bytes() <= self.max_bytes / 2 {
+            self.wake_all();
+        }
+    }
+
+    /// Wakes every waiting emitter, if any.
+    pub(crate) fn wake_all(&self) {
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            let _locked = self.lock.lock();
+            self.freed.notify_all();
+        }
+    }
+}
+
+/// The sender thread's end of the queue.
+pub(crate) struct QueueReceiver {
+    pub data: Receiver<Queued>,
+    /// Emitters' signal that a batch's worth is waiting.
+    pub nudges: Receiver<()>,
+    pub room: Arc<Room>,
+}
+
+/// The settings of the queue.
+pub(crate) struct QueueSettings {
+    pub capacity: usize,
+    pub max_bytes: usize,
+    /// How many queued envelopes make a batch's worth.
+    pub nudge_at: usize,
+    pub batch_max_bytes: usize,
+    pub overflow: Overflow,
+}
+
+/// The emitting side of the queue, shared by every handle.
+pub(crate) struct Queue {
+    data: Sender<Queued>,
+    /// Kept to evict the oldest (`DropOldest`), and so envelopes that slip
+    /// in after the sender thread stopped are counted instead of vanishing
+    /// with the channel.
+    leftovers: Receiver<Queued>,
+    nudge: Sender<()>,
+    /// Wakes the sender thread at once, to log the first drop.
+    wake: Sender<()>,
+    room: Arc<Room>,
+    stamp: Arc<Stamp>,
+    settings: QueueSettings,
+    counters: Arc<Counters>,
+    /// Set when close begins: later emits are dropped.
+    closed: AtomicBool,
+    /// Set when the sender thread has stopped: a racing emit counts its own envelope.
+    stopped: AtomicBool,
+}
+
+/// Why an envelope did not go into the queue.
+enum Refused {
+    Full(Queued),
+    Closed,
+}
+
+impl Queue {
+    /// Both ends of a new queue; `wake` wakes the sender thread.
+    pub(crate) fn new(
+        settings: QueueSettings,
+        stamp: Arc<Stamp>,
+        counters: Arc<Counters>,
+        wake: Sender<()>,
+    ) -> (Queue, QueueReceiver) {
+        let (data, receiver) = bounded(settings.capacity);
+        let (nudge, nudges) = bounded(1);
+        let room = Arc::new(Room::new(settings.max_bytes));
+        let queue = Queue {
+            data,
+            leftovers: receiver.clone(),
+            nudge,
+            wake,
+            room: room.clone(),
+            stamp,
+            settings,
+            counters,
+            closed: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
+        };
+        let receiver = QueueReceiver {
+            data: receiver,
+            nudges,
+            room,
+        };
+        (queue, receiver)
+    }
+
+    /// Queues an envelope, or drops and counts it, as the client's overflow
+    /// policy says.
+    pub(crate) fn emit(&self, envelope: Envelope) {
+        self.push(envelope, self.settings.overflow);
+    }
+
+    /// Queues an envelope, or drops and counts it, as `overflow` says.
+    pub(crate) fn push(&self, envelope: Envelope, overflow: Overflow) {
+        let counted_before = self.counters.emitted.add(1);
+        if self.closed.load(Ordering::Acquire) {
+            return self.drop_envelopes(DropReason::Closed, 1);
+        }
+        if envelope.is_accidental_reset() {
+            return self.drop_envelopes(DropReason::ZeroCounter, 1);
+        }
+        let envelope = envelope.into_encoded();
+        let queued = Queued {
+            added: self.stamp.added_len(&envelope),
+            envelope,
+        };
+        if queued.envelope.unencodable || queued.framed() > self.settings.batch_max_bytes {
+            // It can never fit a batch.
+            return self.drop_envelopes(DropReason::TooLarge, 1);
+        }
+        let queued = match self.try_push(queued) {
+            Ok(()) => {
+                if counted_before % NUDGE_SAMPLE == 0 {
+                    self.nudge_if_batch_waiting();
+                }
+                return self.queued();
+            }
+            Err(Refused::Full(queued)) => {
+                let _ = self.nudge.try_send(());
+                queued
+            }
+            Err(Refused::Closed) => return self.drop_envelopes(DropReason::Closed, 1),
+        };
+        match overflow {
+            Overflow::DropNewest => self.drop_envelopes(DropReason::QueueFull, 1),
+            Overflow::DropOldest => self.evict_oldest_for(queued),
+            // Waiting here could wait on this very thread.
+            Overflow::Block | Overflow::BlockFor(_) if crate::on_own_thread() => {
+                self.drop_envelopes(DropReason::QueueFull, 1)
+            }
+            Overflow::Block => self.block_for(queued, None),
+            Overflow::BlockFor(wait) => self.block_for(queued, Some(wait)),
+        }
+    }
+
+    /// Reserves its bytes, then a place in the channel.
+    fn try_push(&self, queued: Queued) -> Result<(), Refused> {
+        let bytes = queued.framed();
+        if !self.room.reserve(bytes) {
+            return Err(Refused::Full(queued));
+        }
+        match self.data.try_send(queued) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(queued)) => {
+                self.room.release(bytes);
+                Err(Refused::Full(queued))
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                self.room.release(bytes);
+                Err(Refused::Closed)
+            }
+        }
+    }
+
+    /// Tells the sender thread, which does not wake for every envelope
+    /// while it fills a batch, that a batch's worth is waiting.
+    fn nudge_if_batch_waiting(&self) {
+        if self.data.len() >= self.settings.nudge_at {
+            let _ = self.nudge.try_send(());
+        }
+    }
+
+    /// Counts dropped envelopes; the first drop ever wakes the sender
+    /// thread to log it, so that no logger runs on the emitting thread.
+    pub(crate) fn drop_envelopes(&self, reason: DropReason, count: u64) {
+        if self.counters.drop_envelopes(reason, count) {
+            let _ = self.wake.try_send(());
+        }
+    }
+
+    /// After an envelope went into the queue.
+    fn queued(&self) {
+        // Pairs with the fence in `stopped`: either the closer's last drain
+        // sees this envelope, or this sees `stopped`.
+        fence(Ordering::SeqCst);
+        if self.stopped.load(Ordering::Relaxed) {
+            self.drain_leftovers();
+        }
+    }
+
+    /// Makes room by dropping the oldest queued envelopes: as many as the
+    /// new one needs, in bytes, and a few more if other emitters take the
+    /// room first. Envelopes the sender thread already holds cannot be
+    /// evicted: with none left in the queue, the new one is dropped.
+    fn evict_oldest_for(&self, mut queued: Queued) {
+        let needed = queued.framed();
+        let mut evicted_bytes = 0;
+        let mut evictions = 0;
+        loop {
+            let Ok(oldest) = self.leftovers.try_recv() else {
+                return self.drop_envelopes(DropReason::QueueFull, 1);
+            };
+            evicted_bytes += oldest.framed();
+            self.room.release(oldest.framed());
+            self.drop_envelopes(DropReason::QueueFull, 1);
+            queued = match self.try_push(queued) {
+                Ok(()) => return self.queued(),
+                Err(Refused::Full(queued)) => queued,
+                Err(Refused::Closed) => return self.drop_envelopes(DropReason::Closed, 1),
+            };
+            evictions += 1;
+            if evictions >= MAX_EVICTIONS && evicted_bytes >= needed {
+                return self.drop_envelopes(DropReason::QueueFull, 1);
+            }
+        }
+    }
+
+    /// Waits for room, at most `wait`, and never past the start of close.
+    fn block_for(&self, queued: Queued, wait: Option<Duration>) {
+        let mut queued = Some(queued);
+        let outcome = self.wait_for_room(wait.map(crate::sender::deadline_after), || match queued
+            .take()
+            .map(|q| self.try_push(q))
+        {
+            Some(Ok(())) | None => Attempt::Done,
+            Some(Err(Refused::Full(again))) => {
+                queued = Some(again);
+                Attempt::Full
+            }
+            Some(Err(Refused::Closed)) => Attempt::Closed,
+        });
+        match outcome {
+            Waited::Done => self.queued(),
+            Waited::Closed => self.drop_envelopes(DropReason::Closed, 1),
+            Waited::TimedOut => self.drop_envelopes(DropReason::QueueFull, 1),
+        }
+    }
+
+    /// Takes `bytes` from the budget for a unary send, waiting for room
+    /// until `deadline`; `None` if there was none by then, or the client closed.
+    pub(crate) fn reserve_until(&self, bytes: usize, deadline: Instant) -> Option<Reservation> {
+        let waited = self.wait_for_room(Some(deadline), || {
+            if self.room.reserve(bytes) {
+                Attempt::Done
+            } else {
+                Attempt::Full
+            }
+        });
+        matches!(waited, Waited::Done).then(|| Reservation {
+            bytes,
+            room: self.room.clone(),
+        })
+    }
+
+    /// Tries `attempt` until it succeeds, the client closes, or `deadline`
+    /// passes, sleeping between tries until the sender thread makes room.
+    fn wait_for_room(
+        &self,
+        deadline: Option<Instant>,
+        mut attempt: impl FnMut() -> Attempt,
+    ) -> Waited {
+        let room = &*self.room;
+        let mut locked = room.lock.lock();
+        loop {
+            // Counted as waiting before the last look at the queue, so the
+            // sender thread's next pass cannot miss this thread.
+            room.waiting.fetch_add(1, Ordering::SeqCst);
+            let outcome = match attempt() {
+                Attempt::Full if self.closed.load(Ordering::SeqCst) => Attempt::Closed,
+                other => other,
+            };
+            let timed_out = match outcome {
+                Attempt::Full => {
+                    let _ = self.nudge.try_send(());
+                    match deadline {
+                        Some(deadline) => room.freed.wait_until(&mut locked, deadline).timed_out(),
+                        None => {
+                            room.freed.wait(&mut locked);
+                            false
+                        }
+                    }
+                }
+                _ => false,
+            };
+            room.waiting.fetch_sub(1, Ordering::SeqCst);
+            let waited = match outcome {
+                Attempt::Done => Waited::Done,
+                Attempt::Closed => Waited::Closed,
+                Attempt::Full if timed_out => Waited::TimedOut,
+                Attempt::Full => continue,
+            };
+            // Let go of the lock before the caller counts a drop.
+            drop(locked);
+            return waited;
+        }
+    }
+
+    /// Refuses later emits and releases waiting emitters.
+    pub(crate) fn close(&self) {
+        // SeqCst, paired with `wait_for_room`: a waiting emitter either sees
+        // this or is counted in `waiting` and woken next.
+        self.closed.store(true, Ordering::SeqCst);
+        self.room.wake_all();
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// The sender thread has stopped: counts what is left as dropped, and
+    /// has every later emit count its own.
+    pub(crate) fn stopped(&self) {
+        self.stopped.store(true, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        self.drain_leftovers();
+    }
+
+    fn drain_leftovers(&self) {
+        let mut count = 0;
+        for queued in self.leftovers.try_iter() {
+            self.room.release(queued.framed());
+            count += 1;
+        }
+        if count > 0 {
+            self.drop_envelopes(DropReason::Closed, count);
+        }
+    }
+
+    /// Envelopes waiting in the channel.
+    pub(crate) fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Encoded bytes held between `emit` and gRPC.
+    pub(crate) fn bytes(&self) -> usize {
+        self.room.bytes()
+    }
+
+    /// Envelopes emitted and neither sent nor dropped yet.
+    pub(crate) fn undelivered(&self) -> u64 {
+        self.len() as u64 + self.counters.in_flight.load(Ordering::Relaxed)
+    }
+}
+
+/// Bytes taken from the budget outside the queue (a unary send's batch),
+/// given back when this is dropped.
+pub(crate) struct Reservation {
+    bytes: usize,
+    room: Arc<Room>,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.room.release(self.bytes);
+        self.room.wake_all();
+    }
+}
+
+/// One try at getting room.
+enum Attempt {
+    Done,
+    Full,
+    Closed,
+}
+
+/// How a wait for room ended.
+enum Waited {
+    Done,
+    Closed,
+    TimedOut,
+}

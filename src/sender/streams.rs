@@ -1,0 +1,605 @@
+//! The stream side: sealed batches waiting to be written (the outbox), the
+//! `BatchSender` stream they are written on, one write in flight at a time,
+//! and what follows a write: counting it sent (at most once) or keeping it
+//! until its stream is confirmed (at least once: streams are half-closed
+//! every `confirm_interval` and their batches replayed if the end is not
+//! clean), splitting what the agent refuses as too large, and backing off
+//! while the agent is away.
+//!
+//! It owns the two byte counts past the queue: a batch's bytes go back to
+//! the queue's budget ([`Room`]) once gRPC accepts it, and at least once
+//! they count in the replay buffer from then until the stream that carried
+//! them is confirmed (`replay_bytes`, at most `replay_buffer_bytes`).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use crate::LOG_TARGET;
+use crate::batch::Batch;
+use crate::error::{Error, Result};
+use crate::policy::{Backoff, Delivery};
+use crate::queue::Room;
+use crate::stats::{Counters, DropReason};
+
+use super::batcher::Outbox;
+use super::transport::{BatchStream, Closing, PendingSend, Transport, WriteError};
+use super::{LONGEST_WAIT, Settings, deadline_after};
+
+/// A stream that has carried writes this long is working: when it ends, a
+/// new one is tried at once and the backoff starts over. A younger stream
+/// that ends counts as a failed attempt, so a server that ends every call at
+/// once is retried with backoff, not in a loop.
+const PROVEN_STREAM_AGE: Duration = Duration::from_secs(1);
+
+/// The stream being written, with what it carried that is not yet confirmed.
+struct OpenStream<S> {
+    stream: S,
+    opened: Instant,
+    unconfirmed: Vec<Batch>,
+    /// The batch whose write is in flight.
+    writing: Option<Writing>,
+}
+
+/// A write the transport has not yet accepted.
+struct Writing {
+    batch: Batch,
+    /// When it stops waiting for the transport.
+    deadline: Instant,
+    /// The stream had carried writes before this one.
+    reused: bool,
+}
+
+/// A half-closed stream and the batches its clean end will confirm.
+struct Confirming<C> {
+    closing: C,
+    batches: Vec<Batch>,
+    deadline: Instant,
+}
+
+type ClosingOf<T> = <<T as Transport>::Stream as BatchStream>::Closing;
+
+pub(crate) struct Streams<T: Transport> {
+    transport: T,
+    addr: String,
+    delivery: Delivery,
+    write_timeout: Duration,
+    confirm_interval: Duration,
+    confirm_timeout: Duration,
+    replay_buffer_bytes: usize,
+    room: Arc<Room>,
+    counters: Arc<Counters>,
+    waker: Waker,
+    outbox: Outbox,
+    stream: Option<OpenStream<T::Stream>>,
+    streams_opened: u64,
+    confirming: Vec<Confirming<ClosingOf<T>>>,
+    /// At least once: bytes of batches written before and not yet confirmed
+    /// or given up, wherever they are (unconfirmed, confirming, or back in
+    /// the outbox to be written again).
+    replay_bytes: usize,
+    retry_at: Option<Instant>,
+    backoff: Backoff,
+    /// False from the first failure of an outage until a write succeeds again.
+    healthy: bool,
+    failures_in_outage: u64,
+    /// At most once: how the last stream ended, when it ended badly during close.
+    close_error: Option<Error>,
+}
+
+impl<T: Transport> Streams<T> {
+    pub(crate) fn new(
+        transport: T,
+        settings: &Settings,
+        room: Arc<Room>,
+        counters: Arc<Counters>,
+        waker: Waker,
+    ) -> Streams<T> {
+        Streams {
+            transport,
+            addr: settings.addr.clone(),
+            delivery: settings.delivery,
+            write_timeout: settings.write_timeout,
+            confirm_interval: settings.confirm_interval.min(LONGEST_WAIT),
+            confirm_timeout: settings.confirm_timeout,
+            replay_buffer_bytes: settings.replay_buffer_bytes,
+            room,
+            counters,
+            waker,
+            outbox: Outbox::new(),
+            stream: None,
+            streams_opened: 0,
+            confirming: Vec::new(),
+            replay_bytes: 0,
+            retry_at: None,
+            backoff: settings.backoff.clone(),
+            healthy: true,
+            failures_in_outage: 0,
+            close_error: None,
+        }
+    }
+
+    /// Where the batcher puts sealed batches.
+    pub(crate) fn outbox(&mut self) -> &mut Outbox {
+        &mut self.outbox
+    }
+
+    /// Whether the loop should take more from the queue: nothing sealed is
+    /// waiting, the next batch could be written, and the agent is reading.
+    /// While a write is in flight the next batch is built, unless the agent
+    /// is failing: then the client holds no more than before.
+    pub(crate) fn wants_more(&self) -> bool {
+        self.outbox.is_empty() && self.can_write() && (self.healthy || !self.writing())
+    }
+
+    /// A sealed batch could be written now and none is in flight.
+    pub(crate) fn has_write_to_start(&self) -> bool {
+        self.can_write() && !self.outbox.is_empty() && !self.writing()
+    }
+
+    /// Nothing is left to write or confirm.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.outbox.is_empty() && self.stream.is_none() && self.confirming.is_empty()
+    }
+
+    /// How many envelopes were taken before the first one not yet written.
+    pub(crate) fn unwritten_from(&self) -> Option<u64> {
+        let waiting = self.outbox.front().map(Batch::first_seq);
+        let writing = self.in_flight().map(|writing| writing.batch.first_seq());
+        waiting.into_iter().chain(writing).min()
+    }
+
+    /// The next time something here is due.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        let confirmation = self.confirming.iter().map(|c| c.deadline).min();
+        let write = self.in_flight().map(|writing| writing.deadline);
+        [self.retry_at, self.rotation_due(), confirmation, write]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// One pass: ends a backoff that ran out, starts and settles writes,
+    /// rotates the stream when due (or, `closing` with nothing left to
+    /// write, to end it), and settles confirmations.
+    pub(crate) fn step(&mut self, now: Instant, closing: bool) {
+        if self.retry_at.is_some_and(|at| now >= at) {
+            self.retry_at = None;
+        }
+        self.write_outbox(now);
+        self.rotate_if_due(now, closing && self.outbox.is_empty());
+        self.poll_confirmations(now);
+    }
+
+    /// Starts a unary send.
+    pub(crate) fn send(&mut self, batch: &[u8], timeout: Duration) -> Result<PendingSend> {
+        let pending = self.transport.send(batch, timeout);
+        if let Err(error) = &pending {
+            self.counters.record_error(error);
+        }
+        pending
+    }
+
+    /// Close's deadline: gives up on everything left, and says how many
+    /// envelopes that was and how the last stream ended if it ended badly.
+    pub(crate) fn give_up_all(&mut self) -> (u64, Option<Error>) {
+        let mut undelivered = 0;
+        for batch in std::mem::take(&mut self.outbox) {
+            undelivered += self.give_up(batch, DropReason::GaveUp);
+        }
+        if let Some(stream) = self.stream.take() {
+            for batch in stream.unconfirmed {
+                undelivered += self.give_up(batch, DropReason::GaveUp);
+            }
+            if let Some(writing) = stream.writing {
+                undelivered += self.give_up(writing.batch, DropReason::GaveUp);
+            }
+        }
+        for confirming in std::mem::take(&mut self.confirming) {
+            if confirming.batches.is_empty() && self.close_error.is_none() {
+                self.close_error = Some(self.error(
+                    "the agent did not end the stream before close's deadline",
+                    Some("the agent is not reading; it may be overloaded or stuck"),
+                ));
+            }
+            for batch in confirming.batches {
+                undelivered += self.give_up(batch, DropReason::GaveUp);
+            }
+        }
+        (undelivered, self.close_error.take())
+    }
+
+    fn error(&self, status: &str, hint: Option<&str>) -> Error {
+        Error::Agent {
+            addr: self.addr.clone(),
+            status: status.to_string(),
+            hint: hint.map(str::to_string),
+        }
+    }
+
+    /// Not backing off, and (at least once) room in the replay buffer for
+    /// the next batch.
+    fn can_write(&self) -> bool {
+        self.retry_at.is_none() && !self.replay_full()
+    }
+
+    /// At least once: the next batch written fresh would overfill the
+    /// replay buffer. A batch written before is already counted in it.
+    fn replay_full(&self) -> bool {
+        if self.delivery != Delivery::AtLeastOnce || self.replay_bytes == 0 {
+            return false;
+        }
+        match self.outbox.front() {
+            Some(batch) if batch.replay => false,
+            Some(batch) => self.replay_bytes + batch.bytes.len() > self.replay_buffer_bytes,
+            None => self.replay_bytes >= self.replay_buffer_bytes,
+        }
+    }
+
+    /// The write in flight, if any.
+    fn in_flight(&self) -> Option<&Writing> {
+        self.stream.as_ref().and_then(|open| open.writing.as_ref())
+    }
+
+    fn writing(&self) -> bool {
+        self.in_flight().is_some()
+    }
+
+    /// Starts writing sealed batches, one in flight at a time, until the
+    /// outbox is empty, a write is under way, a failure starts a backoff, or
+    /// (at least once) the replay buffer is full.
+    fn write_outbox(&mut self, now: Instant) {
+        loop {
+            self.poll_write(now);
+            if self.writing() || self.outbox.is_empty() || !self.can_write() {
+                return;
+            }
+            let isolate = self.outbox.front().is_some_and(|batch| batch.isolate);
+            if isolate
+                && self
+                    .stream
+                    .as_ref()
+                    .is_some_and(|open| !open.unconfirmed.is_empty())
+            {
+                // A suspect batch goes on a stream of its own.
+                self.rotate();
+            }
+            let reused = self.stream.is_some();
+            if let Err(error) = self.open_stream() {
+                self.write_failed(WriteError::StreamEnded(error), reused);
+                continue;
+            }
+            let (Some(open), Some(batch)) = (self.stream.as_mut(), self.outbox.pop_front()) else {
+                return;
+            };
+            match open.stream.start_write(&batch.bytes) {
+                Ok(()) => {
+                    open.writing = Some(Writing {
+                        batch,
+                        deadline: deadline_after(self.write_timeout),
+                        reused,
+                    });
+                }
+                Err(failure) => {
+                    self.outbox.push_front(batch);
+                    self.write_failed(failure, reused);
+                }
+            }
+        }
+    }
+
+    /// Settles the write in flight once the transport accepted it, failed it,
+    /// or kept it past the write timeout.
+    fn poll_write(&mut self, now: Instant) {
+        let Some(open) = self.stream.as_mut() else {
+            return;
+        };
+        let Some(deadline) = open.writing.as_ref().map(|w| w.deadline) else {
+            return;
+        };
+        let mut context = Context::from_waker(&self.waker);
+        let outcome = match open.stream.poll_written(&mut context) {
+            Poll::Ready(outcome) => outcome,
+            Poll::Pending if now >= deadline => Err(WriteError::Uncertain(self.error(
+                &format!("write not accepted within {:?}", self.write_timeout),
+                Some("the agent is not reading; it may be overloaded or stuck"),
+            ))),
+            Poll::Pending => return,
+        };
+        let Some(writing) = self.stream.as_mut().and_then(|open| open.writing.take()) else {
+            return;
+        };
+        match outcome {
+            Ok(()) => self.written(writing.batch),
+            Err(failure) => {
+                let failure = match failure {
+                    // The stream had carried writes, so the connection was
+                    // up: the agent may have read this one before the call
+                    // ended. At most once must not write it again.
+                    WriteError::StreamEnded(error)
+                        if writing.reused && self.delivery == Delivery::AtMostOnce =>
+                    {
+                        WriteError::Uncertain(error)
+                    }
+                    other => other,
+                };
+                self.outbox.push_front(writing.batch);
+                self.write_failed(failure, writing.reused);
+            }
+        }
+    }
+
+    fn open_stream(&mut self) -> Result<()> {
+        if self.stream.is_none() {
+            let stream = self.transport.open()?;
+            if self.streams_opened > 0 {
+                self.counters.reconnects.fetch_add(1, Relaxed);
+            }
+            self.streams_opened += 1;
+            self.stream = Some(OpenStream {
+                stream,
+                opened: Instant::now(),
+                unconfirmed: Vec::new(),
+                writing: None,
+            });
+        }
+        Ok(())
+    }
+
+    /// gRPC accepted the batch: its bytes leave the queue's budget; at most
+    /// once it is sent, at least once it waits for its stream's confirmation.
+    fn written(&mut self, mut batch: Batch) {
+        self.counters.batches.fetch_add(1, Relaxed);
+        let proven = self
+            .stream
+            .as_ref()
+            .is_some_and(|open| open.opened.elapsed() >= PROVEN_STREAM_AGE);
+        if proven && self.delivery == Delivery::AtMostOnce {
+            self.backoff.reset();
+        }
+        if !self.healthy {
+            self.healthy = true;
+            log::info!(
+                target: LOG_TARGET,
+                "the agent accepts envelopes again after {} failed attempts",
+                self.failures_in_outage
+            );
+            self.failures_in_outage = 0;
+        }
+        if !batch.replay {
+            self.room.release(batch.bytes.len());
+        }
+        match (self.delivery, self.stream.as_mut()) {
+            (Delivery::AtLeastOnce, Some(stream)) => {
+                if !batch.replay {
+                    batch.replay = true;
+                    self.replay_bytes += batch.bytes.len();
+                }
+                let isolate = batch.isolate;
+                stream.unconfirmed.push(batch);
+                if isolate {
+                    self.rotate();
+                }
+            }
+            _ => {
+                self.counters.sent.fetch_add(batch.len(), Relaxed);
+                self.counters.in_flight.fetch_sub(batch.len(), Relaxed);
+            }
+        }
+    }
+
+    /// Its stream was confirmed: the batch is sent.
+    fn confirmed(&mut self, batch: Batch) {
+        self.replay_bytes -= batch.bytes.len();
+        self.counters.sent.fetch_add(batch.len(), Relaxed);
+        self.counters.in_flight.fetch_sub(batch.len(), Relaxed);
+    }
+
+    /// Drops a batch for good, giving its bytes back; how many envelopes it held.
+    fn give_up(&mut self, batch: Batch, reason: DropReason) -> u64 {
+        if batch.replay {
+            self.replay_bytes -= batch.bytes.len();
+        } else {
+            self.room.release(batch.bytes.len());
+        }
+        let count = batch.len();
+        self.counters.in_flight.fetch_sub(count, Relaxed);
+        self.counters.drop_envelopes(reason, count);
+        self.counters.undeliverable.fetch_add(count, Relaxed);
+        count
+    }
+
+    fn note_failure(&mut self, error: &Error) {
+        self.counters.record_error(error);
+        self.failures_in_outage += 1;
+        if self.healthy {
+            self.healthy = false;
+            log::warn!(target: LOG_TARGET, "cannot deliver envelopes: {error}");
+        }
+    }
+
+    fn write_failed(&mut self, failure: WriteError, reused: bool) {
+        self.note_failure(failure.error());
+        let too_large = matches!(failure, WriteError::TooLarge(_));
+        let front_len = self.outbox.front().map_or(0, Batch::len);
+        // Dropping the stream cancels its call; what it carried unconfirmed
+        // goes back to be written again.
+        let proven = match self.stream.take() {
+            Some(open) => {
+                let proven = open.opened.elapsed() >= PROVEN_STREAM_AGE;
+                self.replay(open.unconfirmed, too_large);
+                proven
+            }
+            None => false,
+        };
+        match failure {
+            // A stream that had worked may just have ended (the agent
+            // restarted, or refused an earlier message as too large): try a
+            // new one at once.
+            WriteError::StreamEnded(_) | WriteError::TooLarge(_) if proven => self.backoff.reset(),
+            // The first message of a new stream was refused: it is the culprit.
+            WriteError::TooLarge(_) if !reused => self.split_front(),
+            WriteError::StreamEnded(_) | WriteError::TooLarge(_) => self.back_off(),
+            WriteError::Uncertain(_) => match self.delivery {
+                // The agent may have it: writing it again could duplicate it.
+                Delivery::AtMostOnce => {
+                    if let Some(batch) = self.outbox.pop_front() {
+                        self.give_up(batch, DropReason::GaveUp);
+                    }
+                }
+                Delivery::AtLeastOnce => {
+                    self.counters.replayed.fetch_add(front_len, Relaxed);
+                    self.back_off();
+                }
+            },
+        }
+    }
+
+    fn back_off(&mut self) {
+        self.retry_at = Some(Instant::now() + self.backoff.next_delay());
+    }
+
+    /// The agent refused the front batch as too large: write it in halves,
+    /// or drop it if it is a single envelope.
+    fn split_front(&mut self) {
+        if let Some(batch) = self.outbox.pop_front() {
+            match batch.split() {
+                Ok((first, second)) => {
+                    self.outbox.push_front(second);
+                    self.outbox.push_front(first);
+                }
+                Err(single) => {
+                    self.give_up(single, DropReason::TooLarge);
+                }
+            }
+        }
+    }
+
+    /// Puts batches written on a failed stream back in the outbox, in order;
+    /// they stay counted in the replay buffer.
+    fn replay(&mut self, batches: Vec<Batch>, split: bool) {
+        if batches.is_empty() {
+            return;
+        }
+        for batch in batches {
+            self.counters.replayed.fetch_add(batch.len(), Relaxed);
+            if !split {
+                self.outbox.push_back(batch);
+                continue;
+            }
+            // The agent refused a message as too large, maybe one of these:
+            // write them in halves, each on its own stream, until the
+            // refusal points at a single envelope.
+            match batch.split() {
+                Ok((mut first, mut second)) => {
+                    first.isolate = true;
+                    second.isolate = true;
+                    self.outbox.extend([first, second]);
+                }
+                Err(mut single) => {
+                    single.isolate = true;
+                    self.outbox.push_back(single);
+                }
+            }
+        }
+        self.outbox
+            .make_contiguous()
+            .sort_by_key(|batch| batch.last_seq);
+    }
+
+    /// At least once: end the stream to confirm it once it has been used for
+    /// `confirm_interval`, or at once when the replay buffer is full.
+    fn rotation_due(&self) -> Option<Instant> {
+        if self.delivery != Delivery::AtLeastOnce {
+            return None;
+        }
+        let stream = self.stream.as_ref()?;
+        if stream.unconfirmed.is_empty() {
+            return None;
+        }
+        if self.replay_full() {
+            // Due already: confirming is the only way to make room.
+            return Some(stream.opened);
+        }
+        Some(stream.opened + self.confirm_interval)
+    }
+
+    fn rotate_if_due(&mut self, now: Instant, closing_idle: bool) {
+        if self.writing() {
+            // Its acceptance (or failure) wakes the loop, which comes back here.
+            return;
+        }
+        let due = self.rotation_due().is_some_and(|due| now >= due);
+        if due || closing_idle {
+            self.rotate();
+        }
+    }
+
+    /// Half-closes the stream; its end is awaited with the other
+    /// confirmations, which the loop polls next.
+    fn rotate(&mut self) {
+        if let Some(open) = self.stream.take() {
+            self.confirming.push(Confirming {
+                closing: open.stream.half_close(),
+                batches: open.unconfirmed,
+                deadline: deadline_after(self.confirm_timeout),
+            });
+        }
+    }
+
+    fn poll_confirmations(&mut self, now: Instant) {
+        let waker = self.waker.clone();
+        let mut context = Context::from_waker(&waker);
+        let mut index = 0;
+        while index < self.confirming.len() {
+            let confirming = &mut self.confirming[index];
+            let outcome = match confirming.closing.poll_end(&mut context) {
+                Poll::Ready(outcome) => outcome,
+                Poll::Pending if now >= confirming.deadline => {
+                    Err(WriteError::Uncertain(self.error(
+                        "the agent did not end a closed stream in time",
+                        Some("the agent is not reading; it may be overloaded or stuck"),
+                    )))
+                }
+                Poll::Pending => {
+                    index += 1;
+                    continue;
+                }
+            };
+            // Dropping it cancels a call still pending.
+            let done = self.confirming.remove(index);
+            match outcome {
+                Ok(()) => {
+                    if !done.batches.is_empty() {
+                        self.backoff.reset();
+                    }
+                    for batch in done.batches {
+                        self.confirmed(batch);
+                    }
+                }
+                Err(failure) => self.confirmation_failed(done.batches, failure),
+            }
+        }
+    }
+
+    fn confirmation_failed(&mut self, batches: Vec<Batch>, failure: WriteError) {
+        let too_large = matches!(failure, WriteError::TooLarge(_));
+        let lone = batches.len() == 1 && batches[0].len() == 1;
+        if too_large && lone {
+            // Its stream carried nothing else: this envelope is too large.
+            self.note_failure(failure.error());
+            for batch in batches {
+                self.give_up(batch, DropReason::TooLarge);
+            }
+        } else if batches.is_empty() {
+            // At most once, the final stream: its end is close's result.
+            self.counters.record_error(failure.error());
+            self.close_error = Some(failure.into_error());
+        } else {
+            self.note_failure(failure.error());
+            self.replay(batches, too_large);
+            self.back_off();
+        }
+    }
+}

@@ -1,0 +1,631 @@
+//! The loop against in-memory fakes of the transport, which report what
+//! they see on a channel and do what a script says; tests synchronise on
+//! what the fake saw, never on sleeps.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering::Relaxed;
+use std::task::{Context, Poll};
+
+use super::*;
+use crate::proto::envelope as pb;
+use crate::queue::Queued;
+use crate::wire::framed_len;
+use crossbeam_channel::{bounded, unbounded};
+use parking_lot::Mutex;
+use protobuf::Message;
+
+/// What the fake agent saw, sent to the test as it happens.
+#[derive(Debug)]
+enum Seen {
+    Opened,
+    /// A write is waiting at the script's gate.
+    AtGate,
+    Batch(Vec<i64>),
+    HalfClosed,
+}
+
+type Outcome = std::result::Result<(), WriteError>;
+
+/// Decides what the fake's next writes and stream ends do.
+#[derive(Clone, Default)]
+struct Script {
+    /// Results for the next writes, front first; `Ok` once empty.
+    writes: Arc<Mutex<VecDeque<Outcome>>>,
+    /// Results for the next stream ends, front first; `Ok` once empty.
+    ends: Arc<Mutex<VecDeque<Outcome>>>,
+    /// When set, every write waits for a message here first.
+    gate: Option<Receiver<()>>,
+    /// When set, writes stay in flight (never accepted) until released.
+    hold: Option<Arc<Mutex<Hold>>>,
+}
+
+/// Writes held in flight, and the worker's waker to call on release.
+#[derive(Default)]
+struct Hold {
+    released: bool,
+    waker: Option<Waker>,
+}
+
+impl Hold {
+    fn release(hold: &Mutex<Hold>) {
+        let mut hold = hold.lock();
+        hold.released = true;
+        if let Some(waker) = hold.waker.take() {
+            waker.wake();
+        }
+    }
+}
+
+impl Script {
+    fn fail_write(&self, outcome: Outcome) {
+        self.writes.lock().push_back(outcome);
+    }
+}
+
+struct FakeTransport {
+    seen: Sender<Seen>,
+    script: Script,
+}
+
+struct FakeStream {
+    seen: Sender<Seen>,
+    script: Script,
+    /// How the write in flight ends.
+    writing: Option<Outcome>,
+}
+
+struct FakeClosing(Option<Outcome>);
+
+impl Transport for FakeTransport {
+    type Stream = FakeStream;
+
+    fn open(&mut self) -> Result<FakeStream> {
+        self.seen.send(Seen::Opened).unwrap();
+        Ok(FakeStream {
+            seen: self.seen.clone(),
+            script: self.script.clone(),
+            writing: None,
+        })
+    }
+
+    fn send(&mut self, _batch: &[u8], _timeout: Duration) -> Result<PendingSend> {
+        Ok(Box::new(|| Ok(())))
+    }
+}
+
+impl BatchStream for FakeStream {
+    type Closing = FakeClosing;
+
+    fn start_write(&mut self, batch: &[u8]) -> Outcome {
+        assert!(self.writing.is_none(), "two writes in flight");
+        if let Some(gate) = &self.script.gate {
+            self.seen.send(Seen::AtGate).unwrap();
+            gate.recv().unwrap();
+        }
+        // A scripted failure is a stream found already ended.
+        let scripted = self.script.writes.lock().pop_front();
+        scripted.unwrap_or(Ok(()))?;
+        let decoded = pb::EnvelopeBatch::parse_from_bytes(batch).unwrap();
+        let timestamps = decoded.batch.iter().map(|e| e.timestamp).collect();
+        self.seen.send(Seen::Batch(timestamps)).unwrap();
+        self.writing = Some(Ok(()));
+        Ok(())
+    }
+
+    fn poll_written(&mut self, context: &mut Context<'_>) -> Poll<Outcome> {
+        if let Some(hold) = &self.script.hold {
+            let mut hold = hold.lock();
+            if !hold.released {
+                hold.waker = Some(context.waker().clone());
+                return Poll::Pending;
+            }
+        }
+        Poll::Ready(self.writing.take().expect("a write in flight"))
+    }
+
+    fn half_close(self) -> FakeClosing {
+        self.seen.send(Seen::HalfClosed).unwrap();
+        FakeClosing(Some(self.script.ends.lock().pop_front().unwrap_or(Ok(()))))
+    }
+}
+
+impl Closing for FakeClosing {
+    fn poll_end(&mut self, _context: &mut Context<'_>) -> Poll<Outcome> {
+        Poll::Ready(self.0.take().unwrap_or(Ok(())))
+    }
+}
+
+struct Harness {
+    data: Sender<Queued>,
+    nudge: Sender<()>,
+    room: Arc<Room>,
+    control: Sender<Control>,
+    seen: Receiver<Seen>,
+    counters: Arc<Counters>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn flush_request(reply: Sender<Result<()>>) -> Control {
+    Control::Flush {
+        deadline: Instant::now() + WAIT,
+        reply,
+    }
+}
+const HOUR: Duration = Duration::from_secs(3600);
+
+fn settings() -> Settings {
+    Settings {
+        addr: "fake".to_string(),
+        batch_max_envelopes: 3,
+        batch_max_bytes: 1 << 20,
+        flush_interval: HOUR,
+        delivery: Delivery::AtMostOnce,
+        confirm_interval: HOUR,
+        replay_buffer_bytes: 8 << 20,
+        confirm_timeout: WAIT,
+        write_timeout: WAIT,
+        backoff: Backoff::new(Duration::from_millis(1), Duration::from_millis(2)),
+    }
+}
+
+fn start(settings: Settings, script: Script) -> Harness {
+    let (data_tx, data_rx) = bounded(1000);
+    let (nudge_tx, nudge_rx) = bounded(1);
+    let (control_tx, control_rx) = unbounded();
+    let (seen_tx, seen_rx) = unbounded();
+    let (wake, wakeups) = bounded(1);
+    let counters = Arc::new(Counters::default());
+    let room = Arc::new(Room::new(64 << 20));
+    let transport = FakeTransport {
+        seen: seen_tx,
+        script,
+    };
+    let queue = QueueReceiver {
+        data: data_rx,
+        nudges: nudge_rx,
+        room: room.clone(),
+    };
+    let worker = Worker::new(
+        transport,
+        queue,
+        control_rx,
+        Arc::default(),
+        settings,
+        counters.clone(),
+        wake,
+        wakeups,
+    );
+    Harness {
+        data: data_tx,
+        nudge: nudge_tx,
+        room,
+        control: control_tx,
+        seen: seen_rx,
+        counters,
+        thread: Some(std::thread::spawn(move || worker.run())),
+    }
+}
+
+fn log(n: i64) -> Queued {
+    log_tagged(n, &[])
+}
+
+fn log_tagged(n: i64, tags: &[(&str, &str)]) -> Queued {
+    let mut builder = crate::Envelope::log(format!("{n}")).timestamp(n);
+    for (key, value) in tags {
+        builder = builder.tag(*key, *value);
+    }
+    Queued {
+        envelope: builder.build().into_encoded(),
+        added: 0,
+    }
+}
+
+impl Harness {
+    fn emit(&self, n: i64) {
+        self.emit_quietly(n);
+        // As the client does once a batch's worth may be waiting.
+        let _ = self.nudge.try_send(());
+    }
+
+    /// As the client emits below a batch's worth: no nudge.
+    fn emit_quietly(&self, n: i64) {
+        let _ = self.counters.emitted.add(1);
+        let queued = log(n);
+        assert!(self.room.reserve(queued.framed()));
+        self.data.send(queued).unwrap();
+    }
+
+    /// Waits until the loop holds this many envelopes taken from the
+    /// queue and not yet written.
+    fn wait_taken(&self, in_flight: u64) {
+        let give_up = Instant::now() + WAIT;
+        while self.counters.in_flight.load(Relaxed) < in_flight {
+            assert!(Instant::now() < give_up, "the loop never took them");
+            std::thread::yield_now();
+        }
+    }
+
+    fn flush(&self) -> Result<()> {
+        let (reply, result) = bounded(1);
+        self.control.send(flush_request(reply)).unwrap();
+        result.recv_timeout(WAIT).unwrap()
+    }
+
+    /// Closes, checks the accounting invariant, and returns everything seen.
+    fn close_within(mut self, wait: Duration) -> (Result<()>, Vec<Seen>, crate::Stats) {
+        let (reply, result) = bounded(1);
+        self.control
+            .send(Control::Close {
+                deadline: Instant::now() + wait,
+                reply,
+            })
+            .unwrap();
+        let result = result.recv_timeout(WAIT + wait).unwrap();
+        self.thread.take().unwrap().join().unwrap();
+        let stats = self.counters.snapshot(0, self.room.bytes());
+        assert_eq!(
+            stats.emitted,
+            stats.sent + stats.dropped.total(),
+            "{stats:?}"
+        );
+        assert_eq!(stats.in_flight, 0, "{stats:?}");
+        assert_eq!(stats.queued_bytes, 0, "every byte given back: {stats:?}");
+        (result, self.seen.try_iter().collect(), stats)
+    }
+
+    fn close(self) -> (Vec<Seen>, crate::Stats) {
+        let (result, seen, stats) = self.close_within(WAIT);
+        result.unwrap();
+        (seen, stats)
+    }
+
+    /// The next batch the fake agent saw, as timestamps.
+    fn next_batch(&self) -> Vec<i64> {
+        loop {
+            if let Seen::Batch(batch) = self.seen.recv_timeout(WAIT).unwrap() {
+                return batch;
+            }
+        }
+    }
+}
+
+fn batches(seen: &[Seen]) -> Vec<Vec<i64>> {
+    seen.iter()
+        .filter_map(|s| match s {
+            Seen::Batch(b) => Some(b.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn count(seen: &[Seen], what: fn(&Seen) -> bool) -> usize {
+    seen.iter().filter(|s| what(s)).count()
+}
+
+fn stream_ended() -> WriteError {
+    WriteError::StreamEnded(Error::Closed)
+}
+
+#[test]
+fn a_batch_closes_at_the_envelope_count() {
+    let harness = start(settings(), Script::default());
+    for n in 0..7 {
+        harness.emit(n);
+    }
+    assert_eq!(harness.next_batch(), vec![0, 1, 2]);
+    assert_eq!(harness.next_batch(), vec![3, 4, 5]);
+    harness.flush().unwrap();
+    assert_eq!(harness.next_batch(), vec![6]);
+    harness.close();
+}
+
+#[test]
+fn a_flush_covers_every_batch_queued_before_it_when_writes_are_accepted_at_once() {
+    let harness = start(settings(), Script::default());
+    for n in 0..8 {
+        harness.emit_quietly(n);
+    }
+    // No nudge, no interval: only the flush takes them, a batch at a time,
+    // and each write is accepted before the loop would wait for it.
+    harness.flush().unwrap();
+    let (seen, stats) = harness.close();
+    assert_eq!(
+        batches(&seen),
+        vec![vec![0, 1, 2], vec![3, 4, 5], vec![6, 7]]
+    );
+    assert_eq!(stats.sent, 8);
+}
+
+#[test]
+fn a_batch_closes_before_it_would_exceed_the_byte_limit() {
+    let one = framed_len(log(0).envelope.bytes.len());
+    let settings = Settings {
+        batch_max_envelopes: 100,
+        batch_max_bytes: one * 2 + one / 2,
+        ..settings()
+    };
+    let harness = start(settings, Script::default());
+    for n in 0..5 {
+        harness.emit(n);
+    }
+    harness.flush().unwrap();
+    let (seen, _) = harness.close();
+    assert_eq!(batches(&seen), vec![vec![0, 1], vec![2, 3], vec![4]]);
+}
+
+#[test]
+fn envelopes_queued_behind_an_open_batch_go_with_it_when_its_time_is_up() {
+    let settings = Settings {
+        batch_max_envelopes: 100,
+        flush_interval: Duration::from_secs(1),
+        ..settings()
+    };
+    let harness = start(settings, Script::default());
+    harness.emit_quietly(1);
+    // The first opens a batch; the loop no longer listens to the queue.
+    harness.wait_taken(1);
+    harness.emit_quietly(2);
+    harness.emit_quietly(3);
+    // Sealed on time with the first, not left for the next interval.
+    assert_eq!(harness.next_batch(), vec![1, 2, 3]);
+    harness.close();
+}
+
+#[test]
+fn a_partial_batch_is_written_when_the_flush_interval_passes() {
+    let settings = Settings {
+        batch_max_envelopes: 100,
+        flush_interval: Duration::from_millis(20),
+        ..settings()
+    };
+    let harness = start(settings, Script::default());
+    harness.emit(1);
+    // No flush: only the interval can write it.
+    assert_eq!(harness.next_batch(), vec![1]);
+    harness.close();
+}
+
+#[test]
+fn flush_replies_only_after_the_write_was_accepted() {
+    let (release, gate) = bounded(0);
+    let script = Script {
+        gate: Some(gate),
+        ..Script::default()
+    };
+    let harness = start(settings(), script);
+    harness.emit(1);
+    let (reply, result) = bounded(1);
+    harness.control.send(flush_request(reply)).unwrap();
+    assert!(matches!(harness.seen.recv_timeout(WAIT), Ok(Seen::Opened)));
+    assert!(matches!(harness.seen.recv_timeout(WAIT), Ok(Seen::AtGate)));
+    // The write is held at the gate: the flush cannot have replied yet.
+    assert!(result.try_recv().is_err());
+    assert_eq!(harness.counters.snapshot(0, 0).in_flight, 1);
+    release.send(()).unwrap();
+    result.recv_timeout(WAIT).unwrap().unwrap();
+    assert_eq!(harness.next_batch(), vec![1]);
+    drop(release);
+    harness.close();
+}
+
+#[test]
+fn the_next_batch_is_built_while_a_write_is_in_flight_and_written_after_it() {
+    let hold = Arc::new(Mutex::new(Hold::default()));
+    let script = Script {
+        hold: Some(hold.clone()),
+        ..Script::default()
+    };
+    let harness = start(settings(), script);
+    for n in 0..3 {
+        harness.emit(n);
+    }
+    assert_eq!(harness.next_batch(), vec![0, 1, 2]);
+    for n in 3..6 {
+        harness.emit(n);
+    }
+    // The flush is answered only once both batches are written; while
+    // the first is held the second is built but not started (the fake
+    // panics on two writes in flight).
+    let (reply, result) = bounded(1);
+    harness.control.send(flush_request(reply)).unwrap();
+    assert!(result.try_recv().is_err());
+    assert_eq!(harness.counters.snapshot(0, 0).sent, 0);
+    Hold::release(&hold);
+    result.recv_timeout(WAIT).unwrap().unwrap();
+    assert_eq!(harness.next_batch(), vec![3, 4, 5]);
+    let (_, stats) = harness.close();
+    assert_eq!((stats.sent, stats.batches), (6, 2));
+}
+
+#[test]
+fn at_most_once_a_write_held_past_the_write_timeout_is_given_up_not_repeated() {
+    let hold = Arc::new(Mutex::new(Hold::default()));
+    let script = Script {
+        hold: Some(hold.clone()),
+        ..Script::default()
+    };
+    let settings = Settings {
+        write_timeout: Duration::from_millis(20),
+        ..settings()
+    };
+    let harness = start(settings, script);
+    for n in 0..3 {
+        harness.emit(n);
+    }
+    assert_eq!(harness.next_batch(), vec![0, 1, 2]);
+    // Only the timeout can end this write.
+    let flushed = harness.flush();
+    assert!(matches!(flushed, Ok(())), "{flushed:?}");
+    Hold::release(&hold);
+    harness.emit(3);
+    harness.flush().unwrap();
+    let (seen, stats) = harness.close();
+    assert_eq!(count(&seen, |s| matches!(s, Seen::Opened)), 1, "{seen:?}");
+    assert_eq!(batches(&seen), vec![vec![3]]);
+    assert_eq!((stats.sent, stats.dropped.gave_up, stats.errors), (1, 3, 1));
+}
+
+#[test]
+fn a_stream_that_ended_is_replaced_and_the_batch_written_on_the_next() {
+    let script = Script::default();
+    let harness = start(settings(), script.clone());
+    harness.emit(1);
+    harness.flush().unwrap();
+    script.fail_write(Err(stream_ended()));
+    harness.emit(2);
+    harness.flush().unwrap();
+    let (seen, stats) = harness.close();
+    assert_eq!(count(&seen, |s| matches!(s, Seen::Opened)), 2, "{seen:?}");
+    assert_eq!(batches(&seen), vec![vec![1], vec![2]]);
+    assert_eq!((stats.sent, stats.errors, stats.reconnects), (2, 1, 1));
+}
+
+#[test]
+fn while_the_agent_is_away_batches_wait_with_backoff_and_arrive_when_it_returns() {
+    let script = Script::default();
+    for _ in 0..3 {
+        script.fail_write(Err(stream_ended()));
+    }
+    let harness = start(settings(), script);
+    harness.emit(1);
+    harness.emit(2);
+    harness.flush().unwrap();
+    let (seen, stats) = harness.close();
+    assert_eq!(batches(&seen), vec![vec![1, 2]]);
+    assert_eq!(count(&seen, |s| matches!(s, Seen::Opened)), 4);
+    assert_eq!((stats.sent, stats.dropped.total(), stats.errors), (2, 0, 3));
+}
+
+#[test]
+fn at_most_once_a_write_that_may_have_reached_the_agent_is_not_repeated() {
+    let script = Script::default();
+    let harness = start(settings(), script.clone());
+    harness.emit(1);
+    harness.flush().unwrap();
+    script.fail_write(Err(WriteError::Uncertain(Error::Closed)));
+    harness.emit(2);
+    harness.flush().unwrap();
+    let (seen, stats) = harness.close();
+    assert_eq!(batches(&seen), vec![vec![1]]);
+    assert_eq!((stats.sent, stats.dropped.gave_up), (1, 1));
+}
+
+#[test]
+fn a_batch_the_agent_finds_too_large_is_split_and_a_lone_envelope_dropped() {
+    let script = Script::default();
+    let too_large = || Err(WriteError::TooLarge(Error::Closed));
+    // The whole batch, then the lone first half, are refused.
+    script.fail_write(too_large());
+    script.fail_write(too_large());
+    let harness = start(settings(), script);
+    for n in 0..3 {
+        harness.emit(n);
+    }
+    harness.flush().unwrap();
+    let (seen, stats) = harness.close();
+    assert_eq!(batches(&seen), vec![vec![1, 2]]);
+    assert_eq!((stats.sent, stats.dropped.too_large), (2, 1));
+}
+
+#[test]
+fn at_least_once_envelopes_count_as_sent_only_when_their_stream_is_confirmed() {
+    let settings = Settings {
+        delivery: Delivery::AtLeastOnce,
+        ..settings()
+    };
+    let harness = start(settings, Script::default());
+    for n in 0..3 {
+        harness.emit(n);
+    }
+    harness.flush().unwrap();
+    let stats = harness.counters.snapshot(0, 0);
+    assert_eq!((stats.sent, stats.in_flight), (0, 3));
+    let (seen, stats) = harness.close();
+    assert_eq!(count(&seen, |s| matches!(s, Seen::HalfClosed)), 1);
+    assert_eq!((stats.sent, stats.replayed), (3, 0));
+}
+
+#[test]
+fn at_least_once_a_stream_that_fails_to_confirm_is_replayed_on_the_next() {
+    let settings = Settings {
+        delivery: Delivery::AtLeastOnce,
+        confirm_interval: Duration::from_millis(1),
+        ..settings()
+    };
+    let script = Script::default();
+    script.ends.lock().push_back(Err(stream_ended()));
+    let harness = start(settings, script);
+    for n in 0..3 {
+        harness.emit(n);
+    }
+    let (seen, stats) = harness.close();
+    assert_eq!(batches(&seen), vec![vec![0, 1, 2], vec![0, 1, 2]]);
+    assert_eq!((stats.sent, stats.replayed, stats.errors), (3, 3, 1));
+}
+
+#[test]
+fn at_least_once_a_write_error_replays_what_the_stream_had_not_confirmed() {
+    let settings = Settings {
+        delivery: Delivery::AtLeastOnce,
+        ..settings()
+    };
+    let script = Script::default();
+    let harness = start(settings, script.clone());
+    for n in 0..3 {
+        harness.emit(n);
+    }
+    harness.flush().unwrap();
+    script.fail_write(Err(stream_ended()));
+    for n in 3..6 {
+        harness.emit(n);
+    }
+    let (seen, stats) = harness.close();
+    assert_eq!(
+        batches(&seen),
+        vec![vec![0, 1, 2], vec![0, 1, 2], vec![3, 4, 5]]
+    );
+    assert_eq!((stats.sent, stats.replayed), (6, 3));
+}
+
+#[test]
+fn at_least_once_a_full_replay_buffer_confirms_at_once_instead_of_waiting() {
+    let settings = Settings {
+        delivery: Delivery::AtLeastOnce,
+        batch_max_envelopes: 1,
+        // Full after one batch: each must be confirmed before the next.
+        replay_buffer_bytes: 1,
+        ..settings()
+    };
+    let harness = start(settings, Script::default());
+    for n in 0..5 {
+        harness.emit(n);
+    }
+    harness.flush().unwrap();
+    let (seen, stats) = harness.close();
+    assert_eq!(
+        count(&seen, |s| matches!(s, Seen::HalfClosed)),
+        5,
+        "{seen:?}"
+    );
+    assert_eq!((stats.sent, stats.replayed), (5, 0));
+}
+
+#[test]
+fn close_gives_up_at_its_deadline_and_says_how_many_were_not_delivered() {
+    let script = Script::default();
+    for _ in 0..10_000 {
+        script.fail_write(Err(stream_ended()));
+    }
+    let harness = start(settings(), script);
+    harness.emit(1);
+    harness.emit(2);
+    let (result, _, stats) = harness.close_within(Duration::from_millis(50));
+    assert!(
+        matches!(result, Err(Error::Timeout { undelivered: 2, .. })),
+        "{result:?}"
+    );
+    assert_eq!(stats.dropped.gave_up, 2);
+}

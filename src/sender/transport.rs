@@ -1,0 +1,102 @@
+//! What the sender loop asks of the network, and nothing more: open a
+//! `BatchSender` stream, write encoded batches on it one at a time,
+//! half-close it and learn how it ended, and start a unary `Send`. The gRPC
+//! implementation is `crate::grpc`; the loop's tests use in-memory fakes.
+
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake};
+use std::time::Duration;
+
+use crossbeam_channel::Sender;
+
+use crate::error::{Error, Result};
+
+/// A unary send under way; calling it waits for the agent's answer.
+pub(crate) type PendingSend = Box<dyn FnOnce() -> Result<()> + Send>;
+
+/// Opens `BatchSender` streams and starts unary sends.
+pub(crate) trait Transport {
+    /// The stream type; dropping one cancels its call.
+    type Stream: BatchStream;
+
+    /// Opens a new stream.
+    fn open(&mut self) -> Result<Self::Stream>;
+
+    /// Starts a unary `Send` of an encoded `EnvelopeBatch`.
+    fn send(&mut self, batch: &[u8], timeout: Duration) -> Result<PendingSend>;
+}
+
+/// Why a write (or a stream's end) failed, which decides what happens to
+/// its batches.
+#[derive(Debug)]
+pub(crate) enum WriteError {
+    /// The stream had already ended: the agent never got the batch.
+    StreamEnded(Error),
+    /// The agent refused a message as too large (RESOURCE_EXHAUSTED).
+    TooLarge(Error),
+    /// The write was cut short (timeout, abort): the agent may have it.
+    Uncertain(Error),
+}
+
+impl WriteError {
+    pub(crate) fn error(&self) -> &Error {
+        match self {
+            WriteError::StreamEnded(error)
+            | WriteError::TooLarge(error)
+            | WriteError::Uncertain(error) => error,
+        }
+    }
+
+    pub(crate) fn into_error(self) -> Error {
+        match self {
+            WriteError::StreamEnded(error)
+            | WriteError::TooLarge(error)
+            | WriteError::Uncertain(error) => error,
+        }
+    }
+}
+
+/// One client stream of encoded `EnvelopeBatch` messages.
+///
+/// One write is in flight at a time: the loop starts a write, builds the
+/// next batch while the transport sends it, and starts the next write once
+/// [`poll_written`](Self::poll_written) says the last one was accepted.
+pub(crate) trait BatchStream {
+    /// Half-closing a stream yields this; it resolves when the call ends.
+    type Closing: Closing;
+
+    /// Starts writing one encoded batch, without waiting for it; the
+    /// previous write has been accepted.
+    fn start_write(&mut self, batch: &[u8]) -> std::result::Result<(), WriteError>;
+
+    /// Ready once the write in flight has been accepted by the transport, or
+    /// has failed.
+    fn poll_written(
+        &mut self,
+        context: &mut Context<'_>,
+    ) -> Poll<std::result::Result<(), WriteError>>;
+
+    /// Starts a half-close without waiting for the agent's answer.
+    fn half_close(self) -> Self::Closing;
+}
+
+/// A half-closed stream waiting for the agent to end the call.
+pub(crate) trait Closing {
+    /// Ready with `Ok` once the agent ended the call cleanly (after reading
+    /// everything), or with the error it ended it with.
+    fn poll_end(&mut self, context: &mut Context<'_>) -> Poll<std::result::Result<(), WriteError>>;
+}
+
+/// Turns the transport's wake-ups into messages a `select!` can wait on.
+pub(crate) struct ChannelWaker(pub Sender<()>);
+
+impl Wake for ChannelWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        // A full channel already holds a wake-up.
+        let _ = self.0.try_send(());
+    }
+}

@@ -1,0 +1,104 @@
+//! Protobuf's wire format, as far as the client writes and reads it by hand:
+//! lengths, varints, length-delimited fields, and a reader of fields.
+
+/// The encoded size of `value` as a protobuf varint.
+pub(crate) fn varint_len(value: u64) -> usize {
+    (64 - (value | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+/// The bytes a length-delimited field of `size` bytes takes with a
+/// one-byte tag: an envelope inside an `EnvelopeBatch`, a string in an envelope.
+pub(crate) fn framed_len(size: usize) -> usize {
+    1 + varint_len(size as u64) + size
+}
+
+/// Appends a field's tag: its number and wire type.
+pub(crate) fn put_tag(out: &mut Vec<u8>, field: u32, wire_type: u32) {
+    put_varint(out, u64::from((field << 3) | wire_type));
+}
+
+pub(crate) fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+/// Appends a length-delimited field (a string or bytes).
+pub(crate) fn put_bytes(out: &mut Vec<u8>, field: u32, bytes: &[u8]) {
+    put_tag(out, field, 2);
+    put_varint(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+}
+
+/// Walks the fields of an encoded message: each tag with its
+/// length-delimited contents (empty for other wire types).
+pub(crate) struct Reader<'a>(pub &'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn varint(&mut self) -> Option<u64> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let (&byte, rest) = self.0.split_first()?;
+            self.0 = rest;
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte < 0x80 {
+                return Some(value);
+            }
+        }
+        None
+    }
+
+    pub(crate) fn field(&mut self) -> Option<(u64, &'a [u8])> {
+        let tag = self.varint()?;
+        let contents = match tag & 7 {
+            0 => {
+                self.varint()?;
+                &[][..]
+            }
+            1 => self.take(8)?,
+            2 => {
+                let len = usize::try_from(self.varint()?).ok()?;
+                self.take(len)?
+            }
+            5 => self.take(4)?,
+            _ => return None,
+        };
+        Some((tag, contents))
+    }
+
+    fn take(&mut self, len: usize) -> Option<&'a [u8]> {
+        if len > self.0.len() {
+            return None;
+        }
+        let (taken, rest) = self.0.split_at(len);
+        self.0 = rest;
+        Some(taken)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn varint_lengths_match_what_put_varint_writes() {
+        for value in [
+            0,
+            1,
+            127,
+            128,
+            16_383,
+            16_384,
+            u64::from(u32::MAX),
+            u64::MAX,
+        ] {
+            let mut out = Vec::new();
+            put_varint(&mut out, value);
+            assert_eq!(out.len(), varint_len(value), "{value}");
+            assert_eq!(Reader(&out).varint(), Some(value));
+        }
+        assert_eq!(varint_len(u64::MAX), 10);
+    }
+}

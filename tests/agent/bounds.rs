@@ -1,0 +1,226 @@
+//! The byte budget: what an outage can make the client hold, whatever the
+//! envelopes' sizes and whatever the caller does meanwhile (flush per
+//! request, block, send), against an agent that is absent and then starts.
+
+use std::time::{Duration, Instant};
+
+use loggregator::spy::{SpyAgent, TestCerts};
+use loggregator::{Envelope, Error, IngressClient, IngressClientBuilder, Overflow, Stats};
+
+use crate::common::{WAIT, assert_closed_accounting, unused_addr, wait_for_stats};
+
+const MIB: usize = 1024 * 1024;
+
+fn absent_agent(certs: &TestCerts) -> (String, IngressClientBuilder) {
+    let addr = unused_addr();
+    let builder = IngressClient::builder()
+        .addr(&addr)
+        .tls(certs.client_tls().unwrap())
+        .reconnect_backoff(Duration::from_millis(10), Duration::from_millis(50));
+    (addr, builder)
+}
+
+fn start_agent(certs: &TestCerts, addr: &str) -> SpyAgent {
+    let port = addr.rsplit_once(':').unwrap().1.parse().unwrap();
+    SpyAgent::builder().port(port).start(certs).unwrap()
+}
+
+/// Envelopes the client holds: emitted, and neither sent nor dropped.
+fn held(stats: &Stats) -> u64 {
+    stats.emitted - stats.sent - stats.dropped.total()
+}
+
+#[test]
+fn large_envelopes_during_an_outage_are_held_up_to_queue_max_bytes() {
+    let certs = TestCerts::generate().unwrap();
+    let (addr, builder) = absent_agent(&certs);
+    let client = builder.queue_max_bytes(4 * MIB).build().unwrap();
+    let payload = vec![b'x'; 256 * 1024];
+    let mut most_bytes = 0;
+    for _ in 0..100 {
+        client.emit(Envelope::log(payload.clone()));
+        most_bytes = most_bytes.max(client.stats().queued_bytes);
+    }
+    let stats = client.stats();
+    assert!(most_bytes <= 4 * MIB as u64, "{most_bytes} {stats:?}");
+    // 15 fit in 4 MiB (each is a little over 256 KiB encoded); the rest
+    // are dropped and counted, not held.
+    assert_eq!(held(&stats), 15, "{stats:?}");
+    assert_eq!(stats.dropped.queue_full, 85, "{stats:?}");
+    let agent = start_agent(&certs, &addr);
+    client.close(WAIT).unwrap();
+    assert_eq!(agent.envelopes().len(), 15);
+    let stats = client.stats();
+    assert_eq!(stats.queued_bytes, 0, "{stats:?}");
+    assert_closed_accounting(&stats);
+}
+
+#[test]
+fn flushing_per_request_during_an_outage_holds_no_more_than_the_queue() {
+    let certs = TestCerts::generate().unwrap();
+    let (addr, builder) = absent_agent(&certs);
+    let (capacity, batch) = (2_000, 100);
+    let client = builder
+        .queue_capacity(capacity)
+        .batch_max_envelopes(batch)
+        .build()
+        .unwrap();
+    let payload = vec![b'r'; 1024];
+    let mut most_held = 0;
+    for request in 0..100 {
+        for _ in 0..100 {
+            client.emit(Envelope::log(payload.clone()));
+        }
+        // Nothing can be written: the flush times out and moves nothing.
+        match client.flush(Duration::from_millis(1)) {
+            Err(Error::Timeout { .. }) => {}
+            other => panic!("request {request}: {other:?}"),
+        }
+        most_held = most_held.max(held(&client.stats()));
+    }
+    let stats = client.stats();
+    // The queue, plus at most the batch the sender took before the outage
+    // stopped it and the one it was building.
+    assert!(
+        most_held <= (capacity + 2 * batch) as u64,
+        "held {most_held}: {stats:?}"
+    );
+    assert!(stats.dropped.queue_full >= 10_000 - (capacity + 2 * batch) as u64);
+    let agent = start_agent(&certs, &addr);
+    client.flush(WAIT).unwrap();
+    client.close(WAIT).unwrap();
+    let stats = client.stats();
+    assert_eq!(agent.envelopes().len() as u64, stats.sent);
+    assert_closed_accounting(&stats);
+}
+
+#[test]
+fn block_waits_for_bytes_as_for_room_and_loses_nothing() {
+    let certs = TestCerts::generate().unwrap();
+    let (addr, builder) = absent_agent(&certs);
+    let client = builder
+        .overflow(Overflow::Block)
+        .queue_max_bytes(MIB)
+        .batch_max_bytes(MIB)
+        .build()
+        .unwrap();
+    let payload = vec![b'b'; 300 * 1024];
+    // Three fit in 1 MiB; the count bound (10,000) is far away.
+    for _ in 0..3 {
+        client.emit(Envelope::log(payload.clone()));
+    }
+    let emitter = {
+        let (client, payload) = (client.clone(), payload.clone());
+        std::thread::spawn(move || {
+            for _ in 0..3 {
+                client.emit(Envelope::log(payload.clone()));
+            }
+        })
+    };
+    wait_for_stats(&client, |s| s.emitted == 4);
+    assert!(
+        !emitter.is_finished(),
+        "waits for bytes: {:?}",
+        client.stats()
+    );
+    assert!(client.stats().queued_bytes <= MIB as u64);
+    let agent = start_agent(&certs, &addr);
+    emitter.join().unwrap();
+    client.close(WAIT).unwrap();
+    assert_eq!(agent.envelopes().len(), 6);
+    let stats = client.stats();
+    assert_eq!(stats.dropped.total(), 0, "{stats:?}");
+    assert_closed_accounting(&stats);
+}
+
+#[test]
+fn drop_oldest_evicts_as_many_small_envelopes_as_a_large_one_needs() {
+    let certs = TestCerts::generate().unwrap();
+    let (addr, builder) = absent_agent(&certs);
+    let client = builder
+        .overflow(Overflow::DropOldest)
+        .queue_max_bytes(64 * 1024)
+        .batch_max_bytes(64 * 1024)
+        .batch_max_envelopes(1)
+        .build()
+        .unwrap();
+    // The first is taken by the sender thread and stuck there with the
+    // agent away; the rest wait in the queue.
+    client.emit(Envelope::log("first").timestamp(0));
+    wait_for_stats(&client, |s| s.in_flight == 1 && s.errors >= 1);
+    for n in 1..=40 {
+        client.emit(Envelope::log(vec![b's'; 1000]).timestamp(n));
+    }
+    client.emit(Envelope::log(vec![b'L'; 30 * 1024]).timestamp(100));
+    let stats = client.stats();
+    assert!(stats.queued_bytes <= 64 * 1024, "{stats:?}");
+    // 40 small ones fit in 64 KiB; the large one needs 7 of their places.
+    let evicted = stats.dropped.queue_full as i64;
+    assert!((6..=8).contains(&evicted), "{stats:?}");
+    let agent = start_agent(&certs, &addr);
+    client.close(WAIT).unwrap();
+    let received: Vec<i64> = agent.envelopes().iter().map(|e| e.timestamp).collect();
+    // The first, then the newest small ones, then the large one: the oldest went.
+    let mut expected = vec![0];
+    expected.extend(evicted + 1..=40);
+    expected.push(100);
+    assert_eq!(received, expected);
+    assert_closed_accounting(&client.stats());
+}
+
+#[test]
+fn unary_sends_wait_for_room_in_the_byte_budget_and_give_it_back() {
+    let certs = TestCerts::generate().unwrap();
+    let agent = SpyAgent::start(&certs).unwrap();
+    let client = IngressClient::builder()
+        .addr(agent.addr())
+        .tls(certs.client_tls().unwrap())
+        .queue_max_bytes(MIB)
+        .batch_max_bytes(MIB)
+        .build()
+        .unwrap();
+    let big = || vec![Envelope::log(vec![b'u'; 600 * 1024]).build()];
+    // Sends hold their bytes only while they run: one after another, each fits.
+    for _ in 0..3 {
+        client.send(big(), WAIT).unwrap();
+    }
+    assert_eq!(client.stats().queued_bytes, 0);
+    // With the budget taken by what a stalled agent does not read, a send
+    // cannot fit: it waits, then times out, instead of growing memory
+    // (the spy would answer the unary call itself).
+    agent.pause_reading();
+    let started = Instant::now();
+    // Until HTTP/2 flow control holds a write: then nothing more is accepted.
+    loop {
+        for _ in 0..10 {
+            client.emit(Envelope::log(vec![b'q'; 60 * 1024]));
+        }
+        if client.flush(Duration::from_millis(100)).is_err() {
+            break;
+        }
+        assert!(started.elapsed() < WAIT, "{:?}", client.stats());
+    }
+    while client.stats().queued_bytes < 500 * 1024 {
+        client.emit(Envelope::log(vec![b'q'; 60 * 1024]));
+    }
+    match client.send(big(), Duration::from_millis(300)) {
+        Err(Error::Timeout { undelivered: 1, .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    assert!(client.stats().queued_bytes <= MIB as u64);
+    assert_eq!(unary_sends(&agent), 3);
+    agent.resume_reading();
+    client.flush(WAIT).unwrap();
+    client.send(big(), WAIT).unwrap();
+    assert_eq!(unary_sends(&agent), 4);
+    client.close(WAIT).unwrap();
+    assert_closed_accounting(&client.stats());
+}
+
+fn unary_sends(agent: &SpyAgent) -> usize {
+    agent
+        .batches()
+        .iter()
+        .filter(|batch| batch.rpc == loggregator::spy::Rpc::Send)
+        .count()
+}
