@@ -70,6 +70,17 @@ struct Flags {
     batch: usize,
     #[arg(long, value_parser = humantime::parse_duration, default_value = "3s")]
     seconds: Duration,
+    /// What the caller does while the agent is away (`--scenario outage`).
+    #[arg(long, value_enum, default_value_t = Outage::LargeLogs)]
+    outage: Outage,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Outage {
+    /// 2,000 logs of 512 KiB.
+    LargeLogs,
+    /// 200,000 logs of 1 KiB, with `flush(1 ms)` after every 100.
+    FlushPerRequest,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,6 +89,7 @@ enum Scenario {
     Ceiling,
     Latency,
     Memory,
+    Outage,
     Footprint,
     Idle,
 }
@@ -366,6 +378,36 @@ fn main_run(flags: &Flags) {
     agent.set_rate(0);
     println!();
 
+    let bound =
+        (loggregator::DEFAULT_QUEUE_MAX_BYTES + 2 * loggregator::DEFAULT_BATCH_MAX_BYTES) as f64;
+    let bound_with_replay = bound + loggregator::DEFAULT_REPLAY_BUFFER_BYTES as f64;
+    println!(
+        "memory while the agent is away, default settings: bound = queue_max_bytes + 2 x batch_max_bytes = {:.1} MiB over the idle client ({:.1} MiB with the at-least-once replay buffer)",
+        bound / MIB,
+        bound_with_replay / MIB
+    );
+    for (label, outage) in [
+        ("2,000 logs of 512 KiB", "large-logs"),
+        (
+            "200,000 logs of 1 KiB, flush(1 ms) every 100",
+            "flush-per-request",
+        ),
+    ] {
+        let figures = measure(&mut agent, Scenario::Outage, &["--outage", outage]);
+        let growth = figures["peak_anon_bytes"] - figures["idle_anon_bytes"];
+        println!(
+            "  {label:<46} peak anonymous memory +{:.1} MiB over the idle client ({:.2} of the bound; {:.1} MiB before the client, {:.1} MiB idle); held at most {:.1} MiB encoded, emitted {}, dropped (queue_full) {}",
+            growth / MIB,
+            growth / bound,
+            figures["process_anon_bytes"] / MIB,
+            figures["idle_anon_bytes"] / MIB,
+            figures["most_queued_bytes"] / MIB,
+            figures["emitted"],
+            figures["queue_full"]
+        );
+    }
+    println!();
+
     let idle = measure(&mut agent, Scenario::Idle, &["--seconds", &long]);
     println!(
         "idle: {:.3} ms CPU per second over {LONG_RUN:?} with nothing to send",
@@ -420,6 +462,7 @@ fn run_scenario(scenario: Scenario, flags: &Flags) -> Figures {
         Scenario::Ceiling => ceiling(flags),
         Scenario::Latency => latency(flags),
         Scenario::Memory => memory(flags),
+        Scenario::Outage => outage(flags),
         Scenario::Footprint => footprint(),
         Scenario::Idle => idle(flags),
     }
@@ -800,6 +843,57 @@ fn memory(flags: &Flags) -> Figures {
         ("emitted".into(), stats.emitted as f64),
         ("dropped".into(), stats.dropped.total() as f64),
         ("delivered".into(), stats.sent as f64),
+    ])
+}
+
+/// Peak memory while the agent is away, as a careless service causes it:
+/// large logs, or small ones with a flush after every 100 (one per request).
+fn outage(flags: &Flags) -> Figures {
+    // Nothing listens at this address: the agent is away for the whole run.
+    let away = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .to_string();
+    let process = Resident::now();
+    let client = IngressClient::builder()
+        .addr(away)
+        .tls(tls(flags))
+        .build()
+        .expect("a client");
+    let idle = Resident::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = Resident::peak_until(stop.clone());
+    let mut most_queued_bytes = 0;
+    match flags.outage {
+        Outage::LargeLogs => {
+            let payload = vec![b'x'; 512 * 1024];
+            for _ in 0..2_000 {
+                client.emit(Envelope::log(payload.as_slice()));
+                most_queued_bytes = most_queued_bytes.max(client.stats().queued_bytes);
+            }
+        }
+        Outage::FlushPerRequest => {
+            let payload = vec![b'r'; 1024];
+            for n in 1..=200_000 {
+                client.emit(Envelope::log(payload.as_slice()));
+                if n % 100 == 0 {
+                    let _ = client.flush(Duration::from_millis(1));
+                    most_queued_bytes = most_queued_bytes.max(client.stats().queued_bytes);
+                }
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let sampled = sampler.join().expect("sampler");
+    let stats = client.stats();
+    let _ = client.close(Duration::from_secs(1));
+    Figures::from([
+        ("process_anon_bytes".into(), process.anon),
+        ("idle_anon_bytes".into(), idle.anon),
+        ("peak_anon_bytes".into(), sampled.anon),
+        ("most_queued_bytes".into(), most_queued_bytes as f64),
+        ("emitted".into(), stats.emitted as f64),
+        ("queue_full".into(), stats.dropped.queue_full as f64),
     ])
 }
 

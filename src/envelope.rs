@@ -614,6 +614,13 @@ impl EnvelopeBuilder<kind::Counter> {
     /// Reports an absolute total instead of an increment: sets `total` and,
     /// like the Go client's total helper, a delta of 0.
     ///
+    /// The agent keeps one running total per counter name, source id and
+    /// tags (instance id aside) and adds every sender's deltas to it; a
+    /// counter with a total *replaces* it, for every sender of that name,
+    /// source and tags. Use it only for a counter this process alone
+    /// reports; [`delta`](Self::delta) (or [`IngressClient::counter`](crate::IngressClient::counter))
+    /// adds up across processes and instances.
+    ///
     /// ```
     /// let env = loggregator::Envelope::counter("restarts").total(3).build();
     /// let counter = env.as_proto().counter();

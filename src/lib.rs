@@ -1,11 +1,16 @@
 //! A blocking client for Cloud Foundry's Loggregator v2 Ingress API.
 //!
-//! Every Cloud Foundry VM and app container runs a Loggregator agent on
-//! `localhost:3458` that takes logs and metrics over gRPC with mutual TLS.
-//! This crate lets threaded and synchronous Rust programs send to it with one
-//! non-blocking call, [`IngressClient::emit`], from any thread: no async
-//! runtime in your code. A dedicated sender thread batches envelopes and
-//! writes them on a `BatchSender` stream.
+//! Every BOSH-deployed Cloud Foundry VM (Diego cells included) runs a
+//! Loggregator agent on `localhost:3458` that takes logs and metrics over
+//! gRPC with mutual TLS from processes holding a certificate signed by the
+//! Loggregator CA: platform jobs, add-ons, service brokers, sidecars given
+//! the certificates. (Apps in containers normally log through stdout and
+//! stderr, which the platform forwards.) This crate lets threaded and
+//! synchronous Rust programs send to it with one non-blocking call,
+//! [`IngressClient::emit`], from any thread: no async runtime in your code.
+//! A dedicated sender thread batches envelopes and writes them on a
+//! `BatchSender` stream; what the client holds is bounded in envelopes and
+//! in bytes.
 //!
 //! ```no_run
 //! use loggregator::{Envelope, IngressClient, TlsConfig};

@@ -1,7 +1,7 @@
 //! What the client does when the queue is full, how much it promises about
 //! delivery, and how it waits between reconnects.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// What `emit` does when the queue is full.
 ///
@@ -38,22 +38,41 @@ pub enum Overflow {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Delivery {
-    /// A batch counts as sent once gRPC accepts it on the stream. A batch
-    /// whose write finds the stream already ended is written again on a new
-    /// stream; what a stream had accepted before it broke may be lost (at most
-    /// what fits in the HTTP/2 window and socket buffers), and a write under
+    /// A batch counts as sent once gRPC accepts it on the stream; nothing
+    /// from the agent acknowledges it later. A batch whose write finds the
+    /// stream already ended is written again on a new stream; a write under
     /// way on a working stream when it breaks is given up (`gave_up`), since
     /// the agent may have read it. No duplicates. The default.
+    ///
+    /// What a stream had accepted before the agent ended it may be lost and
+    /// stays counted in `sent`: when the agent goes away, at most what fits
+    /// in the HTTP/2 window and socket buffers; when it ends the stream with
+    /// RESOURCE_EXHAUSTED (a message over its size limit), the refused batch
+    /// and what followed it on that stream. The real agents accept messages
+    /// up to 10 MiB, which `batch_max_bytes` cannot exceed, so only an agent
+    /// configured with a lower limit refuses; `errors` and `last_error`
+    /// record it, and `close` returns it when it ends the last stream.
     #[default]
     AtMostOnce,
     /// Every `confirm_interval` the client ends its stream cleanly and opens
     /// the next; the agent ends a stream only after reading all of it, which
     /// confirms its batches. Batches written but not yet confirmed are kept
     /// (up to `replay_buffer_bytes`) and written again if their stream fails,
-    /// so nothing written is lost, and duplicates are possible (counted in
-    /// `replayed`). When the replay buffer is full the client waits for
+    /// so nothing written is lost before the agent has read it, and
+    /// duplicates are possible (counted in `replayed`). `sent` counts only
+    /// what the agent confirmed; a batch it refuses as too large is written
+    /// again in halves until the one envelope too large is found
+    /// (`too_large`). When the replay buffer is full the client waits for
     /// confirmations and the queue absorbs the wait.
     AtLeastOnce,
+}
+
+/// The longest any setting or timeout is honoured, so deadlines never overflow.
+pub(crate) const LONGEST_WAIT: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// `now + wait`, with waits beyond [`LONGEST_WAIT`] shortened to it.
+pub(crate) fn deadline_after(wait: Duration) -> Instant {
+    Instant::now() + wait.min(LONGEST_WAIT)
 }
 
 /// Exponential backoff with jitter between attempts to reach the agent.

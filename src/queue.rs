@@ -317,7 +317,7 @@ impl Queue {
     /// Waits for room, at most `wait`, and never past the start of close.
     fn block_for(&self, queued: Queued, wait: Option<Duration>) {
         let mut queued = Some(queued);
-        let outcome = self.wait_for_room(wait.map(crate::sender::deadline_after), || match queued
+        let outcome = self.wait_for_room(wait.map(crate::policy::deadline_after), || match queued
             .take()
             .map(|q| self.try_push(q))
         {

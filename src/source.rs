@@ -37,6 +37,13 @@ impl SourceInfo {
     /// index from `CF_INSTANCE_INDEX` (or `VCAP_APPLICATION`'s
     /// `instance_index`).
     ///
+    /// The agents run on the VMs, not in app containers, and apps normally
+    /// log through stdout and stderr, which the platform forwards. This is
+    /// for the few processes in an app container that talk to an agent
+    /// directly: a sidecar an operator has given Loggregator certificates
+    /// and an address that reaches the VM's agent. To send on an app's
+    /// behalf from elsewhere, use [`SourceInfo::new`] with its GUID.
+    ///
     /// Outside Cloud Foundry, or when a variable is malformed, it returns
     /// [`Error::Config`] saying which variable and why; it never guesses.
     ///

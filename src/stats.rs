@@ -22,7 +22,10 @@ use parking_lot::Mutex;
 pub struct Stats {
     /// Envelopes passed to `emit`.
     pub emitted: u64,
-    /// Envelopes written to a stream and accepted by gRPC.
+    /// Envelopes delivered. At most once: accepted by gRPC on a stream (a
+    /// stream the agent ends with an error afterwards may still lose some,
+    /// see [`Delivery::AtMostOnce`](crate::Delivery::AtMostOnce)). At least
+    /// once: on a stream the agent confirmed it read.
     pub sent: u64,
     /// Envelopes given up on, by reason.
     pub dropped: Dropped,

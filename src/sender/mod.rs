@@ -29,6 +29,7 @@ use crate::LOG_TARGET;
 use crate::batch::Stamp;
 use crate::error::{Error, Result};
 use crate::policy::{Backoff, Delivery};
+pub(crate) use crate::policy::{LONGEST_WAIT, deadline_after};
 use crate::queue::{QueueReceiver, Reservation, Room};
 use crate::stats::Counters;
 
@@ -61,14 +62,6 @@ pub(crate) enum Control {
         deadline: Instant,
         reply: Sender<Result<PendingSend>>,
     },
-}
-
-/// The longest any setting or timeout is honoured, so deadlines never overflow.
-pub(crate) const LONGEST_WAIT: Duration = Duration::from_secs(24 * 60 * 60);
-
-/// `now + wait`, with waits beyond [`LONGEST_WAIT`] shortened to it.
-pub(crate) fn deadline_after(wait: Duration) -> Instant {
-    Instant::now() + wait.min(LONGEST_WAIT)
 }
 
 /// What the loop needs to know from the builder.

@@ -169,7 +169,7 @@ fn at_most_once_loses_only_what_dying_streams_had_accepted() {
         "lost after the last restart (at {last_restart}): {late:?}"
     );
     let lost = missing.len() as u64;
-    assert!(lost <= 3 * LOSS_BOUND_PER_FAILURE, "lost {lost}");
+    assert!(lost <= LOSS_BOUND, "lost {lost}");
     let stats = client.stats();
     // A write cut short by a restart may have reached the agent: at most
     // once gives it up rather than risk a duplicate.
@@ -182,9 +182,11 @@ fn at_most_once_loses_only_what_dying_streams_had_accepted() {
     assert_closed_accounting(&stats);
 }
 
-/// Envelopes of this test's size that one dying stream can lose: what gRPC
-/// had accepted but the agent had not read (HTTP/2 windows and buffers).
-const LOSS_BOUND_PER_FAILURE: u64 = 10_000;
+/// Envelopes of this test's size that three dying streams may lose in all:
+/// what gRPC had accepted but the agent had not read (HTTP/2 windows and
+/// buffers), and writes in flight given up. Measured here: 0 to 2,000 in 13
+/// of 14 runs, 5,000 once (batches of 1,000 at a time); this is twice the most.
+const LOSS_BOUND: u64 = 10_000;
 
 #[test]
 fn a_stalled_agent_never_blocks_emit_and_flush_and_close_keep_their_timeouts() {
@@ -373,16 +375,19 @@ fn at_most_once_an_envelope_over_the_agents_limit_is_counted_or_reported() {
     let closed = client.close(WAIT);
     let stats = client.stats();
     // Either its own write saw the refusal (dropped as too large), or gRPC had
-    // accepted it and the end of the stream carries the refusal.
+    // accepted it (counted sent, as `Delivery::AtMostOnce` says) and the end
+    // of the stream carries the refusal.
     match closed {
         Err(Error::Undelivered { count: 1, .. }) => {
-            assert_eq!(stats.dropped.too_large, 1, "{stats:?}")
+            assert_eq!((stats.sent, stats.dropped.too_large), (0, 1), "{stats:?}")
         }
         Err(Error::Agent { status, .. }) => {
-            assert!(status.starts_with("RESOURCE_EXHAUSTED"), "{status}")
+            assert!(status.starts_with("RESOURCE_EXHAUSTED"), "{status}");
+            assert_eq!((stats.sent, stats.dropped.total()), (1, 0), "{stats:?}");
         }
         other => panic!("{other:?}"),
     }
+    assert!(stats.errors >= 1, "{stats:?}");
     assert!(stats.last_error.unwrap().contains("RESOURCE_EXHAUSTED"));
     assert!(agent.envelopes().is_empty());
     assert_closed_accounting(&client.stats());
