@@ -190,6 +190,25 @@ impl IngressClient {
         self.inner.queue.emit(envelope.into());
     }
 
+    /// Queues an envelope, or drops and counts it, but never waits for
+    /// room: `Block` and `BlockFor` act as `DropNewest`. For emits made
+    /// from inside other code's callbacks (a tracing layer).
+    #[cfg(feature = "tracing")]
+    pub(crate) fn emit_never_waiting(&self, envelope: Envelope) {
+        self.inner.queue.emit_never_waiting(envelope);
+    }
+
+    /// Counts tags the tracing layer left off an envelope.
+    #[cfg(feature = "tracing")]
+    pub(crate) fn count_dropped_tags(&self, count: u64) {
+        if count > 0 {
+            self.inner
+                .counters
+                .tags_dropped
+                .fetch_add(count, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
     /// A counter handle for `name`; see [`Counter`]. Its first use starts
     /// the pulse, which sends every `pulse_interval`.
     ///
@@ -585,6 +604,14 @@ impl Inner {
             log::error!(target: LOG_TARGET, "the sender thread did not stop; leaving it behind");
         }
         self.queue.stopped();
+        if let Some(reason) = self.counters.unlogged_drop() {
+            // A first drop the sender thread did not live to log.
+            log::warn!(
+                target: LOG_TARGET,
+                "dropping envelopes: {}; further drops are only counted in stats()",
+                reason.describe()
+            );
+        }
         let stats = self.counters.snapshot(self.queue.len(), self.queue.bytes());
         log::info!(
             target: LOG_TARGET,

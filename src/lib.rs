@@ -46,6 +46,8 @@ mod sender;
 mod source;
 mod stats;
 mod tls;
+#[cfg(feature = "tracing")]
+mod tracing_layer;
 mod wire;
 
 #[cfg(feature = "testing")]
@@ -70,6 +72,8 @@ pub use pulse::{Counter, Gauge};
 pub use source::SourceInfo;
 pub use stats::{Dropped, Stats};
 pub use tls::{DEFAULT_SERVER_NAME, TlsConfig};
+#[cfg(feature = "tracing")]
+pub use tracing_layer::{MAX_FIELD_BYTES, MAX_FIELD_TAGS, TracingLayer, current_traceparent};
 
 /// Internals exposed for the fuzz targets and property tests; not a stable API.
 #[cfg(feature = "testing")]

@@ -64,6 +64,13 @@ pub(crate) struct Room {
     /// Encoded bytes reserved by emitters and not yet given back.
     bytes: CachePadded<AtomicUsize>,
     max_bytes: usize,
+    /// Of `bytes`, those the sender thread holds (taken from the channel,
+    /// not yet accepted by gRPC), as of its last pass: evicting queued
+    /// envelopes cannot make this room.
+    held_by_sender: AtomicUsize,
+    /// Set when bytes are given back, cleared when waiters are woken: a
+    /// waiter that still does not fit is not woken again until more is freed.
+    released: AtomicBool,
     /// Emitters waiting, or about to; read by the sender thread without the lock.
     waiting: AtomicUsize,
     lock: Mutex<()>,
@@ -75,25 +82,40 @@ impl Room {
         Room {
             bytes: CachePadded::new(AtomicUsize::new(0)),
             max_bytes,
+            held_by_sender: AtomicUsize::new(0),
+            released: AtomicBool::new(false),
             waiting: AtomicUsize::new(0),
             lock: Mutex::new(()),
             freed: Condvar::new(),
         }
     }
 
-    /// Takes `bytes` from the budget if they fit.
+    /// Takes `bytes` from the budget if they fit. Never over the bound,
+    /// even for a moment, so a reservation that fits is never refused.
     pub(crate) fn reserve(&self, bytes: usize) -> bool {
-        let before = self.bytes.fetch_add(bytes, Ordering::Relaxed);
-        if before + bytes <= self.max_bytes {
-            return true;
-        }
-        self.bytes.fetch_sub(bytes, Ordering::Relaxed);
-        false
+        self.bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+                (held + bytes <= self.max_bytes).then_some(held + bytes)
+            })
+            .is_ok()
     }
 
     /// Gives back what a reservation took.
     pub(crate) fn release(&self, bytes: usize) {
         self.bytes.fetch_sub(bytes, Ordering::Relaxed);
+        if !self.released.load(Ordering::Relaxed) {
+            self.released.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// The sender thread says how many of the reserved bytes it holds.
+    pub(crate) fn set_held_by_sender(&self, bytes: usize) {
+        self.held_by_sender.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Whether evicting queued envelopes could ever make room for `bytes`.
+    fn evicting_can_fit(&self, bytes: usize) -> bool {
+        self.held_by_sender.load(Ordering::Relaxed) + bytes <= self.max_bytes
     }
 
     /// The bytes reserved now.
@@ -102,9 +124,15 @@ impl Room {
     }
 
     /// Wakes waiting emitters, if any, once `queued` of `capacity` envelopes
-    /// and the bytes are both down to half.
+    /// and the bytes are both down to half, and bytes were given back since
+    /// they were last woken (one that needs more than half the budget
+    /// would otherwise be woken, and nudge back, in a loop).
     pub(crate) fn wake_if_half_free(&self, queued: usize, capacity: usize) {
-        if queued <= capacity / 2 && self.bytes() <= self.max_bytes / 2 {
+        if queued <= capacity / 2
+            && self.bytes() <= self.max_bytes / 2
+            && self.waiting.load(Ordering::SeqCst) > 0
+            && self.released.swap(false, Ordering::Relaxed)
+        {
             self.wake_all();
         }
     }
@@ -199,6 +227,16 @@ impl Queue {
         self.push(envelope, self.settings.overflow);
     }
 
+    /// As [`emit`](Self::emit), but `Block` and `BlockFor` drop instead of waiting.
+    #[cfg(feature = "tracing")]
+    pub(crate) fn emit_never_waiting(&self, envelope: Envelope) {
+        let overflow = match self.settings.overflow {
+            Overflow::Block | Overflow::BlockFor(_) => Overflow::DropNewest,
+            other => other,
+        };
+        self.push(envelope, overflow);
+    }
+
     /// Queues an envelope, or drops and counts it, as `overflow` says.
     pub(crate) fn push(&self, envelope: Envelope, overflow: Overflow) {
         let counted_before = self.counters.emitted.add(1);
@@ -290,9 +328,13 @@ impl Queue {
     /// Makes room by dropping the oldest queued envelopes: as many as the
     /// new one needs, in bytes, and a few more if other emitters take the
     /// room first. Envelopes the sender thread already holds cannot be
-    /// evicted: with none left in the queue, the new one is dropped.
+    /// evicted: when they alone leave no room, or none is left in the
+    /// queue, the new one is dropped instead.
     fn evict_oldest_for(&self, mut queued: Queued) {
         let needed = queued.framed();
+        if !self.room.evicting_can_fit(needed) {
+            return self.drop_envelopes(DropReason::QueueFull, 1);
+        }
         let mut evicted_bytes = 0;
         let mut evictions = 0;
         loop {
@@ -385,7 +427,13 @@ impl Queue {
             let waited = match outcome {
                 Attempt::Done => Waited::Done,
                 Attempt::Closed => Waited::Closed,
-                Attempt::Full if timed_out => Waited::TimedOut,
+                // No wake-up says so, but there may be room by now.
+                Attempt::Full if timed_out => match attempt() {
+                    Attempt::Done => Waited::Done,
+                    Attempt::Closed => Waited::Closed,
+                    Attempt::Full if self.closed.load(Ordering::SeqCst) => Waited::Closed,
+                    Attempt::Full => Waited::TimedOut,
+                },
                 Attempt::Full => continue,
             };
             // Let go of the lock before the caller counts a drop.

@@ -45,6 +45,9 @@ pub struct Stats {
     pub queued_bytes: u64,
     /// Envelopes taken from the queue by the sender thread and not yet sent or dropped.
     pub in_flight: u64,
+    /// Tags the tracing layer left off envelopes: fields beyond
+    /// `MAX_FIELD_TAGS` on one span or event. The envelopes themselves were sent.
+    pub tags_dropped: u64,
     /// The last error seen, if any.
     pub last_error: Option<String>,
 }
@@ -182,6 +185,7 @@ pub(crate) struct Counters {
     /// Envelopes the sender thread dropped after taking them (given up, or
     /// refused as too large); flush and close report these.
     pub undeliverable: AtomicU64,
+    pub tags_dropped: AtomicU64,
     /// Emitting threads count these, on their own shards.
     dropped_queue_full: Sharded,
     dropped_too_large: AtomicU64,
@@ -264,6 +268,7 @@ impl Counters {
             queued: queued as u64,
             queued_bytes: queued_bytes as u64,
             in_flight: self.in_flight.load(Relaxed),
+            tags_dropped: self.tags_dropped.load(Relaxed),
             last_error: self.last_error.lock().clone(),
         }
     }

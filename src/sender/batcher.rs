@@ -91,6 +91,11 @@ impl Batcher {
         (!self.building.is_empty()).then(|| self.taken - self.building.len() as u64)
     }
 
+    /// The bytes of the batch being built.
+    pub(crate) fn held_bytes(&self) -> usize {
+        self.building.encoded_len()
+    }
+
     /// When the batch being built is due, if one is.
     pub(crate) fn due(&self) -> Option<Instant> {
         self.building

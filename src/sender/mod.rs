@@ -160,6 +160,9 @@ impl<T: Transport> Worker<T> {
                 // is coming for either.
                 continue;
             }
+            self.log_first_drop();
+            self.room
+                .set_held_by_sender(self.batcher.held_bytes() + self.streams.held_bytes());
             self.room
                 .wake_if_half_free(self.batcher.queued(), self.batcher.capacity());
             self.wait();

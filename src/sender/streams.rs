@@ -143,6 +143,14 @@ impl<T: Transport> Streams<T> {
         self.outbox.is_empty() && self.stream.is_none() && self.confirming.is_empty()
     }
 
+    /// Bytes held here that count in the queue's budget: batches gRPC has
+    /// not accepted yet and that were never written before.
+    pub(crate) fn held_bytes(&self) -> usize {
+        let fresh = |batch: &Batch| if batch.replay { 0 } else { batch.bytes.len() };
+        let waiting: usize = self.outbox.iter().map(fresh).sum();
+        waiting + self.in_flight().map_or(0, |writing| fresh(&writing.batch))
+    }
+
     /// How many envelopes were taken before the first one not yet written.
     pub(crate) fn unwritten_from(&self) -> Option<u64> {
         let waiting = self.outbox.front().map(Batch::first_seq);
@@ -437,9 +445,9 @@ impl<T: Transport> Streams<T> {
             // A stream that had worked may just have ended (the agent
             // restarted, or refused an earlier message as too large): try a
             // new one at once.
-            WriteError::StreamEnded(_) | WriteError::TooLarge(_) if proven => self.backoff.reset(),
             // The first message of a new stream was refused: it is the culprit.
             WriteError::TooLarge(_) if !reused => self.split_front(),
+            WriteError::StreamEnded(_) | WriteError::TooLarge(_) if proven => self.backoff.reset(),
             WriteError::StreamEnded(_) | WriteError::TooLarge(_) => self.back_off(),
             WriteError::Uncertain(_) => match self.delivery {
                 // The agent may have it: writing it again could duplicate it.

@@ -169,6 +169,36 @@ fn drop_oldest_evicts_as_many_small_envelopes_as_a_large_one_needs() {
 }
 
 #[test]
+fn drop_oldest_keeps_the_queue_when_the_room_is_held_by_the_sender() {
+    let certs = TestCerts::generate().unwrap();
+    let (addr, builder) = absent_agent(&certs);
+    let client = builder
+        .overflow(Overflow::DropOldest)
+        .queue_max_bytes(100 * 1000)
+        .batch_max_bytes(100 * 1000)
+        .batch_max_envelopes(1)
+        .build()
+        .unwrap();
+    // The sender thread holds the first, 60 kB, while the agent is away;
+    // a second failed attempt means it has passed the loop since.
+    client.emit(Envelope::log(vec![b'h'; 60 * 1000]).timestamp(0));
+    wait_for_stats(&client, |s| s.in_flight == 1 && s.errors >= 2);
+    for n in 1..=30 {
+        client.emit(Envelope::log(vec![b's'; 1000]).timestamp(n));
+    }
+    // 60 kB held plus 50 kB never fit, however many small ones went: only
+    // the new one is dropped.
+    client.emit(Envelope::log(vec![b'L'; 50 * 1000]).timestamp(100));
+    let stats = client.stats();
+    assert_eq!(stats.dropped.queue_full, 1, "{stats:?}");
+    let agent = start_agent(&certs, &addr);
+    client.close(WAIT).unwrap();
+    let received: Vec<i64> = agent.envelopes().iter().map(|e| e.timestamp).collect();
+    assert_eq!(received, (0..=30).collect::<Vec<_>>());
+    assert_closed_accounting(&client.stats());
+}
+
+#[test]
 fn unary_sends_wait_for_room_in_the_byte_budget_and_give_it_back() {
     let certs = TestCerts::generate().unwrap();
     let agent = SpyAgent::start(&certs).unwrap();

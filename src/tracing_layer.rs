@@ -1,0 +1,434 @@
+//! A `tracing` layer (feature `tracing`): each closed span becomes a Timer
+//! envelope carrying W3C trace ids, which a Forwarder Agent feeding an
+//! OpenTelemetry Collector turns into a span; each event becomes a Log
+//! envelope tagged with its span's ids.
+
+use std::fmt::{self, Write as _};
+use std::time::SystemTime;
+
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id, Record};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::layer::Context;
+use tracing_subscriber::registry::LookupSpan;
+
+use crate::client::IngressClient;
+use crate::envelope::{Envelope, EnvelopeBuilder};
+use crate::source::SourceInfo;
+
+/// The most tags a span's or an event's fields add to one envelope; the
+/// rest are left off and counted in [`Stats::tags_dropped`](crate::Stats::tags_dropped).
+/// The ids, `level` and `target` the layer adds itself are not counted.
+pub const MAX_FIELD_TAGS: usize = 32;
+/// The longest field value kept, in bytes; longer ones are cut at a
+/// character boundary and end with `…`.
+pub const MAX_FIELD_BYTES: usize = 1024;
+
+/// Sends spans and events recorded with `tracing` to Loggregator.
+///
+/// - A span, when it closes, becomes one Timer envelope: its name, the
+///   times it was created and closed, the tags `trace_id` (32 lowercase hex
+///   digits), `span_id` (16), `parent_span_id` (16, when it has a parent)
+///   and each recorded field as a tag. A root span starts a new random
+///   trace; its children inherit it. A span with a field `traceparent`
+///   holding a W3C header (`00-<32 hex>-<16 hex>-<2 hex>`) continues that
+///   trace, with the header's span as its parent; a malformed header is
+///   ignored. A Forwarder Agent feeding an OpenTelemetry Collector turns
+///   each such Timer into a span (kind SERVER with a field `peer_type =
+///   "Server"`, named by a `uri` field when there is one).
+/// - An event becomes one Log envelope: its message as payload, ERROR and
+///   WARN to stderr (`ERR`), the rest `OUT`, tagged `level`, `target`, each
+///   field, and its span's `trace_id` and `span_id`.
+///
+/// Its emits never wait for room, whatever the client's overflow policy:
+/// when the queue is full they are dropped and counted. Nothing recorded on
+/// the client's own threads, and none of its own diagnostics (target
+/// `loggregator`, `grpcio`), is sent back.
+///
+/// ```no_run
+/// use tracing_subscriber::layer::SubscriberExt;
+/// use tracing_subscriber::util::SubscriberInitExt;
+///
+/// # let client: loggregator::IngressClient = unimplemented!();
+/// tracing_subscriber::registry()
+///     .with(loggregator::TracingLayer::new(client.clone()))
+///     .init();
+/// let span = tracing::info_span!("handle", uri = "/v2/apps", peer_type = "Server");
+/// let _entered = span.enter();
+/// tracing::info!(status = 200, "handled");
+/// ```
+#[derive(Debug, Clone)]
+pub struct TracingLayer {
+    client: IngressClient,
+    source: Option<SourceInfo>,
+}
+
+impl TracingLayer {
+    /// A layer sending through `client`, with the client's default source.
+    ///
+    /// ```no_run
+    /// # let client: loggregator::IngressClient = unimplemented!();
+    /// let layer = loggregator::TracingLayer::new(client);
+    /// ```
+    pub fn new(client: IngressClient) -> TracingLayer {
+        TracingLayer {
+            client,
+            source: None,
+        }
+    }
+
+    /// The source and instance ids of the envelopes (default: the client's
+    /// default source, if any).
+    ///
+    /// ```no_run
+    /// # let client: loggregator::IngressClient = unimplemented!();
+    /// let layer = loggregator::TracingLayer::new(client)
+    ///     .source(loggregator::SourceInfo::new("my-service", "0"));
+    /// ```
+    pub fn source(mut self, source: SourceInfo) -> TracingLayer {
+        self.source = Some(source);
+        self
+    }
+
+    fn stamp<K>(&self, mut builder: EnvelopeBuilder<K>) -> EnvelopeBuilder<K> {
+        if let Some(source) = &self.source {
+            builder = builder.source(source.source_id(), source.instance_id());
+        }
+        builder
+    }
+
+    fn emit(&self, envelope: Envelope) {
+        self.client.emit_never_waiting(envelope);
+    }
+}
+
+/// A span's place in its trace, kept in the span's extensions.
+#[derive(Clone, Debug)]
+struct SpanIds {
+    trace_id: [u8; 16],
+    span_id: [u8; 8],
+    parent_span_id: Option<[u8; 8]>,
+}
+
+impl SpanIds {
+    fn traceparent(&self) -> String {
+        format!("00-{}-{}-01", hex(&self.trace_id), hex(&self.span_id))
+    }
+}
+
+/// What a span recorded, until it closes.
+struct SpanRecord {
+    ids: SpanIds,
+    start: SystemTime,
+    fields: Fields,
+}
+
+/// Field values as text, capped in number and length.
+#[derive(Default)]
+struct Fields {
+    tags: Vec<(String, String)>,
+    /// The event's `message`, kept apart from the tags.
+    message: Option<String>,
+    dropped: u64,
+    keep_message: bool,
+}
+
+impl Fields {
+    fn for_event() -> Fields {
+        Fields {
+            keep_message: true,
+            ..Fields::default()
+        }
+    }
+
+    fn put(&mut self, name: &str, mut value: String) {
+        truncate(&mut value);
+        if self.keep_message && name == "message" {
+            self.message = Some(value);
+            return;
+        }
+        if let Some(slot) = self.tags.iter_mut().find(|(key, _)| key == name) {
+            slot.1 = value;
+        } else if self.tags.len() < MAX_FIELD_TAGS {
+            self.tags.push((name.to_string(), value));
+        } else {
+            self.dropped += 1;
+        }
+    }
+
+    fn value(&self, name: &str) -> Option<&str> {
+        self.tags
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+}
+
+impl Visit for Fields {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.put(field.name(), value.to_string());
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        let mut text = String::new();
+        let _ = write!(text, "{value:?}");
+        self.put(field.name(), text);
+    }
+}
+
+/// Cuts `value` to [`MAX_FIELD_BYTES`] at a character boundary.
+fn truncate(value: &mut String) {
+    if value.len() <= MAX_FIELD_BYTES {
+        return;
+    }
+    let mut cut = MAX_FIELD_BYTES - '…'.len_utf8();
+    while !value.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    value.truncate(cut);
+    value.push('…');
+}
+
+fn hex(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        let _ = write!(out, "{byte:02x}");
+    }
+    out
+}
+
+/// Random non-zero ids (all-zero ids are invalid in W3C trace context).
+fn random_id<const N: usize>() -> [u8; N] {
+    loop {
+        let mut id = [0u8; N];
+        fastrand::fill(&mut id);
+        if id.iter().any(|&b| b != 0) {
+            return id;
+        }
+    }
+}
+
+fn is_lower_hex(text: &str, digits: usize) -> bool {
+    text.len() == digits && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// An id of `N` bytes from lowercase hex; `None` if malformed or all zero.
+fn parse_id<const N: usize>(text: &str) -> Option<[u8; N]> {
+    if !is_lower_hex(text, N * 2) {
+        return None;
+    }
+    let mut id = [0u8; N];
+    for (index, byte) in id.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[index * 2..index * 2 + 2], 16).ok()?;
+    }
+    id.iter().any(|&b| b != 0).then_some(id)
+}
+
+/// The trace id and parent span id of a W3C `traceparent` header
+/// (`00-<32 hex>-<16 hex>-<2 hex>`), or `None` if it is malformed.
+fn parse_traceparent(header: &str) -> Option<([u8; 16], [u8; 8])> {
+    let mut parts = header.trim().split('-');
+    let (version, trace_id, span_id, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || version != "00" || !is_lower_hex(flags, 2) {
+        return None;
+    }
+    Some((parse_id(trace_id)?, parse_id(span_id)?))
+}
+
+/// True for what the client itself causes: its diagnostics and gRPC's, and
+/// anything on its threads. Sending those back could loop.
+fn is_internal(target: &str) -> bool {
+    let within = |module: &str| {
+        target == module
+            || target
+                .strip_prefix(module)
+                .is_some_and(|rest| rest.starts_with("::"))
+    };
+    within(crate::LOG_TARGET) || within("grpcio") || within("grpcio_sys") || crate::on_own_thread()
+}
+
+impl<S> tracing_subscriber::Layer<S> for TracingLayer
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        if is_internal(attrs.metadata().target()) {
+            return;
+        }
+        let Some(span) = ctx.span(id) else { return };
+        let mut fields = Fields::default();
+        attrs.record(&mut fields);
+        let inherited = span.parent().and_then(|parent| {
+            parent
+                .extensions()
+                .get::<SpanRecord>()
+                .map(|r| r.ids.clone())
+        });
+        let continued = fields.value("traceparent").and_then(parse_traceparent);
+        let ids = match (continued, inherited) {
+            (Some((trace_id, parent)), _) => SpanIds {
+                trace_id,
+                span_id: random_id(),
+                parent_span_id: Some(parent),
+            },
+            (None, Some(parent)) => SpanIds {
+                trace_id: parent.trace_id,
+                span_id: random_id(),
+                parent_span_id: Some(parent.span_id),
+            },
+            (None, None) => SpanIds {
+                trace_id: random_id(),
+                span_id: random_id(),
+                parent_span_id: None,
+            },
+        };
+        span.extensions_mut().insert(SpanRecord {
+            ids,
+            start: SystemTime::now(),
+            fields,
+        });
+    }
+
+    fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(id) else { return };
+        if let Some(record) = span.extensions_mut().get_mut::<SpanRecord>() {
+            values.record(&mut record.fields);
+        }
+    }
+
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        let metadata = event.metadata();
+        if is_internal(metadata.target()) {
+            return;
+        }
+        let mut fields = Fields::for_event();
+        event.record(&mut fields);
+        let ids = ctx
+            .event_span(event)
+            .and_then(|span| span.extensions().get::<SpanRecord>().map(|r| r.ids.clone()));
+        let log = Envelope::log(fields.message.take().unwrap_or_default());
+        let log = match *metadata.level() {
+            Level::ERROR | Level::WARN => log.stderr(),
+            _ => log.stdout(),
+        };
+        let mut log = self
+            .stamp(log)
+            .tag("level", metadata.level().as_str().to_ascii_lowercase())
+            .tag("target", metadata.target());
+        for (key, value) in &fields.tags {
+            log = log.tag(key, value);
+        }
+        if let Some(ids) = ids {
+            log = log
+                .tag("trace_id", hex(&ids.trace_id))
+                .tag("span_id", hex(&ids.span_id));
+        }
+        self.client.count_dropped_tags(fields.dropped);
+        self.emit(log.build());
+    }
+
+    fn on_close(&self, id: Id, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(&id) else { return };
+        let Some(record) = span.extensions_mut().remove::<SpanRecord>() else {
+            return;
+        };
+        let ids = &record.ids;
+        let mut timer = self
+            .stamp(Envelope::timer(
+                span.name(),
+                record.start,
+                SystemTime::now(),
+            ))
+            .tag("trace_id", hex(&ids.trace_id))
+            .tag("span_id", hex(&ids.span_id));
+        if let Some(parent) = &ids.parent_span_id {
+            timer = timer.tag("parent_span_id", hex(parent));
+        }
+        for (key, value) in &record.fields.tags {
+            if !matches!(key.as_str(), "trace_id" | "span_id" | "parent_span_id") {
+                timer = timer.tag(key, value);
+            }
+        }
+        self.client.count_dropped_tags(record.fields.dropped);
+        self.emit(timer.build());
+    }
+}
+
+/// The W3C `traceparent` header of the current span, as the
+/// [`TracingLayer`] numbered it, to put on outgoing requests; `None` outside
+/// a span, or when the layer is not installed on a `tracing_subscriber`
+/// registry.
+///
+/// ```no_run
+/// let span = tracing::info_span!("call-upstream");
+/// let _entered = span.enter();
+/// if let Some(header) = loggregator::current_traceparent() {
+///     // request.header("traceparent", header)
+/// }
+/// ```
+pub fn current_traceparent() -> Option<String> {
+    tracing::Span::current()
+        .with_subscriber(|(id, dispatch)| {
+            let registry = dispatch.downcast_ref::<tracing_subscriber::Registry>()?;
+            let span = registry.span(id)?;
+            let extensions = span.extensions();
+            extensions
+                .get::<SpanRecord>()
+                .map(|record| record.ids.traceparent())
+        })
+        .flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_headers_are_read_strictly() {
+        let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let span = "00f067aa0ba902b7";
+        let (trace_id, parent) = parse_traceparent(&format!("00-{trace}-{span}-01")).unwrap();
+        assert_eq!(
+            (hex(&trace_id), hex(&parent)),
+            (trace.to_string(), span.to_string())
+        );
+        for bad in [
+            String::new(),
+            "garbage".to_string(),
+            format!("01-{trace}-{span}-01"),
+            format!("00-{}-{span}-01", "0".repeat(32)),
+            format!("00-{trace}-{}-01", "0".repeat(16)),
+            format!("00-{}-{span}-01", trace.to_uppercase()),
+            format!("00-{trace}-{span}"),
+            format!("00-{trace}-{span}-01-extra"),
+            format!("00-{}-{span}-01", &trace[..31]),
+            format!("00-{trace}-{span}-zz"),
+            "00-é-é-é".to_string(),
+        ] {
+            assert_eq!(parse_traceparent(&bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn long_values_are_cut_at_a_character_boundary() {
+        let mut value = "é".repeat(MAX_FIELD_BYTES);
+        truncate(&mut value);
+        assert!(value.len() <= MAX_FIELD_BYTES);
+        assert!(value.ends_with('…'));
+        let mut short = "short".to_string();
+        truncate(&mut short);
+        assert_eq!(short, "short");
+    }
+
+    #[test]
+    fn fields_beyond_the_cap_are_counted() {
+        let mut fields = Fields::default();
+        for n in 0..MAX_FIELD_TAGS + 5 {
+            fields.put(&format!("f{n}"), "v".into());
+        }
+        fields.put("f0", "again".into());
+        assert_eq!((fields.tags.len(), fields.dropped), (MAX_FIELD_TAGS, 5));
+        assert_eq!(fields.value("f0"), Some("again"));
+    }
+}
