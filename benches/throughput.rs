@@ -90,6 +90,7 @@ enum Scenario {
     Latency,
     Memory,
     Outage,
+    Tracing,
     Footprint,
     Idle,
 }
@@ -408,6 +409,31 @@ fn main_run(flags: &Flags) {
     }
     println!();
 
+    let tracing = measure(&mut agent, Scenario::Tracing, &[]);
+    println!(
+        "tracing: one span (create, enter, exit, close) and one event, ns, with loggregator::TracingLayer and with a layer that does nothing:"
+    );
+    for (name, key) in [
+        ("span, TracingLayer", "span"),
+        ("span, no-op layer", "span_noop"),
+        ("event, TracingLayer", "event"),
+        ("event, no-op layer", "event_noop"),
+    ] {
+        println!(
+            "  {name:<22} p50 {:>6.0}  p99 {:>6.0}  p99.9 {:>7.0}",
+            tracing[&format!("{key}_p50")],
+            tracing[&format!("{key}_p99")],
+            tracing[&format!("{key}_p999")]
+        );
+    }
+    println!(
+        "  layer/no-op at p50: span {:.2}, event {:.2}; dropped during the run: {}",
+        tracing["span_p50"] / tracing["span_noop_p50"],
+        tracing["event_p50"] / tracing["event_noop_p50"],
+        tracing["dropped"]
+    );
+    println!();
+
     let idle = measure(&mut agent, Scenario::Idle, &["--seconds", &long]);
     println!(
         "idle: {:.3} ms CPU per second over {LONG_RUN:?} with nothing to send",
@@ -463,6 +489,7 @@ fn run_scenario(scenario: Scenario, flags: &Flags) -> Figures {
         Scenario::Latency => latency(flags),
         Scenario::Memory => memory(flags),
         Scenario::Outage => outage(flags),
+        Scenario::Tracing => tracing_cost(flags),
         Scenario::Footprint => footprint(),
         Scenario::Idle => idle(flags),
     }
@@ -895,6 +922,47 @@ fn outage(flags: &Flags) -> Figures {
         ("emitted".into(), stats.emitted as f64),
         ("queue_full".into(), stats.dropped.queue_full as f64),
     ])
+}
+
+/// What a span and an event cost with the tracing layer installed, and with
+/// a layer that does nothing, on a registry.
+fn tracing_cost(flags: &Flags) -> Figures {
+    use tracing_subscriber::layer::SubscriberExt;
+
+    let client = client(flags);
+    warm_up(&client);
+    let layered = tracing::Dispatch::new(
+        tracing_subscriber::registry().with(loggregator::TracingLayer::new(client.clone())),
+    );
+    let noop = tracing::Dispatch::new(
+        tracing_subscriber::registry().with(tracing_subscriber::layer::Identity::new()),
+    );
+    let mut figures = Figures::new();
+    for (dispatch, suffix) in [(&layered, ""), (&noop, "_noop")] {
+        tracing::dispatcher::with_default(dispatch, || {
+            let mut spans = histogram();
+            let mut events = histogram();
+            for n in 0..LATENCY_SAMPLES / 4 {
+                let t0 = Instant::now();
+                tracing::info_span!("handle", uri = "/v2/apps", peer_type = "Server", n)
+                    .in_scope(|| {});
+                spans.saturating_record(t0.elapsed().as_nanos() as u64);
+                let t0 = Instant::now();
+                tracing::info!(n, status = 200, "handled");
+                events.saturating_record(t0.elapsed().as_nanos() as u64);
+                if n % 1024 == 1023 {
+                    // At most about a million envelopes a second, which the
+                    // agent keeps up with: emits queue rather than drop.
+                    thread::sleep(Duration::from_millis(1));
+                }
+            }
+            percentiles(&mut figures, &format!("span{suffix}"), &spans);
+            percentiles(&mut figures, &format!("event{suffix}"), &events);
+        });
+    }
+    let _ = client.close(Duration::from_secs(10));
+    figures.insert("dropped".into(), client.stats().dropped.total() as f64);
+    figures
 }
 
 /// What one queued log envelope costs in memory: the resident growth from

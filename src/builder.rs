@@ -110,6 +110,7 @@ pub struct IngressClientBuilder {
     source: Option<SourceInfo>,
     source_from_cf_env: bool,
     pulse_interval: Duration,
+    self_metrics: bool,
 }
 
 impl Default for IngressClientBuilder {
@@ -135,6 +136,7 @@ impl Default for IngressClientBuilder {
             source: None,
             source_from_cf_env: false,
             pulse_interval: DEFAULT_PULSE_INTERVAL,
+            self_metrics: false,
         }
     }
 }
@@ -392,6 +394,25 @@ impl IngressClientBuilder {
         self
     }
 
+    /// Sends the client's own health through itself (default off): every
+    /// `pulse_interval`, and once more at close, counters with the deltas
+    /// since the last report (total 0, so the agent adds them up)
+    /// `loggregator_client_emitted`, `_sent`, `_errors`, `_reconnects`,
+    /// `_replayed`, and `loggregator_client_dropped` once per reason that
+    /// moved (tag `reason`), and a gauge with `loggregator_client_queued`
+    /// (envelopes) and `loggregator_client_queued_bytes`. The source is the
+    /// client's default source, or else the program's file name as source
+    /// id. An interval in which nothing moved but the last report sends
+    /// nothing. These envelopes count in `stats()` like any other.
+    ///
+    /// ```
+    /// let builder = loggregator::IngressClient::builder().self_metrics(true);
+    /// ```
+    pub fn self_metrics(mut self, enabled: bool) -> Self {
+        self.self_metrics = enabled;
+        self
+    }
+
     /// Checks the settings and starts the sender thread. It does not connect:
     /// an agent that is down now is tried again with each batch.
     ///
@@ -440,6 +461,7 @@ impl IngressClientBuilder {
             source,
             global_tags: self.global_tags,
             pulse_interval: self.pulse_interval,
+            self_metrics: self.self_metrics,
             close_on_drop_timeout: self.close_on_drop_timeout,
         };
         IngressClient::start(config)

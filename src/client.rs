@@ -18,6 +18,7 @@ use crate::process::ProcessMeter;
 use crate::proto::envelope as pb;
 use crate::pulse::{Counter, Gauge, PulseCommand, Pulses};
 use crate::queue::{Queue, QueueSettings};
+use crate::self_metrics::SelfMetrics;
 use crate::sender::{Control, LONGEST_WAIT, Settings, Worker, deadline_after};
 use crate::source::SourceInfo;
 use crate::stats::{Counters, DropReason, Stats};
@@ -109,6 +110,7 @@ pub(crate) struct Config {
     pub source: Option<SourceInfo>,
     pub global_tags: Vec<(String, String)>,
     pub pulse_interval: Duration,
+    pub self_metrics: bool,
     pub close_on_drop_timeout: Duration,
 }
 
@@ -146,10 +148,16 @@ impl IngressClient {
             .map_err(Error::Spawn)?;
         let queue = Arc::new(queue);
         let (close_signal, closing) = bounded::<()>(0);
-        Ok(IngressClient {
+        let self_metrics = config.self_metrics;
+        let client = IngressClient {
             inner: Arc::new(Inner {
                 addr: config.addr,
-                pulses: Arc::new(Pulses::new(queue.clone())),
+                pulses: Arc::new(Pulses::new(
+                    queue.clone(),
+                    config
+                        .self_metrics
+                        .then(|| SelfMetrics::new(config.source.is_some())),
+                )),
                 queue,
                 counters,
                 pulse_interval: config.pulse_interval,
@@ -167,7 +175,11 @@ impl IngressClient {
                     abort,
                 })),
             }),
-        })
+        };
+        if self_metrics {
+            client.start_pulse_thread();
+        }
+        Ok(client)
     }
 
     /// Queues an envelope for the sender thread; returns at once, unless
@@ -488,8 +500,7 @@ impl IngressClient {
     /// println!("sent {} dropped {}", stats.sent, stats.dropped.total());
     /// ```
     pub fn stats(&self) -> Stats {
-        let queue = &self.inner.queue;
-        self.inner.counters.snapshot(queue.len(), queue.bytes())
+        self.inner.queue.stats()
     }
 
     /// The address the client connects to.

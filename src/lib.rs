@@ -42,6 +42,7 @@ mod process;
 pub mod proto;
 mod pulse;
 mod queue;
+mod self_metrics;
 mod sender;
 mod source;
 mod stats;

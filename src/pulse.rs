@@ -14,6 +14,7 @@ use crate::envelope::Envelope;
 use crate::policy::Overflow;
 use crate::process::ProcessMeter;
 use crate::queue::Queue;
+use crate::self_metrics::SelfMetrics;
 
 /// A counter: `add` and `inc` are one atomic add on the caller's thread;
 /// once per pulse interval the client sends what was added in the interval
@@ -206,15 +207,18 @@ impl Registry {
 pub(crate) struct Pulses {
     registry: Registry,
     queue: Arc<Queue>,
+    /// The client's own health, when asked for (`self_metrics`).
+    self_metrics: Option<Mutex<SelfMetrics>>,
     /// Set by the last pulse.
     over: Mutex<bool>,
 }
 
 impl Pulses {
-    pub(crate) fn new(queue: Arc<Queue>) -> Pulses {
+    pub(crate) fn new(queue: Arc<Queue>, self_metrics: Option<SelfMetrics>) -> Pulses {
         Pulses {
             registry: Registry::default(),
             queue,
+            self_metrics: self_metrics.map(Mutex::new),
             over: Mutex::new(false),
         }
     }
@@ -237,6 +241,11 @@ impl Pulses {
         // thread must stay free to stop, and close must keep its timeout.
         for envelope in self.registry.pulse() {
             self.queue.push(envelope, Overflow::DropNewest);
+        }
+        if let Some(self_metrics) = &self.self_metrics {
+            for envelope in self_metrics.lock().report(self.queue.stats()) {
+                self.queue.push(envelope, Overflow::DropNewest);
+            }
         }
         *over = last;
     }

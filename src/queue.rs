@@ -483,6 +483,11 @@ impl Queue {
         self.room.bytes()
     }
 
+    /// The client's counts now.
+    pub(crate) fn stats(&self) -> crate::Stats {
+        self.counters.snapshot(self.len(), self.bytes())
+    }
+
     /// Envelopes emitted and neither sent nor dropped yet.
     pub(crate) fn undelivered(&self) -> u64 {
         self.len() as u64 + self.counters.in_flight.load(Ordering::Relaxed)

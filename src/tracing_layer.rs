@@ -19,7 +19,7 @@ use crate::source::SourceInfo;
 /// The most tags a span's or an event's fields add to one envelope; the
 /// rest are left off and counted in [`Stats::tags_dropped`](crate::Stats::tags_dropped).
 /// The ids, `level` and `target` the layer adds itself are not counted.
-pub const MAX_FIELD_TAGS: usize = 32;
+pub const MAX_FIELD_TAGS: usize = 16;
 /// The longest field value kept, in bytes; longer ones are cut at a
 /// character boundary and end with `…`.
 pub const MAX_FIELD_BYTES: usize = 1024;

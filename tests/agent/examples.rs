@@ -39,6 +39,24 @@ fn the_demo_receives_every_kind_and_drops_nothing() {
 }
 
 #[test]
+fn the_tracing_example_sends_its_spans_and_events() {
+    let output = example("tracing").output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert_eq!(stdout.matches(" timer orders/0 ").count(), 4, "{stdout}");
+    assert_eq!(stdout.matches(" log orders/0 ").count(), 3, "{stdout}");
+    // The second request continues its caller's trace.
+    assert!(
+        stdout.contains("parent_span_id=00f067aa0ba902b7"),
+        "{stdout}"
+    );
+    assert_eq!(
+        stdout.lines().last(),
+        Some("received 7 envelopes; dropped 0")
+    );
+}
+
+#[test]
 fn the_agent_example_reports_a_bad_certificate_path_and_fails() {
     let output = example("agent_example")
         .args([

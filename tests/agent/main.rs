@@ -12,4 +12,5 @@ mod pipe;
 mod properties;
 mod round_trip;
 mod spy;
+mod tracing_layer;
 mod unary;
