@@ -112,7 +112,11 @@ struct SpanIds {
 
 impl SpanIds {
     fn traceparent(&self) -> String {
-        format!("00-{}-{}-01", hex(&self.trace_id), hex(&self.span_id))
+        format!(
+            "00-{}-{}-01",
+            Hex::new(&self.trace_id).as_str(),
+            Hex::new(&self.span_id).as_str()
+        )
     }
 }
 
@@ -126,7 +130,7 @@ struct SpanRecord {
 /// Field values as text, capped in number and length.
 #[derive(Default)]
 struct Fields {
-    tags: Vec<(String, String)>,
+    tags: Vec<(&'static str, String)>,
     /// The event's `message`, kept apart from the tags.
     message: Option<String>,
     dropped: u64,
@@ -141,16 +145,16 @@ impl Fields {
         }
     }
 
-    fn put(&mut self, name: &str, mut value: String) {
+    fn put(&mut self, name: &'static str, mut value: String) {
         truncate(&mut value);
         if self.keep_message && name == "message" {
             self.message = Some(value);
             return;
         }
-        if let Some(slot) = self.tags.iter_mut().find(|(key, _)| key == name) {
+        if let Some(slot) = self.tags.iter_mut().find(|(key, _)| *key == name) {
             slot.1 = value;
         } else if self.tags.len() < MAX_FIELD_TAGS {
-            self.tags.push((name.to_string(), value));
+            self.tags.push((name, value));
         } else {
             self.dropped += 1;
         }
@@ -159,7 +163,7 @@ impl Fields {
     fn value(&self, name: &str) -> Option<&str> {
         self.tags
             .iter()
-            .find(|(key, _)| key == name)
+            .find(|(key, _)| *key == name)
             .map(|(_, value)| value.as_str())
     }
 }
@@ -189,12 +193,42 @@ fn truncate(value: &mut String) {
     value.push('…');
 }
 
-fn hex(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for byte in bytes {
-        let _ = write!(out, "{byte:02x}");
+/// An id in lowercase hex, on the stack: ids are written on every span and
+/// event, where an allocation and a formatter call per byte would show.
+struct Hex {
+    digits: [u8; 32],
+    len: usize,
+}
+
+impl Hex {
+    fn new(bytes: &[u8]) -> Hex {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut digits = [0u8; 32];
+        for (index, byte) in bytes.iter().take(16).enumerate() {
+            digits[index * 2] = DIGITS[usize::from(byte >> 4)];
+            digits[index * 2 + 1] = DIGITS[usize::from(byte & 0xf)];
+        }
+        Hex {
+            digits,
+            len: bytes.len().min(16) * 2,
+        }
     }
-    out
+
+    fn as_str(&self) -> &str {
+        // Only ASCII digits were written.
+        std::str::from_utf8(&self.digits[..self.len]).unwrap_or_default()
+    }
+}
+
+/// The `level` tag's value.
+fn level_name(level: &Level) -> &'static str {
+    match *level {
+        Level::ERROR => "error",
+        Level::WARN => "warn",
+        Level::INFO => "info",
+        Level::DEBUG => "debug",
+        _ => "trace",
+    }
 }
 
 /// Random non-zero ids (all-zero ids are invalid in W3C trace context).
@@ -314,15 +348,15 @@ where
         };
         let mut log = self
             .stamp(log)
-            .tag("level", metadata.level().as_str().to_ascii_lowercase())
+            .tag("level", level_name(metadata.level()))
             .tag("target", metadata.target());
         for (key, value) in &fields.tags {
             log = log.tag(key, value);
         }
         if let Some(ids) = ids {
             log = log
-                .tag("trace_id", hex(&ids.trace_id))
-                .tag("span_id", hex(&ids.span_id));
+                .tag("trace_id", Hex::new(&ids.trace_id).as_str())
+                .tag("span_id", Hex::new(&ids.span_id).as_str());
         }
         self.client.count_dropped_tags(fields.dropped);
         self.emit(log.build());
@@ -340,13 +374,13 @@ where
                 record.start,
                 SystemTime::now(),
             ))
-            .tag("trace_id", hex(&ids.trace_id))
-            .tag("span_id", hex(&ids.span_id));
+            .tag("trace_id", Hex::new(&ids.trace_id).as_str())
+            .tag("span_id", Hex::new(&ids.span_id).as_str());
         if let Some(parent) = &ids.parent_span_id {
-            timer = timer.tag("parent_span_id", hex(parent));
+            timer = timer.tag("parent_span_id", Hex::new(parent).as_str());
         }
         for (key, value) in &record.fields.tags {
-            if !matches!(key.as_str(), "trace_id" | "span_id" | "parent_span_id") {
+            if !matches!(*key, "trace_id" | "span_id" | "parent_span_id") {
                 timer = timer.tag(key, value);
             }
         }
@@ -390,8 +424,8 @@ mod tests {
         let span = "00f067aa0ba902b7";
         let (trace_id, parent) = parse_traceparent(&format!("00-{trace}-{span}-01")).unwrap();
         assert_eq!(
-            (hex(&trace_id), hex(&parent)),
-            (trace.to_string(), span.to_string())
+            (Hex::new(&trace_id).as_str(), Hex::new(&parent).as_str()),
+            (trace, span)
         );
         for bad in [
             String::new(),
@@ -425,7 +459,7 @@ mod tests {
     fn fields_beyond_the_cap_are_counted() {
         let mut fields = Fields::default();
         for n in 0..MAX_FIELD_TAGS + 5 {
-            fields.put(&format!("f{n}"), "v".into());
+            fields.put(Box::leak(format!("f{n}").into_boxed_str()), "v".into());
         }
         fields.put("f0", "again".into());
         assert_eq!((fields.tags.len(), fields.dropped), (MAX_FIELD_TAGS, 5));
