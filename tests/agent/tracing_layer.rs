@@ -358,8 +358,6 @@ fn self_metrics_report_the_clients_counts_as_deltas_the_agent_adds_up() {
         .source(SourceInfo::new("self-reporting", "0"))
         .self_metrics(true)
         .pulse_interval(Duration::from_millis(20))
-        .queue_capacity(10)
-        .batch_max_envelopes(10)
         .build()
         .unwrap();
     for n in 0..5 {
