@@ -10,7 +10,10 @@
 //! - `counts`: prints `counts envelopes=N messages=N bytes=N`
 //! - `wait N SECONDS`: waits until N envelopes have been read (at most
 //!   SECONDS), then prints the counts
-//! - `rate N`: reads at most N envelopes a second from now on (0: no limit)
+//! - `rate N`: reads at most N envelopes a second from now on, in all (0: no
+//!   limit)
+//! - `stream-rate N`: reads each stream at most N envelopes a second, side by
+//!   side, as a real agent does (0: no limit)
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -33,9 +36,12 @@ struct Flags {
     /// Refuse gRPC messages larger than this with RESOURCE_EXHAUSTED.
     #[arg(long)]
     max_message_bytes: Option<usize>,
-    /// Read at most this many envelopes a second.
+    /// Read at most this many envelopes a second, in all.
     #[arg(long)]
     read_rate: Option<u64>,
+    /// Read each stream at most this many envelopes a second, side by side.
+    #[arg(long)]
+    stream_read_rate: Option<u64>,
     /// Also copy the certificates into this folder, which outlives the agent.
     #[arg(long)]
     certs_dir: Option<PathBuf>,
@@ -60,6 +66,7 @@ fn run(flags: &Flags) -> Result<(), Box<dyn std::error::Error>> {
     }
     let agent = builder.start(&certs)?;
     agent.set_read_rate(flags.read_rate);
+    agent.set_stream_read_rate(flags.stream_read_rate);
     let mut certs_dir = certs.dir().to_path_buf();
     if let Some(dir) = &flags.certs_dir {
         std::fs::create_dir_all(dir)?;
@@ -105,6 +112,10 @@ fn answer(agent: &SpyAgent, words: &[&str]) -> Result<String, Box<dyn std::error
         }
         ["rate", per_second] => {
             agent.set_read_rate(Some(per_second.parse()?));
+            "ok".to_string()
+        }
+        ["stream-rate", per_second] => {
+            agent.set_stream_read_rate(Some(per_second.parse()?));
             "ok".to_string()
         }
         _ => return Err("unknown command".into()),

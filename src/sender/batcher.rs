@@ -219,6 +219,7 @@ mod tests {
             confirm_timeout: HOUR,
             write_timeout: HOUR,
             backoff: crate::policy::Backoff::new(HOUR, HOUR),
+            streams: 1,
         };
         let batcher = Batcher::new(receiver, Arc::new(stamp), &settings, Arc::default());
         (data, batcher)

@@ -82,6 +82,8 @@ pub(crate) struct Settings {
     /// How long one write may wait to be accepted before the stream is dropped.
     pub write_timeout: Duration,
     pub backoff: Backoff,
+    /// How many streams may be open at once, each with a write in flight.
+    pub streams: usize,
 }
 
 /// A flush waiting for every envelope up to number `through` to be written.

@@ -1,6 +1,6 @@
 //! The stream side: sealed batches waiting to be written (the outbox), the
-//! `BatchSender` stream they are written on, one write in flight at a time,
-//! and what follows a write: counting it sent (at most once) or keeping it
+//! `BatchSender` streams they are written on (up to `streams` of them, on
+//! one channel, one write in flight on each), and what follows a write: counting it sent (at most once) or keeping it
 //! until its stream is confirmed (at least once: streams are half-closed
 //! every `confirm_interval` and their batches replayed if the end is not
 //! clean), splitting what the agent refuses as too large, and backing off
@@ -72,7 +72,13 @@ pub(crate) struct Streams<T: Transport> {
     counters: Arc<Counters>,
     waker: Waker,
     outbox: Outbox,
-    stream: Option<OpenStream<T::Stream>>,
+    /// Room for `streams` open streams; a sealed batch goes to one that can
+    /// take a write, so up to that many writes are in flight. A slot is
+    /// empty until a batch needs it, and again after its stream ends.
+    slots: Vec<Option<OpenStream<T::Stream>>>,
+    /// The slot the next batch tries first: batches take turns, so every
+    /// stream gets its share even while one's window could take them all.
+    next_slot: usize,
     streams_opened: u64,
     confirming: Vec<Confirming<ClosingOf<T>>>,
     /// At least once: bytes of batches written before and not yet confirmed
@@ -108,7 +114,8 @@ impl<T: Transport> Streams<T> {
             counters,
             waker,
             outbox: Outbox::new(),
-            stream: None,
+            slots: (0..settings.streams.max(1)).map(|_| None).collect(),
+            next_slot: 0,
             streams_opened: 0,
             confirming: Vec::new(),
             replay_bytes: 0,
@@ -133,14 +140,20 @@ impl<T: Transport> Streams<T> {
         self.outbox.is_empty() && self.can_write() && (self.healthy || !self.writing())
     }
 
-    /// A sealed batch could be written now and none is in flight.
+    /// A sealed batch could be written now on a stream that can take it.
     pub(crate) fn has_write_to_start(&self) -> bool {
-        self.can_write() && !self.outbox.is_empty() && !self.writing()
+        self.can_write()
+            && self
+                .outbox
+                .front()
+                .is_some_and(|batch| self.slot_for(batch.isolate).is_some())
     }
 
     /// Nothing is left to write or confirm.
     pub(crate) fn is_idle(&self) -> bool {
-        self.outbox.is_empty() && self.stream.is_none() && self.confirming.is_empty()
+        self.outbox.is_empty()
+            && self.slots.iter().all(Option::is_none)
+            && self.confirming.is_empty()
     }
 
     /// Bytes held here that count in the queue's budget: batches gRPC has
@@ -148,7 +161,8 @@ impl<T: Transport> Streams<T> {
     pub(crate) fn held_bytes(&self) -> usize {
         let fresh = |batch: &Batch| if batch.replay { 0 } else { batch.bytes.len() };
         let waiting: usize = self.outbox.iter().map(fresh).sum();
-        waiting + self.in_flight().map_or(0, |writing| fresh(&writing.batch))
+        let writing: usize = self.in_flight().map(|writing| fresh(&writing.batch)).sum();
+        waiting + writing
     }
 
     /// How many envelopes were taken before the first one not yet written.
@@ -161,8 +175,11 @@ impl<T: Transport> Streams<T> {
     /// The next time something here is due.
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
         let confirmation = self.confirming.iter().map(|c| c.deadline).min();
-        let write = self.in_flight().map(|writing| writing.deadline);
-        [self.retry_at, self.rotation_due(), confirmation, write]
+        let write = self.in_flight().map(|writing| writing.deadline).min();
+        let rotation = (0..self.slots.len())
+            .filter_map(|slot| self.rotation_due(slot))
+            .min();
+        [self.retry_at, rotation, confirmation, write]
             .into_iter()
             .flatten()
             .min()
@@ -196,7 +213,10 @@ impl<T: Transport> Streams<T> {
         for batch in std::mem::take(&mut self.outbox) {
             undelivered += self.give_up(batch, DropReason::GaveUp);
         }
-        if let Some(stream) = self.stream.take() {
+        for slot in 0..self.slots.len() {
+            let Some(stream) = self.slots[slot].take() else {
+                continue;
+            };
             for batch in stream.unconfirmed {
                 undelivered += self.give_up(batch, DropReason::GaveUp);
             }
@@ -245,40 +265,76 @@ impl<T: Transport> Streams<T> {
         }
     }
 
-    /// The write in flight, if any.
-    fn in_flight(&self) -> Option<&Writing> {
-        self.stream.as_ref().and_then(|open| open.writing.as_ref())
+    /// The writes in flight, one at most on each stream.
+    fn in_flight(&self) -> impl Iterator<Item = &Writing> {
+        self.slots
+            .iter()
+            .flatten()
+            .filter_map(|open| open.writing.as_ref())
     }
 
     fn writing(&self) -> bool {
-        self.in_flight().is_some()
+        self.in_flight().next().is_some()
     }
 
-    /// Starts writing sealed batches, one in flight at a time, until the
-    /// outbox is empty, a write is under way, a failure starts a backoff, or
-    /// (at least once) the replay buffer is full.
+    /// The slot the next write goes to: the first, taking turns from
+    /// `next_slot`, whose stream has no write in flight or that is empty
+    /// (to open one in). A batch to `isolate` needs a stream that has
+    /// carried nothing yet (a stream with unconfirmed batches is ended
+    /// first to free its slot).
+    fn slot_for(&self, isolate: bool) -> Option<usize> {
+        let count = self.slots.len();
+        let turns = (0..count).map(|offset| (self.next_slot + offset) % count);
+        let usable = |slot: &Option<OpenStream<T::Stream>>| match slot {
+            None => true,
+            Some(open) => open.writing.is_none() && (!isolate || open.unconfirmed.is_empty()),
+        };
+        let idle = |slot: &Option<OpenStream<T::Stream>>| {
+            slot.as_ref().is_some_and(|open| open.writing.is_none())
+        };
+        turns
+            .clone()
+            .find(|&slot| usable(&self.slots[slot]))
+            .or_else(|| {
+                isolate
+                    .then(|| turns.clone().find(|&slot| idle(&self.slots[slot])))
+                    .flatten()
+            })
+    }
+
+    /// Starts writing sealed batches, one in flight on each stream, until
+    /// the outbox is empty, every stream has a write in flight, a failure
+    /// starts a backoff, or (at least once) the replay buffer is full.
     fn write_outbox(&mut self, now: Instant) {
         loop {
-            self.poll_write(now);
-            if self.writing() || self.outbox.is_empty() || !self.can_write() {
+            for slot in 0..self.slots.len() {
+                self.poll_write(slot, now);
+            }
+            let Some(isolate) = self.outbox.front().map(|batch| batch.isolate) else {
+                return;
+            };
+            if !self.can_write() {
                 return;
             }
-            let isolate = self.outbox.front().is_some_and(|batch| batch.isolate);
+            let Some(slot) = self.slot_for(isolate) else {
+                return;
+            };
             if isolate
-                && self
-                    .stream
+                && self.slots[slot]
                     .as_ref()
                     .is_some_and(|open| !open.unconfirmed.is_empty())
             {
                 // A suspect batch goes on a stream of its own.
-                self.rotate();
+                self.rotate(slot);
             }
-            let reused = self.stream.is_some();
-            if let Err(error) = self.open_stream() {
-                self.write_failed(WriteError::StreamEnded(error), reused);
+            let reused = self.slots[slot].is_some();
+            self.next_slot = (slot + 1) % self.slots.len();
+            if let Err(error) = self.open_stream(slot) {
+                self.write_failed(slot, WriteError::StreamEnded(error), reused, None);
                 continue;
             }
-            let (Some(open), Some(batch)) = (self.stream.as_mut(), self.outbox.pop_front()) else {
+            let (Some(open), Some(batch)) = (self.slots[slot].as_mut(), self.outbox.pop_front())
+            else {
                 return;
             };
             match open.stream.start_write(&batch.bytes) {
@@ -289,18 +345,15 @@ impl<T: Transport> Streams<T> {
                         reused,
                     });
                 }
-                Err(failure) => {
-                    self.outbox.push_front(batch);
-                    self.write_failed(failure, reused);
-                }
+                Err(failure) => self.write_failed(slot, failure, reused, Some(batch)),
             }
         }
     }
 
-    /// Settles the write in flight once the transport accepted it, failed it,
-    /// or kept it past the write timeout.
-    fn poll_write(&mut self, now: Instant) {
-        let Some(open) = self.stream.as_mut() else {
+    /// Settles the write in flight on a slot once the transport accepted
+    /// it, failed it, or kept it past the write timeout.
+    fn poll_write(&mut self, slot: usize, now: Instant) {
+        let Some(open) = self.slots[slot].as_mut() else {
             return;
         };
         let Some(deadline) = open.writing.as_ref().map(|w| w.deadline) else {
@@ -315,11 +368,14 @@ impl<T: Transport> Streams<T> {
             ))),
             Poll::Pending => return,
         };
-        let Some(writing) = self.stream.as_mut().and_then(|open| open.writing.take()) else {
+        let Some(writing) = self.slots[slot]
+            .as_mut()
+            .and_then(|open| open.writing.take())
+        else {
             return;
         };
         match outcome {
-            Ok(()) => self.written(writing.batch),
+            Ok(()) => self.written(slot, writing.batch),
             Err(failure) => {
                 let failure = match failure {
                     // The stream had carried writes, so the connection was
@@ -332,20 +388,19 @@ impl<T: Transport> Streams<T> {
                     }
                     other => other,
                 };
-                self.outbox.push_front(writing.batch);
-                self.write_failed(failure, writing.reused);
+                self.write_failed(slot, failure, writing.reused, Some(writing.batch));
             }
         }
     }
 
-    fn open_stream(&mut self) -> Result<()> {
-        if self.stream.is_none() {
+    fn open_stream(&mut self, slot: usize) -> Result<()> {
+        if self.slots[slot].is_none() {
             let stream = self.transport.open()?;
             if self.streams_opened > 0 {
                 self.counters.reconnects.fetch_add(1, Relaxed);
             }
             self.streams_opened += 1;
-            self.stream = Some(OpenStream {
+            self.slots[slot] = Some(OpenStream {
                 stream,
                 opened: Instant::now(),
                 unconfirmed: Vec::new(),
@@ -357,10 +412,9 @@ impl<T: Transport> Streams<T> {
 
     /// gRPC accepted the batch: its bytes leave the queue's budget; at most
     /// once it is sent, at least once it waits for its stream's confirmation.
-    fn written(&mut self, mut batch: Batch) {
+    fn written(&mut self, slot: usize, mut batch: Batch) {
         self.counters.batches.fetch_add(1, Relaxed);
-        let proven = self
-            .stream
+        let proven = self.slots[slot]
             .as_ref()
             .is_some_and(|open| open.opened.elapsed() >= PROVEN_STREAM_AGE);
         if proven && self.delivery == Delivery::AtMostOnce {
@@ -378,7 +432,7 @@ impl<T: Transport> Streams<T> {
         if !batch.replay {
             self.room.release(batch.bytes.len());
         }
-        match (self.delivery, self.stream.as_mut()) {
+        match (self.delivery, self.slots[slot].as_mut()) {
             (Delivery::AtLeastOnce, Some(stream)) => {
                 if !batch.replay {
                     batch.replay = true;
@@ -387,7 +441,7 @@ impl<T: Transport> Streams<T> {
                 let isolate = batch.isolate;
                 stream.unconfirmed.push(batch);
                 if isolate {
-                    self.rotate();
+                    self.rotate(slot);
                 }
             }
             _ => {
@@ -427,13 +481,19 @@ impl<T: Transport> Streams<T> {
         }
     }
 
-    fn write_failed(&mut self, failure: WriteError, reused: bool) {
+    /// A stream failed at a write: it is dropped (which cancels its call)
+    /// and what it carried unconfirmed goes back to be written again; the
+    /// failure says what becomes of `batch`, the write that met it.
+    fn write_failed(
+        &mut self,
+        slot: usize,
+        failure: WriteError,
+        reused: bool,
+        batch: Option<Batch>,
+    ) {
         self.note_failure(failure.error());
         let too_large = matches!(failure, WriteError::TooLarge(_));
-        let front_len = self.outbox.front().map_or(0, Batch::len);
-        // Dropping the stream cancels its call; what it carried unconfirmed
-        // goes back to be written again.
-        let proven = match self.stream.take() {
+        let proven = match self.slots[slot].take() {
             Some(open) => {
                 let proven = open.opened.elapsed() >= PROVEN_STREAM_AGE;
                 self.replay(open.unconfirmed, too_large);
@@ -441,45 +501,61 @@ impl<T: Transport> Streams<T> {
             }
             None => false,
         };
+        let Some(batch) = batch else {
+            // The stream could not be opened: nothing was written.
+            self.back_off();
+            return;
+        };
         match failure {
+            // The first message of a new stream was refused: it is the culprit.
+            WriteError::TooLarge(_) if !reused => self.split(batch),
             // A stream that had worked may just have ended (the agent
             // restarted, or refused an earlier message as too large): try a
             // new one at once.
-            // The first message of a new stream was refused: it is the culprit.
-            WriteError::TooLarge(_) if !reused => self.split_front(),
-            WriteError::StreamEnded(_) | WriteError::TooLarge(_) if proven => self.backoff.reset(),
-            WriteError::StreamEnded(_) | WriteError::TooLarge(_) => self.back_off(),
+            WriteError::StreamEnded(_) | WriteError::TooLarge(_) if proven => {
+                self.backoff.reset();
+                self.put_back(batch);
+            }
+            WriteError::StreamEnded(_) | WriteError::TooLarge(_) => {
+                self.back_off();
+                self.put_back(batch);
+            }
             WriteError::Uncertain(_) => match self.delivery {
                 // The agent may have it: writing it again could duplicate it.
                 Delivery::AtMostOnce => {
-                    if let Some(batch) = self.outbox.pop_front() {
-                        self.give_up(batch, DropReason::GaveUp);
-                    }
+                    self.give_up(batch, DropReason::GaveUp);
                 }
                 Delivery::AtLeastOnce => {
-                    self.counters.replayed.fetch_add(front_len, Relaxed);
+                    self.counters.replayed.fetch_add(batch.len(), Relaxed);
                     self.back_off();
+                    self.put_back(batch);
                 }
             },
         }
+    }
+
+    /// Puts a batch back in the outbox, in order of its envelopes.
+    fn put_back(&mut self, batch: Batch) {
+        let at = self
+            .outbox
+            .partition_point(|waiting| waiting.last_seq < batch.last_seq);
+        self.outbox.insert(at, batch);
     }
 
     fn back_off(&mut self) {
         self.retry_at = Some(Instant::now() + self.backoff.next_delay());
     }
 
-    /// The agent refused the front batch as too large: write it in halves,
-    /// or drop it if it is a single envelope.
-    fn split_front(&mut self) {
-        if let Some(batch) = self.outbox.pop_front() {
-            match batch.split() {
-                Ok((first, second)) => {
-                    self.outbox.push_front(second);
-                    self.outbox.push_front(first);
-                }
-                Err(single) => {
-                    self.give_up(single, DropReason::TooLarge);
-                }
+    /// The agent refused this batch as too large: write it in halves, or
+    /// drop it if it is a single envelope.
+    fn split(&mut self, batch: Batch) {
+        match batch.split() {
+            Ok((first, second)) => {
+                self.put_back(second);
+                self.put_back(first);
+            }
+            Err(single) => {
+                self.give_up(single, DropReason::TooLarge);
             }
         }
     }
@@ -516,13 +592,13 @@ impl<T: Transport> Streams<T> {
             .sort_by_key(|batch| batch.last_seq);
     }
 
-    /// At least once: end the stream to confirm it once it has been used for
+    /// At least once: end a stream to confirm it once it has been used for
     /// `confirm_interval`, or at once when the replay buffer is full.
-    fn rotation_due(&self) -> Option<Instant> {
+    fn rotation_due(&self, slot: usize) -> Option<Instant> {
         if self.delivery != Delivery::AtLeastOnce {
             return None;
         }
-        let stream = self.stream.as_ref()?;
+        let stream = self.slots[slot].as_ref()?;
         if stream.unconfirmed.is_empty() {
             return None;
         }
@@ -534,20 +610,25 @@ impl<T: Transport> Streams<T> {
     }
 
     fn rotate_if_due(&mut self, now: Instant, closing_idle: bool) {
-        if self.writing() {
-            // Its acceptance (or failure) wakes the loop, which comes back here.
-            return;
-        }
-        let due = self.rotation_due().is_some_and(|due| now >= due);
-        if due || closing_idle {
-            self.rotate();
+        for slot in 0..self.slots.len() {
+            let writing = self.slots[slot]
+                .as_ref()
+                .is_some_and(|open| open.writing.is_some());
+            if writing {
+                // Its acceptance (or failure) wakes the loop, which comes back here.
+                continue;
+            }
+            let due = self.rotation_due(slot).is_some_and(|due| now >= due);
+            if due || closing_idle {
+                self.rotate(slot);
+            }
         }
     }
 
-    /// Half-closes the stream; its end is awaited with the other
+    /// Half-closes a slot's stream; its end is awaited with the other
     /// confirmations, which the loop polls next.
-    fn rotate(&mut self) {
-        if let Some(open) = self.stream.take() {
+    fn rotate(&mut self, slot: usize) {
+        if let Some(open) = self.slots[slot].take() {
             self.confirming.push(Confirming {
                 closing: open.stream.half_close(),
                 batches: open.unconfirmed,

@@ -167,6 +167,7 @@ fn settings() -> Settings {
         confirm_timeout: WAIT,
         write_timeout: WAIT,
         backoff: Backoff::new(Duration::from_millis(1), Duration::from_millis(2)),
+        streams: 1,
     }
 }
 
@@ -628,4 +629,111 @@ fn close_gives_up_at_its_deadline_and_says_how_many_were_not_delivered() {
         "{result:?}"
     );
     assert_eq!(stats.dropped.gave_up, 2);
+}
+
+impl Harness {
+    /// Everything the fake sees until it has started `writes` more writes.
+    fn until_writes(&self, writes: usize) -> Vec<Seen> {
+        let mut seen = Vec::new();
+        while count(&seen, |s| matches!(s, Seen::Batch(_))) < writes {
+            seen.push(self.seen.recv_timeout(WAIT).unwrap());
+        }
+        seen
+    }
+}
+
+fn held() -> (Arc<Mutex<Hold>>, Script) {
+    let hold = Arc::new(Mutex::new(Hold::default()));
+    let script = Script {
+        hold: Some(hold.clone()),
+        ..Script::default()
+    };
+    (hold, script)
+}
+
+#[test]
+fn with_two_streams_a_batch_goes_to_a_second_stream_while_the_first_write_is_held() {
+    let (hold, script) = held();
+    let settings = Settings {
+        streams: 2,
+        ..settings()
+    };
+    let harness = start(settings, script);
+    for n in 0..9 {
+        harness.emit(n);
+    }
+    // Each write is held: the second batch needs a stream of its own (the
+    // fake panics on a second write in flight on one stream), and the
+    // third waits for one of them.
+    let seen = harness.until_writes(2);
+    assert_eq!(count(&seen, |s| matches!(s, Seen::Opened)), 2, "{seen:?}");
+    assert_eq!(batches(&seen), vec![vec![0, 1, 2], vec![3, 4, 5]]);
+    let (reply, result) = bounded(1);
+    harness.control.send(flush_request(reply)).unwrap();
+    assert_eq!(harness.counters.snapshot(0, 0).sent, 0);
+    Hold::release(&hold);
+    result.recv_timeout(WAIT).unwrap().unwrap();
+    assert_eq!(harness.next_batch(), vec![6, 7, 8]);
+    let (seen, stats) = harness.close();
+    assert_eq!(count(&seen, |s| matches!(s, Seen::Opened)), 0, "{seen:?}");
+    assert_eq!(
+        count(&seen, |s| matches!(s, Seen::HalfClosed)),
+        2,
+        "{seen:?}"
+    );
+    assert_eq!((stats.sent, stats.batches), (9, 3));
+}
+
+#[test]
+fn at_least_once_with_two_streams_one_failing_to_confirm_is_replayed_on_another() {
+    let (hold, script) = held();
+    script.ends.lock().push_back(Err(stream_ended()));
+    let settings = Settings {
+        streams: 2,
+        delivery: Delivery::AtLeastOnce,
+        ..settings()
+    };
+    let harness = start(settings, script);
+    for n in 0..6 {
+        harness.emit(n);
+    }
+    let seen = harness.until_writes(2);
+    assert_eq!(batches(&seen), vec![vec![0, 1, 2], vec![3, 4, 5]]);
+    Hold::release(&hold);
+    harness.flush().unwrap();
+    // Close ends both streams; the first to end fails, and what it carried
+    // is written again on a new stream and confirmed there.
+    let (seen, stats) = harness.close();
+    assert_eq!(batches(&seen), vec![vec![0, 1, 2]], "{seen:?}");
+    assert_eq!(
+        count(&seen, |s| matches!(s, Seen::HalfClosed)),
+        3,
+        "{seen:?}"
+    );
+    assert_eq!((stats.sent, stats.replayed, stats.errors), (6, 3, 1));
+}
+
+#[test]
+fn at_most_once_with_two_streams_a_write_held_past_its_timeout_is_given_up_and_the_other_sent() {
+    let (hold, script) = held();
+    let settings = Settings {
+        streams: 2,
+        write_timeout: Duration::from_millis(20),
+        ..settings()
+    };
+    let harness = start(settings, script);
+    for n in 0..6 {
+        harness.emit(n);
+    }
+    let seen = harness.until_writes(2);
+    assert_eq!(batches(&seen), vec![vec![0, 1, 2], vec![3, 4, 5]]);
+    // Both writes pass their timeout: each stream is dropped and its batch
+    // given up, since the agent may have it.
+    harness.flush().unwrap();
+    Hold::release(&hold);
+    harness.emit(6);
+    harness.flush().unwrap();
+    let (seen, stats) = harness.close();
+    assert_eq!(batches(&seen), vec![vec![6]]);
+    assert_eq!((stats.sent, stats.dropped.gave_up, stats.errors), (1, 6, 2));
 }

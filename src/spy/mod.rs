@@ -21,6 +21,7 @@
 //! ```
 
 mod certs;
+mod pace;
 
 use std::io::{self, Read};
 use std::sync::Arc;
@@ -38,6 +39,8 @@ use parking_lot::{Condvar, Mutex};
 use protobuf::Message;
 
 pub use certs::TestCerts;
+
+use pace::{Pacer, StreamPace, Timer};
 
 use crate::proto::envelope::{Envelope, EnvelopeBatch};
 use crate::proto::ingress::{BatchSenderResponse, IngressResponse, SendResponse};
@@ -190,13 +193,6 @@ pub struct SpyCounts {
     pub bytes: u64,
 }
 
-/// Holds readers back to a number of envelopes per second.
-struct Pacer {
-    per_second: u64,
-    since: Instant,
-    read: u64,
-}
-
 #[derive(Default)]
 struct State {
     record: Mutex<Record>,
@@ -206,6 +202,10 @@ struct State {
     fail_next: Mutex<Option<(StatusCode, String)>>,
     reading: Mutex<Gate>,
     pacer: Mutex<Option<Pacer>>,
+    /// Each stream reads at most this many envelopes a second.
+    stream_rate: Mutex<Option<u64>>,
+    /// Wakes streams held to their rate; started with the first.
+    timer: std::sync::OnceLock<Timer>,
     count_only: bool,
 }
 
@@ -253,14 +253,24 @@ impl State {
         let wake_at = {
             let mut pacer = self.pacer.lock();
             let Some(pacer) = pacer.as_mut() else { return };
-            pacer.read += envelopes;
-            let due = Duration::from_secs_f64(pacer.read as f64 / pacer.per_second as f64);
-            pacer.since + due
+            pacer.due(envelopes)
         };
         let now = Instant::now();
         if wake_at > now {
             std::thread::sleep(wake_at - now);
         }
+    }
+
+    /// When a stream that has just read `envelopes` more may read again,
+    /// if streams are held to a rate of their own.
+    fn stream_due(&self, pace: &mut StreamPace, envelopes: u64) -> Option<Instant> {
+        let per_second = (*self.stream_rate.lock())?;
+        let due = pace.due(envelopes, per_second);
+        (due > Instant::now()).then_some(due)
+    }
+
+    fn timer(&self) -> &Timer {
+        self.timer.get_or_init(Timer::start)
     }
 
     fn poll_reading(&self, context: &mut Context<'_>) -> Poll<()> {
@@ -657,11 +667,25 @@ impl SpyAgent {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn set_read_rate(&self, per_second: Option<u64>) {
-        *self.state.pacer.lock() = per_second.filter(|&rate| rate > 0).map(|per_second| Pacer {
-            per_second,
-            since: Instant::now(),
-            read: 0,
-        });
+        *self.state.pacer.lock() = per_second.filter(|&rate| rate > 0).map(Pacer::new);
+    }
+
+    /// Reads each stream at most `per_second` envelopes a second, each at
+    /// its own pace and side by side, as a real agent does (it reads each
+    /// stream in a goroutine of its own); `None` reads as fast as it can.
+    /// A client writing on two streams can then deliver twice as much as on
+    /// one. The streams wait without holding the server's thread, and
+    /// HTTP/2 flow control backs up the client's writes on each.
+    ///
+    /// ```
+    /// # let certs = loggregator::spy::TestCerts::generate()?;
+    /// # let agent = loggregator::spy::SpyAgent::start(&certs)?;
+    /// agent.set_stream_read_rate(Some(300_000));
+    /// agent.set_stream_read_rate(None);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn set_stream_read_rate(&self, per_second: Option<u64>) {
+        *self.state.stream_rate.lock() = per_second.filter(|&rate| rate > 0);
     }
 
     /// Waits until at least `count` streams have ended, at most `timeout`;
@@ -801,6 +825,7 @@ fn serve_stream<Req, Resp>(
 {
     let call = state.start_call();
     ctx.spawn(async move {
+        let mut pace = StreamPace::default();
         loop {
             futures::future::poll_fn(|context| state.poll_reading(context)).await;
             match stream.try_next().await {
@@ -813,6 +838,9 @@ fn serve_stream<Req, Resp>(
                     }
                     let envelopes = record(&state, call, message);
                     state.pace(envelopes);
+                    if let Some(due) = state.stream_due(&mut pace, envelopes) {
+                        state.timer().delay(due).await;
+                    }
                 }
                 Ok(None) => break,
                 // The client cancelled or the connection broke: nobody to answer.

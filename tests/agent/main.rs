@@ -12,5 +12,6 @@ mod pipe;
 mod properties;
 mod round_trip;
 mod spy;
+mod streams;
 mod tracing_layer;
 mod unary;

@@ -1,0 +1,227 @@
+//! Several `BatchSender` streams at once, against a spy that reads each
+//! stream at its own pace (as a real agent does) and the faults it injects.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use loggregator::spy::{SpyAgent, StatusCode, TestCerts};
+use loggregator::{Delivery, Envelope, Error, IngressClient, IngressClientBuilder};
+
+use crate::common::{WAIT, assert_closed_accounting};
+
+fn builder(certs: &TestCerts, agent: &SpyAgent, streams: usize) -> IngressClientBuilder {
+    IngressClient::builder()
+        .addr(agent.addr())
+        .tls(certs.client_tls().unwrap())
+        .streams(streams)
+        .batch_max_envelopes(500)
+        .reconnect_backoff(Duration::from_millis(10), Duration::from_millis(100))
+}
+
+fn numbered(n: u64) -> Envelope {
+    Envelope::log("n").timestamp(n as i64).build()
+}
+
+fn seqs(agent: &SpyAgent) -> Vec<u64> {
+    agent
+        .envelopes()
+        .iter()
+        .map(|e| e.timestamp as u64)
+        .collect()
+}
+
+/// Envelopes the spy read, by the stream that carried them.
+fn per_stream(agent: &SpyAgent) -> HashMap<u64, usize> {
+    let mut streams = HashMap::new();
+    for batch in agent.batches() {
+        *streams.entry(batch.stream).or_default() += batch.envelopes;
+    }
+    streams
+}
+
+#[test]
+fn the_per_stream_read_rate_holds_each_stream_to_its_pace_and_reads_them_side_by_side() {
+    const RATE: u64 = 10_000;
+    const TOTAL: u64 = 10_000;
+    let certs = TestCerts::generate().unwrap();
+    let agent = SpyAgent::start(&certs).unwrap();
+    agent.set_stream_read_rate(Some(RATE));
+    let client = builder(&certs, &agent, 2).build().unwrap();
+    // Connect before the clock starts.
+    client.emit(numbered(0));
+    client.flush(WAIT).unwrap();
+    let started = Instant::now();
+    for n in 1..=TOTAL {
+        client.emit(numbered(n));
+    }
+    client.flush(WAIT).unwrap();
+    agent.wait_for_count(TOTAL + 1, WAIT);
+    let took = started.elapsed();
+    client.close(WAIT).unwrap();
+    let streams = per_stream(&agent);
+    assert_eq!(streams.len(), 2, "{streams:?}");
+    // Each stream was held to its pace: the busier one read at most RATE a
+    // second (less the batch it read at once on arrival).
+    let busiest = *streams.values().max().unwrap() as u64;
+    let floor = Duration::from_secs_f64((busiest - 500) as f64 / RATE as f64);
+    assert!(
+        took >= floor,
+        "{took:?} for {busiest} on one stream: {streams:?}"
+    );
+    // And the two were read side by side: one stream alone needs a second.
+    assert!(took < Duration::from_millis(850), "{took:?}: {streams:?}");
+    assert_eq!(seqs(&agent).len() as u64, TOTAL + 1);
+    assert_closed_accounting(&client.stats());
+}
+
+#[test]
+fn flush_and_close_wait_for_writes_in_flight_on_several_streams() {
+    let certs = TestCerts::generate().unwrap();
+    let agent = SpyAgent::start(&certs).unwrap();
+    let client = builder(&certs, &agent, 3).build().unwrap();
+    client.emit(numbered(0));
+    client.flush(WAIT).unwrap();
+    agent.pause_reading();
+    // Until flow control holds writes on every stream.
+    let payload = vec![b'p'; 4_000];
+    let mut n = 1;
+    loop {
+        for _ in 0..500 {
+            client.emit(Envelope::log(payload.clone()).timestamp(n as i64));
+            n += 1;
+        }
+        if client.flush(Duration::from_millis(200)).is_err() {
+            break;
+        }
+        assert!(n < 200_000, "the writes never stalled");
+    }
+    agent.resume_reading();
+    client.flush(WAIT).unwrap();
+    client.close(WAIT).unwrap();
+    let stats = client.stats();
+    assert!(per_stream(&agent).len() >= 2, "{:?}", per_stream(&agent));
+    let received: HashSet<u64> = seqs(&agent).into_iter().collect();
+    assert_eq!(received.len() as u64, stats.sent, "{stats:?}");
+    assert_eq!(stats.sent + stats.dropped.total(), n, "{stats:?}");
+    assert_closed_accounting(&stats);
+}
+
+#[test]
+fn at_least_once_with_several_streams_every_envelope_survives_agent_restarts() {
+    const TOTAL: u64 = 30_000;
+    let certs = TestCerts::generate().unwrap();
+    let agent = SpyAgent::start(&certs).unwrap();
+    agent.set_stream_read_rate(Some(200_000));
+    let client = builder(&certs, &agent, 4)
+        .delivery(Delivery::AtLeastOnce)
+        .confirm_interval(Duration::from_millis(100))
+        .queue_capacity(TOTAL as usize)
+        .build()
+        .unwrap();
+    let emitter = {
+        let client = client.clone();
+        std::thread::spawn(move || {
+            for n in 0..TOTAL {
+                client.emit(numbered(n));
+                if n % 64 == 63 {
+                    std::thread::yield_now();
+                }
+            }
+        })
+    };
+    for round in 1..=2 {
+        agent.wait_for_envelopes((TOTAL as usize / 3) * round, WAIT);
+        agent.shutdown();
+        agent.restart().unwrap();
+    }
+    emitter.join().unwrap();
+    client.close(WAIT).unwrap();
+    let received: HashSet<u64> = seqs(&agent).into_iter().collect();
+    let missing: Vec<u64> = (0..TOTAL).filter(|n| !received.contains(n)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} missing: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    let stats = client.stats();
+    assert_eq!((stats.sent, stats.dropped.total()), (TOTAL, 0), "{stats:?}");
+    assert!(stats.reconnects >= 2, "{stats:?}");
+    assert_closed_accounting(&stats);
+}
+
+#[test]
+fn at_most_once_with_several_streams_one_ended_by_the_agent_is_replaced_without_duplicates() {
+    let certs = TestCerts::generate().unwrap();
+    let agent = SpyAgent::start(&certs).unwrap();
+    agent.set_stream_read_rate(Some(50_000));
+    let client = builder(&certs, &agent, 2).build().unwrap();
+    for n in 0..2_000 {
+        client.emit(numbered(n));
+    }
+    client.flush(WAIT).unwrap();
+    agent.fail_next_stream(StatusCode::Unavailable, "injected");
+    let mut n = 2_000;
+    while client.stats().errors == 0 {
+        for _ in 0..500 {
+            client.emit(numbered(n));
+            n += 1;
+        }
+        let _ = client.flush(WAIT);
+        assert!(n < 1_000_000, "the failure was never noticed");
+    }
+    for _ in 0..2_000 {
+        client.emit(numbered(n));
+        n += 1;
+    }
+    match client.close(WAIT) {
+        Ok(()) => {}
+        // The ended stream may be the last one close ends.
+        Err(Error::Agent { status, .. }) if status.contains("injected") => {}
+        other => panic!("{other:?}"),
+    }
+    let received = seqs(&agent);
+    let unique: HashSet<u64> = received.iter().copied().collect();
+    assert_eq!(
+        unique.len(),
+        received.len(),
+        "at most once never duplicates"
+    );
+    let stats = client.stats();
+    assert!(
+        stats
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("UNAVAILABLE: injected"),
+        "{stats:?}"
+    );
+    // What the agent did not read is what the ended stream had taken
+    // (counted sent, as at most once says) or gave up: one batch at most
+    // in flight there, and what its window held.
+    let lost = n - unique.len() as u64;
+    assert!(lost <= 5_000, "lost {lost} of {n}: {stats:?}");
+    assert_eq!(stats.sent + stats.dropped.total(), n, "{stats:?}");
+    assert_closed_accounting(&stats);
+}
+
+#[test]
+fn streams_must_be_from_1_to_16() {
+    let certs = TestCerts::generate().unwrap();
+    for streams in [0, 17] {
+        let result = IngressClient::builder()
+            .tls(certs.client_tls().unwrap())
+            .streams(streams)
+            .build();
+        assert!(
+            matches!(
+                result,
+                Err(Error::Config {
+                    setting: "streams",
+                    ..
+                })
+            ),
+            "{streams}: {result:?}"
+        );
+    }
+}
