@@ -119,3 +119,16 @@ pub(crate) fn on_own_thread() -> bool {
         .name()
         .is_some_and(|name| name.starts_with(THREAD_PREFIX))
 }
+
+/// True for a record the client itself caused: its own diagnostics (target
+/// `loggregator`), gRPC's, and whatever runs on its threads. A bridge from
+/// another logging crate that sent those back could loop or deadlock.
+pub(crate) fn is_internal(target: &str) -> bool {
+    let within = |module: &str| {
+        target == module
+            || target
+                .strip_prefix(module)
+                .is_some_and(|rest| rest.starts_with("::"))
+    };
+    within(LOG_TARGET) || within("grpcio") || within("grpcio_sys") || on_own_thread()
+}

@@ -148,19 +148,6 @@ impl LogBridge {
     }
 }
 
-/// True for records the client itself caused: its own diagnostics, gRPC's,
-/// and whatever runs on its threads.
-fn is_internal(target: &str) -> bool {
-    let within = |module: &str| {
-        target == module
-            || target
-                .strip_prefix(module)
-                .is_some_and(|rest| rest.starts_with("::"))
-    };
-    let own_target = within(crate::LOG_TARGET) || within("grpcio") || within("grpcio_sys");
-    own_target || crate::on_own_thread()
-}
-
 impl Log for LogBridge {
     fn enabled(&self, metadata: &Metadata<'_>) -> bool {
         metadata.level() <= self.level
@@ -179,7 +166,7 @@ impl Log for LogBridge {
                 record.args()
             );
         }
-        if !is_internal(record.target()) {
+        if !crate::is_internal(record.target()) {
             self.client.emit(self.envelope(record));
         }
     }

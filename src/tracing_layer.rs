@@ -270,24 +270,12 @@ fn parse_traceparent(header: &str) -> Option<([u8; 16], [u8; 8])> {
     Some((parse_id(trace_id)?, parse_id(span_id)?))
 }
 
-/// True for what the client itself causes: its diagnostics and gRPC's, and
-/// anything on its threads. Sending those back could loop.
-fn is_internal(target: &str) -> bool {
-    let within = |module: &str| {
-        target == module
-            || target
-                .strip_prefix(module)
-                .is_some_and(|rest| rest.starts_with("::"))
-    };
-    within(crate::LOG_TARGET) || within("grpcio") || within("grpcio_sys") || crate::on_own_thread()
-}
-
 impl<S> tracing_subscriber::Layer<S> for TracingLayer
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
-        if is_internal(attrs.metadata().target()) {
+        if crate::is_internal(attrs.metadata().target()) {
             return;
         }
         let Some(span) = ctx.span(id) else { return };
@@ -333,7 +321,7 @@ where
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
         let metadata = event.metadata();
-        if is_internal(metadata.target()) {
+        if crate::is_internal(metadata.target()) {
             return;
         }
         let mut fields = Fields::for_event();

@@ -27,11 +27,11 @@ fn builder(certs: &TestCerts, addr: &str) -> IngressClientBuilder {
         .reconnect_backoff(FAST_RETRY.0, FAST_RETRY.1)
 }
 
-fn numbered(n: u64) -> Envelope {
+pub fn numbered(n: u64) -> Envelope {
     Envelope::log("n").timestamp(n as i64).build()
 }
 
-fn seqs(agent: &SpyAgent) -> Vec<u64> {
+pub fn seqs(agent: &SpyAgent) -> Vec<u64> {
     agent
         .envelopes()
         .iter()
@@ -70,7 +70,7 @@ fn an_agent_absent_at_build_gets_everything_once_it_starts() {
 /// Emits `total` numbered envelopes from another thread while the agent is
 /// restarted three times mid-stream; returns how many had been emitted when
 /// each restart was over.
-fn emit_through_restarts(client: &IngressClient, agent: &SpyAgent, total: u64) -> Vec<u64> {
+pub fn emit_through_restarts(client: &IngressClient, agent: &SpyAgent, total: u64) -> Vec<u64> {
     let progress = Arc::new(AtomicU64::new(0));
     let emitter = {
         let (client, progress) = (client.clone(), progress.clone());

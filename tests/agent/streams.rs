@@ -8,6 +8,7 @@ use loggregator::spy::{SpyAgent, StatusCode, TestCerts};
 use loggregator::{Delivery, Envelope, Error, IngressClient, IngressClientBuilder};
 
 use crate::common::{WAIT, assert_closed_accounting};
+use crate::faults::{emit_through_restarts, numbered, seqs};
 
 fn builder(certs: &TestCerts, agent: &SpyAgent, streams: usize) -> IngressClientBuilder {
     IngressClient::builder()
@@ -16,18 +17,6 @@ fn builder(certs: &TestCerts, agent: &SpyAgent, streams: usize) -> IngressClient
         .streams(streams)
         .batch_max_envelopes(500)
         .reconnect_backoff(Duration::from_millis(10), Duration::from_millis(100))
-}
-
-fn numbered(n: u64) -> Envelope {
-    Envelope::log("n").timestamp(n as i64).build()
-}
-
-fn seqs(agent: &SpyAgent) -> Vec<u64> {
-    agent
-        .envelopes()
-        .iter()
-        .map(|e| e.timestamp as u64)
-        .collect()
 }
 
 /// Envelopes the spy read, by the stream that carried them.
@@ -107,7 +96,7 @@ fn flush_and_close_wait_for_writes_in_flight_on_several_streams() {
 }
 
 #[test]
-fn at_least_once_with_several_streams_every_envelope_survives_agent_restarts() {
+fn at_least_once_with_several_streams_every_envelope_survives_three_agent_restarts() {
     const TOTAL: u64 = 30_000;
     let certs = TestCerts::generate().unwrap();
     let agent = SpyAgent::start(&certs).unwrap();
@@ -118,23 +107,7 @@ fn at_least_once_with_several_streams_every_envelope_survives_agent_restarts() {
         .queue_capacity(TOTAL as usize)
         .build()
         .unwrap();
-    let emitter = {
-        let client = client.clone();
-        std::thread::spawn(move || {
-            for n in 0..TOTAL {
-                client.emit(numbered(n));
-                if n % 64 == 63 {
-                    std::thread::yield_now();
-                }
-            }
-        })
-    };
-    for round in 1..=2 {
-        agent.wait_for_envelopes((TOTAL as usize / 3) * round, WAIT);
-        agent.shutdown();
-        agent.restart().unwrap();
-    }
-    emitter.join().unwrap();
+    let _ = emit_through_restarts(&client, &agent, TOTAL);
     client.close(WAIT).unwrap();
     let received: HashSet<u64> = seqs(&agent).into_iter().collect();
     let missing: Vec<u64> = (0..TOTAL).filter(|n| !received.contains(n)).collect();
@@ -146,7 +119,7 @@ fn at_least_once_with_several_streams_every_envelope_survives_agent_restarts() {
     );
     let stats = client.stats();
     assert_eq!((stats.sent, stats.dropped.total()), (TOTAL, 0), "{stats:?}");
-    assert!(stats.reconnects >= 2, "{stats:?}");
+    assert!(stats.reconnects >= 3, "{stats:?}");
     assert_closed_accounting(&stats);
 }
 
@@ -154,7 +127,6 @@ fn at_least_once_with_several_streams_every_envelope_survives_agent_restarts() {
 fn at_most_once_with_several_streams_one_ended_by_the_agent_is_replaced_without_duplicates() {
     let certs = TestCerts::generate().unwrap();
     let agent = SpyAgent::start(&certs).unwrap();
-    agent.set_stream_read_rate(Some(50_000));
     let client = builder(&certs, &agent, 2).build().unwrap();
     for n in 0..2_000 {
         client.emit(numbered(n));
@@ -197,10 +169,11 @@ fn at_most_once_with_several_streams_one_ended_by_the_agent_is_replaced_without_
         "{stats:?}"
     );
     // What the agent did not read is what the ended stream had taken
-    // (counted sent, as at most once says) or gave up: one batch at most
-    // in flight there, and what its window held.
+    // (counted sent, as at most once says) or gave up: the write in flight
+    // there and what its window held. Measured: 1,000 to 1,500 (two or
+    // three batches) in six runs; the bound is twice the most.
     let lost = n - unique.len() as u64;
-    assert!(lost <= 5_000, "lost {lost} of {n}: {stats:?}");
+    assert!(lost <= 3_000, "lost {lost} of {n}: {stats:?}");
     assert_eq!(stats.sent + stats.dropped.total(), n, "{stats:?}");
     assert_closed_accounting(&stats);
 }
