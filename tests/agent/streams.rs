@@ -30,7 +30,7 @@ fn per_stream(agent: &SpyAgent) -> HashMap<u64, usize> {
 
 #[test]
 fn the_per_stream_read_rate_holds_each_stream_to_its_pace_and_reads_them_side_by_side() {
-    const RATE: u64 = 10_000;
+    const RATE: u64 = 5_000;
     const TOTAL: u64 = 10_000;
     let certs = TestCerts::generate().unwrap();
     let agent = SpyAgent::start(&certs).unwrap();
@@ -57,8 +57,8 @@ fn the_per_stream_read_rate_holds_each_stream_to_its_pace_and_reads_them_side_by
         took >= floor,
         "{took:?} for {busiest} on one stream: {streams:?}"
     );
-    // And the two were read side by side: one stream alone needs a second.
-    assert!(took < Duration::from_millis(850), "{took:?}: {streams:?}");
+    // And the two were read side by side: one stream alone needs 2 s.
+    assert!(took < Duration::from_millis(1_600), "{took:?}: {streams:?}");
     assert_eq!(seqs(&agent).len() as u64, TOTAL + 1);
     assert_closed_accounting(&client.stats());
 }
