@@ -176,7 +176,14 @@ impl<T: Transport> Streams<T> {
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
         let confirmation = self.confirming.iter().map(|c| c.deadline).min();
         let write = self.in_flight().map(|writing| writing.deadline).min();
+        // A stream with a write in flight rotates once the write settles,
+        // which wakes the loop: its rotation is no deadline to wait for.
         let rotation = (0..self.slots.len())
+            .filter(|&slot| {
+                self.slots[slot]
+                    .as_ref()
+                    .is_some_and(|open| open.writing.is_none())
+            })
             .filter_map(|slot| self.rotation_due(slot))
             .min();
         [self.retry_at, rotation, confirmation, write]
@@ -253,15 +260,25 @@ impl<T: Transport> Streams<T> {
     }
 
     /// At least once: the next batch written fresh would overfill the
-    /// replay buffer. A batch written before is already counted in it.
+    /// replay buffer. A batch written before is already counted in it, and
+    /// fresh writes in flight will be once gRPC accepts them.
     fn replay_full(&self) -> bool {
-        if self.delivery != Delivery::AtLeastOnce || self.replay_bytes == 0 {
+        if self.delivery != Delivery::AtLeastOnce {
+            return false;
+        }
+        let in_flight: usize = self
+            .in_flight()
+            .filter(|writing| !writing.batch.replay)
+            .map(|writing| writing.batch.bytes.len())
+            .sum();
+        let committed = self.replay_bytes + in_flight;
+        if committed == 0 {
             return false;
         }
         match self.outbox.front() {
             Some(batch) if batch.replay => false,
-            Some(batch) => self.replay_bytes + batch.bytes.len() > self.replay_buffer_bytes,
-            None => self.replay_bytes >= self.replay_buffer_bytes,
+            Some(batch) => committed + batch.bytes.len() > self.replay_buffer_bytes,
+            None => committed >= self.replay_buffer_bytes,
         }
     }
 
@@ -279,15 +296,16 @@ impl<T: Transport> Streams<T> {
 
     /// The slot the next write goes to: the first, taking turns from
     /// `next_slot`, whose stream has no write in flight or that is empty
-    /// (to open one in). A batch to `isolate` needs a stream that has
-    /// carried nothing yet (a stream with unconfirmed batches is ended
-    /// first to free its slot).
+    /// (to open one in). A batch to `isolate` needs a new stream: an empty
+    /// slot, or one whose idle stream is ended first to free it.
     fn slot_for(&self, isolate: bool) -> Option<usize> {
         let count = self.slots.len();
         let turns = (0..count).map(|offset| (self.next_slot + offset) % count);
+        // A suspect batch must be the first message of its stream: only
+        // then does a refusal point at it.
         let usable = |slot: &Option<OpenStream<T::Stream>>| match slot {
             None => true,
-            Some(open) => open.writing.is_none() && (!isolate || open.unconfirmed.is_empty()),
+            Some(open) => !isolate && open.writing.is_none(),
         };
         let idle = |slot: &Option<OpenStream<T::Stream>>| {
             slot.as_ref().is_some_and(|open| open.writing.is_none())
@@ -319,12 +337,8 @@ impl<T: Transport> Streams<T> {
             let Some(slot) = self.slot_for(isolate) else {
                 return;
             };
-            if isolate
-                && self.slots[slot]
-                    .as_ref()
-                    .is_some_and(|open| !open.unconfirmed.is_empty())
-            {
-                // A suspect batch goes on a stream of its own.
+            if isolate {
+                // A suspect batch goes first on a stream of its own.
                 self.rotate(slot);
             }
             let reused = self.slots[slot].is_some();
@@ -509,16 +523,22 @@ impl<T: Transport> Streams<T> {
         match failure {
             // The first message of a new stream was refused: it is the culprit.
             WriteError::TooLarge(_) if !reused => self.split(batch),
-            // A stream that had worked may just have ended (the agent
-            // restarted, or refused an earlier message as too large): try a
-            // new one at once.
-            WriteError::StreamEnded(_) | WriteError::TooLarge(_) if proven => {
-                self.backoff.reset();
-                self.put_back(batch);
-            }
             WriteError::StreamEnded(_) | WriteError::TooLarge(_) => {
-                self.back_off();
+                let mut batch = batch;
+                // Refused on a stream that had carried others, it may be the
+                // culprit or an earlier one was: written next as the first
+                // message of a new stream, a refusal will name it, and it
+                // cannot end another working stream meanwhile.
+                batch.isolate |= too_large;
                 self.put_back(batch);
+                if proven {
+                    // A stream that had worked may just have ended (the
+                    // agent restarted, or refused an earlier message as too
+                    // large): try a new one at once.
+                    self.backoff.reset();
+                } else {
+                    self.back_off();
+                }
             }
             WriteError::Uncertain(_) => match self.delivery {
                 // The agent may have it: writing it again could duplicate it.
@@ -542,8 +562,14 @@ impl<T: Transport> Streams<T> {
         self.outbox.insert(at, batch);
     }
 
+    /// Waits before the next attempt; failures of several streams in one
+    /// round of attempts step the backoff once.
     fn back_off(&mut self) {
-        self.retry_at = Some(Instant::now() + self.backoff.next_delay());
+        let now = Instant::now();
+        if self.retry_at.is_some_and(|at| at > now) {
+            return;
+        }
+        self.retry_at = Some(now + self.backoff.next_delay());
     }
 
     /// The agent refused this batch as too large: write it in halves, or

@@ -37,6 +37,8 @@ struct Script {
     gate: Option<Receiver<()>>,
     /// When set, writes stay in flight (never accepted) until released.
     hold: Option<Arc<Mutex<Hold>>>,
+    /// Writes in flight on every stream now, and the most there ever were.
+    in_flight: Arc<Mutex<(usize, usize)>>,
 }
 
 /// Writes held in flight, and the worker's waker to call on release.
@@ -109,6 +111,9 @@ impl BatchStream for FakeStream {
         let timestamps = decoded.batch.iter().map(|e| e.timestamp).collect();
         self.seen.send(Seen::Batch(timestamps)).unwrap();
         self.writing = Some(Ok(()));
+        let mut in_flight = self.script.in_flight.lock();
+        in_flight.0 += 1;
+        in_flight.1 = in_flight.1.max(in_flight.0);
         Ok(())
     }
 
@@ -120,6 +125,7 @@ impl BatchStream for FakeStream {
                 return Poll::Pending;
             }
         }
+        self.script.in_flight.lock().0 -= 1;
         Poll::Ready(self.writing.take().expect("a write in flight"))
     }
 
@@ -736,4 +742,69 @@ fn at_most_once_with_two_streams_a_write_held_past_its_timeout_is_given_up_and_t
     let (seen, stats) = harness.close();
     assert_eq!(batches(&seen), vec![vec![6]]);
     assert_eq!((stats.sent, stats.dropped.gave_up, stats.errors), (1, 6, 2));
+}
+
+#[test]
+fn at_least_once_writes_in_flight_on_several_streams_count_against_the_replay_buffer() {
+    let (hold, script) = held();
+    let settings = Settings {
+        streams: 2,
+        delivery: Delivery::AtLeastOnce,
+        // One batch fills it: the second may start only once the first is
+        // confirmed, though a second stream is free.
+        replay_buffer_bytes: 1,
+        ..settings()
+    };
+    let harness = start(settings, script.clone());
+    for n in 0..6 {
+        harness.emit(n);
+    }
+    assert_eq!(batches(&harness.until_writes(1)), vec![vec![0, 1, 2]]);
+    Hold::release(&hold);
+    harness.flush().unwrap();
+    let (seen, stats) = harness.close();
+    assert_eq!(batches(&seen), vec![vec![3, 4, 5]]);
+    assert_eq!(script.in_flight.lock().1, 1, "one write at a time");
+    assert_eq!((stats.sent, stats.replayed), (6, 0));
+}
+
+#[test]
+fn a_batch_refused_on_a_stream_that_carried_others_goes_first_on_a_new_stream() {
+    let script = Script::default();
+    let settings = Settings {
+        streams: 2,
+        ..settings()
+    };
+    let harness = start(settings, script.clone());
+    // One batch on each stream.
+    for n in 0..6 {
+        harness.emit(n);
+        if n % 3 == 2 {
+            harness.flush().unwrap();
+        }
+    }
+    // The third goes to the first stream again, which finds it refused as
+    // too large: it may be the culprit. Not the other working stream, which
+    // the agent would end too, but a new one carries it next, first.
+    script.fail_write(Err(WriteError::TooLarge(Error::Closed)));
+    for n in 6..9 {
+        harness.emit(n);
+    }
+    harness.flush().unwrap();
+    let (seen, stats) = harness.close();
+    let opened_then_written: Vec<bool> = seen
+        .iter()
+        .filter_map(|s| match s {
+            Seen::Opened => Some(true),
+            Seen::Batch(_) => Some(false),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        opened_then_written,
+        [true, false, true, false, true, false],
+        "{seen:?}"
+    );
+    assert_eq!(batches(&seen)[2], vec![6, 7, 8]);
+    assert_eq!((stats.sent, stats.dropped.total()), (9, 0));
 }

@@ -261,16 +261,33 @@ impl State {
         }
     }
 
-    /// When a stream that has just read `envelopes` more may read again,
-    /// if streams are held to a rate of their own.
-    fn stream_due(&self, pace: &mut StreamPace, envelopes: u64) -> Option<Instant> {
-        let per_second = (*self.stream_rate.lock())?;
+    /// Holds a stream that has just read `envelopes` more until it may read
+    /// again, if streams are held to a rate of their own.
+    async fn stream_pace(&self, pace: &mut StreamPace, envelopes: u64) {
+        if self.stream_rate.lock().is_none() {
+            return;
+        }
+        // Read before the rate: a change of rate made after this releases
+        // the delay below, and one made before is seen in the rate.
+        let generation = self.timer().generation();
+        let Some(per_second) = *self.stream_rate.lock() else {
+            return;
+        };
         let due = pace.due(envelopes, per_second);
-        (due > Instant::now()).then_some(due)
+        if due > Instant::now() {
+            self.timer().delay(due, generation).await;
+        }
     }
 
     fn timer(&self) -> &Timer {
         self.timer.get_or_init(Timer::start)
+    }
+
+    /// Ends the wait of every stream held to its rate.
+    fn release_delayed(&self) {
+        if let Some(timer) = self.timer.get() {
+            timer.release_all();
+        }
     }
 
     fn poll_reading(&self, context: &mut Context<'_>) -> Poll<()> {
@@ -686,6 +703,8 @@ impl SpyAgent {
     /// ```
     pub fn set_stream_read_rate(&self, per_second: Option<u64>) {
         *self.state.stream_rate.lock() = per_second.filter(|&rate| rate > 0);
+        // Streams waiting at the old rate read on at the new one.
+        self.state.release_delayed();
     }
 
     /// Waits until at least `count` streams have ended, at most `timeout`;
@@ -712,8 +731,9 @@ impl Drop for SpyAgent {
 fn stop(mut server: Server, state: &State) {
     let shutdown = server.shutdown();
     server.cancel_all_calls();
-    // Paused readers must run to see their calls cancelled.
+    // Paused and delayed readers must run to see their calls cancelled.
     state.set_paused(false);
+    state.release_delayed();
     let _ = futures::executor::block_on(shutdown);
 }
 
@@ -838,9 +858,7 @@ fn serve_stream<Req, Resp>(
                     }
                     let envelopes = record(&state, call, message);
                     state.pace(envelopes);
-                    if let Some(due) = state.stream_due(&mut pace, envelopes) {
-                        state.timer().delay(due).await;
-                    }
+                    state.stream_pace(&mut pace, envelopes).await;
                 }
                 Ok(None) => break,
                 // The client cancelled or the connection broke: nobody to answer.

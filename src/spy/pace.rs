@@ -6,6 +6,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -37,24 +39,44 @@ impl Pacer {
 /// One stream's reading, held to a number of envelopes per second.
 #[derive(Default)]
 pub(super) struct StreamPace {
+    /// The rate, when it was set, and what was read at it since.
+    rate: u64,
     since: Option<Instant>,
     read: u64,
 }
 
 impl StreamPace {
-    /// When this stream may read again after `envelopes` more, at `per_second`.
+    /// When this stream may read again after `envelopes` more, at
+    /// `per_second`; a new rate counts from now.
     pub(super) fn due(&mut self, envelopes: u64, per_second: u64) -> Instant {
+        if per_second != self.rate {
+            *self = StreamPace {
+                rate: per_second,
+                ..StreamPace::default()
+            };
+        }
         let since = *self.since.get_or_insert_with(Instant::now);
         self.read += envelopes;
         since + Duration::from_secs_f64(self.read as f64 / per_second.max(1) as f64)
     }
 }
 
+/// What the timer thread is asked.
+enum Request {
+    /// Wake this at that time.
+    At(Instant, Waker),
+    /// Wake every delayed reader now: the rate changed, or the agent stops.
+    All,
+}
+
 /// Wakes delayed readers on time, from a thread of its own; the thread ends
 /// when every handle is gone.
 #[derive(Clone)]
 pub(super) struct Timer {
-    requests: Sender<(Instant, Waker)>,
+    requests: Sender<Request>,
+    /// Bumped by [`release_all`](Self::release_all): a delay made before
+    /// is over.
+    generation: Arc<AtomicU64>,
 }
 
 impl Timer {
@@ -63,20 +85,38 @@ impl Timer {
         let _ = std::thread::Builder::new()
             .name("spy-agent-timer".to_string())
             .spawn(move || run_timer(&received));
-        Timer { requests }
+        Timer {
+            requests,
+            generation: Arc::default(),
+        }
     }
 
-    /// A future that is ready at `at`.
-    pub(super) fn delay(&self, at: Instant) -> Delay {
+    /// How many times [`release_all`](Self::release_all) has been called:
+    /// read it before deciding to wait, and pass it to [`delay`](Self::delay).
+    pub(super) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// A future that is ready at `at`, or once [`release_all`](Self::release_all)
+    /// is called after `generation` was read.
+    pub(super) fn delay(&self, at: Instant, generation: u64) -> Delay {
         Delay {
             at,
+            generation,
             timer: self.clone(),
             registered: false,
         }
     }
+
+    /// Ends every delay now, so a stream never waits past a change of rate
+    /// or the agent's shutdown.
+    pub(super) fn release_all(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        let _ = self.requests.send(Request::All);
+    }
 }
 
-fn run_timer(requests: &Receiver<(Instant, Waker)>) {
+fn run_timer(requests: &Receiver<Request>) {
     let mut waiting: Vec<(Instant, Waker)> = Vec::new();
     loop {
         let next = waiting.iter().map(|(at, _)| *at).min();
@@ -84,14 +124,18 @@ fn run_timer(requests: &Receiver<(Instant, Waker)>) {
             Some(at) => requests.recv_deadline(at),
             None => requests.recv().map_err(|_| RecvTimeoutError::Disconnected),
         };
-        match received {
-            Ok(request) => waiting.push(request),
-            Err(RecvTimeoutError::Timeout) => {}
+        let release_all = match received {
+            Ok(Request::At(at, waker)) => {
+                waiting.push((at, waker));
+                false
+            }
+            Ok(Request::All) => true,
+            Err(RecvTimeoutError::Timeout) => false,
             Err(RecvTimeoutError::Disconnected) => return,
-        }
+        };
         let now = Instant::now();
         waiting.retain(|(at, waker)| {
-            let due = *at <= now;
+            let due = release_all || *at <= now;
             if due {
                 waker.wake_by_ref();
             }
@@ -103,6 +147,7 @@ fn run_timer(requests: &Receiver<(Instant, Waker)>) {
 /// Ready at its instant; see [`Timer::delay`].
 pub(super) struct Delay {
     at: Instant,
+    generation: u64,
     timer: Timer,
     registered: bool,
 }
@@ -111,13 +156,19 @@ impl Future for Delay {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<()> {
-        if Instant::now() >= self.at {
+        let released = self.timer.generation.load(Ordering::SeqCst) != self.generation;
+        if released || Instant::now() >= self.at {
             return Poll::Ready(());
         }
         if !self.registered {
             self.registered = true;
-            let request = (self.at, context.waker().clone());
+            let request = Request::At(self.at, context.waker().clone());
             if self.timer.requests.send(request).is_err() {
+                return Poll::Ready(());
+            }
+            // A release between the check above and the request: the
+            // timer thread may have woken everything before this arrived.
+            if self.timer.generation.load(Ordering::SeqCst) != self.generation {
                 return Poll::Ready(());
             }
         }

@@ -86,3 +86,54 @@ fn the_spy_agent_program_prints_where_it_listens_and_answers_counts() {
     drop(stdin);
     assert!(child.wait().unwrap().success());
 }
+
+#[test]
+fn a_stream_held_to_a_slow_pace_reads_on_when_the_rate_is_lifted_and_never_holds_up_shutdown() {
+    let certs = TestCerts::generate().unwrap();
+    let agent = SpyAgent::builder().count_only().start(&certs).unwrap();
+    // 10 a second: after its first batch of 100 the stream waits ten
+    // seconds before each next one.
+    agent.set_stream_read_rate(Some(10));
+    let client = IngressClient::builder()
+        .addr(agent.addr())
+        .tls(certs.client_tls().unwrap())
+        .batch_max_envelopes(100)
+        .build()
+        .unwrap();
+    for n in 0..1_000 {
+        client.emit(Envelope::log(format!("line {n}")));
+    }
+    agent.wait_for_count(100, WAIT);
+    // 90 more seconds at that pace; lifted, the rest comes at once.
+    let lifted = std::time::Instant::now();
+    agent.set_stream_read_rate(None);
+    assert_eq!(agent.wait_for_count(1_000, WAIT).envelopes, 1_000);
+    assert!(
+        lifted.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        lifted.elapsed()
+    );
+    client.close(WAIT).unwrap();
+
+    // Held again, the stream waits ten seconds per batch: shutting down ends
+    // the wait instead of waiting it out.
+    agent.set_stream_read_rate(Some(10));
+    let client = IngressClient::builder()
+        .addr(agent.addr())
+        .tls(certs.client_tls().unwrap())
+        .batch_max_envelopes(100)
+        .build()
+        .unwrap();
+    for n in 0..300 {
+        client.emit(Envelope::log(format!("line {n}")));
+    }
+    agent.wait_for_count(1_100, WAIT);
+    let stopping = std::time::Instant::now();
+    agent.shutdown();
+    assert!(
+        stopping.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        stopping.elapsed()
+    );
+    let _ = client.close(Duration::from_millis(200));
+}

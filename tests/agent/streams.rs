@@ -67,7 +67,10 @@ fn the_per_stream_read_rate_holds_each_stream_to_its_pace_and_reads_them_side_by
 fn flush_and_close_wait_for_writes_in_flight_on_several_streams() {
     let certs = TestCerts::generate().unwrap();
     let agent = SpyAgent::start(&certs).unwrap();
-    let client = builder(&certs, &agent, 3).build().unwrap();
+    let client = builder(&certs, &agent, 3)
+        .batch_max_envelopes(100)
+        .build()
+        .unwrap();
     client.emit(numbered(0));
     client.flush(WAIT).unwrap();
     agent.pause_reading();
@@ -84,11 +87,14 @@ fn flush_and_close_wait_for_writes_in_flight_on_several_streams() {
         }
         assert!(n < 200_000, "the writes never stalled");
     }
+    // One stream holds at most a batch of 100 in its write, one sealed and
+    // one being built: more than that taken means writes on several.
+    let stalled = client.stats();
+    assert!(stalled.in_flight >= 300, "{stalled:?}");
     agent.resume_reading();
     client.flush(WAIT).unwrap();
     client.close(WAIT).unwrap();
     let stats = client.stats();
-    assert!(per_stream(&agent).len() >= 2, "{:?}", per_stream(&agent));
     let received: HashSet<u64> = seqs(&agent).into_iter().collect();
     assert_eq!(received.len() as u64, stats.sent, "{stats:?}");
     assert_eq!(stats.sent + stats.dropped.total(), n, "{stats:?}");
@@ -119,7 +125,8 @@ fn at_least_once_with_several_streams_every_envelope_survives_three_agent_restar
     );
     let stats = client.stats();
     assert_eq!((stats.sent, stats.dropped.total()), (TOTAL, 0), "{stats:?}");
-    assert!(stats.reconnects >= 3, "{stats:?}");
+    // Each restart ended at least one stream.
+    assert!(stats.errors >= 3, "{stats:?}");
     assert_closed_accounting(&stats);
 }
 
@@ -159,6 +166,8 @@ fn at_most_once_with_several_streams_one_ended_by_the_agent_is_replaced_without_
         received.len(),
         "at most once never duplicates"
     );
+    // Two streams, and the one the agent ended replaced.
+    assert!(agent.calls_started() >= 3, "{}", agent.calls_started());
     let stats = client.stats();
     assert!(
         stats
