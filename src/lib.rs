@@ -24,8 +24,12 @@
 //! # Ok::<(), loggregator::Error>(())
 //! ```
 //!
-//! With the `testing` feature, the `spy` module provides a real mTLS agent and
-//! throwaway certificates for integration tests.
+//! Features: `tracing` adds `TracingLayer`, which sends spans (as Timer
+//! envelopes with W3C trace ids, which a Forwarder Agent turns into
+//! OpenTelemetry spans) and events (as logs) recorded with the `tracing`
+//! crate; `testing` adds the `spy` module, a real mTLS agent and throwaway
+//! certificates for integration tests; `cli` builds the `loggregator-pipe`
+//! command.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
