@@ -47,7 +47,7 @@ pub(crate) enum Control {
         deadline: Instant,
         reply: Sender<Result<()>>,
     },
-    /// Write everything queued, end the stream cleanly, and stop; give up on
+    /// Write everything queued, end every stream cleanly, and stop; give up on
     /// whatever is left at `deadline`.
     Close {
         deadline: Instant,
