@@ -615,14 +615,8 @@ impl Inner {
             log::error!(target: LOG_TARGET, "the sender thread did not stop; leaving it behind");
         }
         self.queue.stopped();
-        if let Some(reason) = self.counters.unlogged_drop() {
-            // A first drop the sender thread did not live to log.
-            log::warn!(
-                target: LOG_TARGET,
-                "dropping envelopes: {}; further drops are only counted in stats()",
-                reason.describe()
-            );
-        }
+        // A first drop the sender thread did not live to log.
+        self.counters.log_first_drop();
         let stats = self.counters.snapshot(self.queue.len(), self.queue.bytes());
         log::info!(
             target: LOG_TARGET,

@@ -227,8 +227,20 @@ impl Counters {
                 .is_ok()
     }
 
+    /// Logs the first drop, once, if it has not been logged yet. Called by
+    /// the client's own threads only, never by an emitting one.
+    pub(crate) fn log_first_drop(&self) {
+        if let Some(reason) = self.unlogged_drop() {
+            log::warn!(
+                target: crate::LOG_TARGET,
+                "dropping envelopes: {}; further drops are only counted in stats()",
+                reason.describe()
+            );
+        }
+    }
+
     /// The reason of the first drop, once, if it has not been logged yet.
-    pub(crate) fn unlogged_drop(&self) -> Option<DropReason> {
+    fn unlogged_drop(&self) -> Option<DropReason> {
         let state = self.drop_warning.load(Relaxed);
         if state == NO_DROP_YET || state == DROP_LOGGED {
             return None;

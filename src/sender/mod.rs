@@ -25,7 +25,6 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, at, never, select_biased};
 
-use crate::LOG_TARGET;
 use crate::batch::Stamp;
 use crate::error::{Error, Result};
 use crate::policy::{Backoff, Delivery};
@@ -145,7 +144,6 @@ impl<T: Transport> Worker<T> {
     /// Runs until a close request is done (or every handle is gone).
     pub(crate) fn run(mut self) {
         loop {
-            self.log_first_drop();
             let now = Instant::now();
             let accepting = self.accepting();
             self.batcher.on_time(now, accepting, self.streams.outbox());
@@ -162,7 +160,8 @@ impl<T: Transport> Worker<T> {
                 // is coming for either.
                 continue;
             }
-            self.log_first_drop();
+            // The first drop is logged here, on the client's own thread.
+            self.counters.log_first_drop();
             self.room
                 .set_held_by_sender(self.batcher.held_bytes() + self.streams.held_bytes());
             self.room
@@ -223,18 +222,6 @@ impl<T: Transport> Worker<T> {
             .into_iter()
             .flatten()
             .min()
-    }
-
-    /// The first drop is logged here, on the client's own thread, never on
-    /// the emitting one.
-    fn log_first_drop(&self) {
-        if let Some(reason) = self.counters.unlogged_drop() {
-            log::warn!(
-                target: LOG_TARGET,
-                "dropping envelopes: {}; further drops are only counted in stats()",
-                reason.describe()
-            );
-        }
     }
 
     fn handle(&mut self, request: Control) {
@@ -363,7 +350,7 @@ impl<T: Transport> Worker<T> {
             Some(error) => Err(error),
             None => Ok(()),
         };
-        self.log_first_drop();
+        self.counters.log_first_drop();
         if let Some((_, reply)) = self.closing.take() {
             let _ = reply.send(result);
         }
