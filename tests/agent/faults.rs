@@ -97,6 +97,18 @@ pub fn emit_through_restarts(client: &IngressClient, agent: &SpyAgent, total: u6
     shutdowns
 }
 
+/// Every envelope numbered below `total` reached the agent.
+pub fn assert_every_one_received(agent: &SpyAgent, total: u64) {
+    let received: HashSet<u64> = seqs(agent).into_iter().collect();
+    let missing: Vec<u64> = (0..total).filter(|n| !received.contains(n)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} missing, first {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+}
+
 #[test]
 fn at_least_once_every_envelope_survives_three_agent_restarts() {
     const TOTAL: u64 = 50_000;
@@ -110,14 +122,7 @@ fn at_least_once_every_envelope_survives_three_agent_restarts() {
         .unwrap();
     let _ = emit_through_restarts(&client, &agent, TOTAL);
     client.close(WAIT).unwrap();
-    let received: HashSet<u64> = seqs(&agent).into_iter().collect();
-    let missing: Vec<u64> = (0..TOTAL).filter(|n| !received.contains(n)).collect();
-    assert!(
-        missing.is_empty(),
-        "{} missing, first {:?}",
-        missing.len(),
-        &missing[..missing.len().min(10)]
-    );
+    assert_every_one_received(&agent, TOTAL);
     let stats = client.stats();
     assert_eq!((stats.sent, stats.dropped.total()), (TOTAL, 0), "{stats:?}");
     assert!(stats.reconnects >= 3, "{stats:?}");

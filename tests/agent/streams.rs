@@ -8,7 +8,7 @@ use loggregator::spy::{SpyAgent, StatusCode, TestCerts};
 use loggregator::{Delivery, Envelope, Error, IngressClient, IngressClientBuilder};
 
 use crate::common::{WAIT, assert_closed_accounting};
-use crate::faults::{emit_through_restarts, numbered, seqs};
+use crate::faults::{assert_every_one_received, emit_through_restarts, numbered, seqs};
 
 fn builder(certs: &TestCerts, agent: &SpyAgent, streams: usize) -> IngressClientBuilder {
     IngressClient::builder()
@@ -115,14 +115,7 @@ fn at_least_once_with_several_streams_every_envelope_survives_three_agent_restar
         .unwrap();
     let _ = emit_through_restarts(&client, &agent, TOTAL);
     client.close(WAIT).unwrap();
-    let received: HashSet<u64> = seqs(&agent).into_iter().collect();
-    let missing: Vec<u64> = (0..TOTAL).filter(|n| !received.contains(n)).collect();
-    assert!(
-        missing.is_empty(),
-        "{} missing: {:?}",
-        missing.len(),
-        &missing[..missing.len().min(10)]
-    );
+    assert_every_one_received(&agent, TOTAL);
     let stats = client.stats();
     assert_eq!((stats.sent, stats.dropped.total()), (TOTAL, 0), "{stats:?}");
     // Each restart ended at least one stream.
