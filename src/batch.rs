@@ -162,15 +162,33 @@ impl Batch {
 }
 
 /// The batch being filled.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct BatchBuilder {
     bytes: Vec<u8>,
     ends: Vec<usize>,
+    /// The most bytes a batch holds but for one envelope that passes it.
+    max_bytes: usize,
     /// When the first envelope went in: the flush interval counts from here.
     pub started: Option<Instant>,
 }
 
+impl Default for BatchBuilder {
+    fn default() -> BatchBuilder {
+        BatchBuilder::new(usize::MAX)
+    }
+}
+
 impl BatchBuilder {
+    /// A builder for batches of up to about `max_bytes`.
+    pub(crate) fn new(max_bytes: usize) -> BatchBuilder {
+        BatchBuilder {
+            bytes: Vec::new(),
+            ends: Vec::new(),
+            max_bytes,
+            started: None,
+        }
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.ends.len()
     }
@@ -185,6 +203,16 @@ impl BatchBuilder {
 
     /// Appends an envelope, with the stamp's fields adding `added` bytes.
     pub(crate) fn push(&mut self, envelope: &Encoded, stamp: &Stamp, added: usize) {
+        let needed = framed_len(envelope.bytes.len() + added);
+        if self.bytes.capacity() - self.bytes.len() < needed {
+            // Grow by doubling (few copies) but never past what the batch
+            // will hold: the byte budget counts lengths, so a capacity far
+            // beyond the length is memory nobody counts.
+            let wanted = (self.bytes.capacity() * 2)
+                .min(self.max_bytes)
+                .max(self.bytes.len() + needed);
+            self.bytes.reserve_exact(wanted - self.bytes.len());
+        }
         encode_framed(envelope, stamp, added, &mut self.bytes);
         self.ends.push(self.bytes.len());
         self.started.get_or_insert_with(Instant::now);
@@ -197,8 +225,15 @@ impl BatchBuilder {
         // grow into it.
         let bytes = Vec::with_capacity(self.bytes.len());
         let ends = Vec::with_capacity(self.ends.len());
+        let mut sealed = std::mem::replace(&mut self.bytes, bytes);
+        // Sealed batches wait (and, at least once, stay until confirmed)
+        // counted by their length: hold no more than that. Shrinking gives
+        // the tail back in place.
+        if sealed.capacity() - sealed.len() > sealed.len() / 8 {
+            sealed.shrink_to_fit();
+        }
         Batch {
-            bytes: std::mem::replace(&mut self.bytes, bytes),
+            bytes: sealed,
             ends: std::mem::replace(&mut self.ends, ends),
             last_seq,
             isolate: false,

@@ -238,8 +238,8 @@ impl IngressClientBuilder {
     /// The most encoded bytes in one `EnvelopeBatch` (default
     /// [`DEFAULT_BATCH_MAX_BYTES`], 1 MiB; at most
     /// [`AGENT_MAX_MESSAGE_BYTES`], the agent's 10 MiB limit). A single
-    /// envelope larger than this is dropped (reason `too_large`) by the
-    /// sender thread, which measures each envelope once, as it encodes it.
+    /// envelope larger than this is dropped (reason `too_large`) by `emit`,
+    /// on the emitting thread, which knows its encoded size once it is built.
     ///
     /// ```
     /// let builder = loggregator::IngressClient::builder().batch_max_bytes(4 << 20);
@@ -436,11 +436,13 @@ impl IngressClientBuilder {
     /// default stays 1 for that order, and because below that rate a
     /// second stream only adds a call for the agent to keep.
     ///
-    /// Everything else holds per stream: the byte and count bounds, flush
-    /// (everything emitted before it written on some stream), close (every
-    /// stream ended), backoff, at-least-once confirmation and replay. gRPC
-    /// keeps a copy of each message in flight, so the memory bound's
-    /// `2 × batch_max_bytes` becomes `(streams + 1) × batch_max_bytes`.
+    /// The byte and count bounds, backoff and the replay buffer are the
+    /// client's, shared by every stream, not per stream; flush waits for
+    /// everything emitted before it to be written on some stream, close ends
+    /// every stream, and at least once each stream is confirmed and replayed
+    /// on its own. gRPC keeps a copy of each message in flight, so the
+    /// memory bound's `2 × batch_max_bytes` becomes
+    /// `(streams + 1) × batch_max_bytes`.
     ///
     /// ```
     /// let builder = loggregator::IngressClient::builder().streams(2);

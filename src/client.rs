@@ -34,8 +34,9 @@ const REPLY_GRACE: Duration = Duration::from_millis(100);
 
 /// Sends envelopes to a Loggregator agent from any thread.
 ///
-/// `emit` never blocks and never fails: it queues the envelope for the
-/// sender thread, or drops and counts it (see [`Stats::dropped`]). The handle
+/// `emit` never fails and, unless the overflow policy is `Block` or
+/// `BlockFor`, never waits: it queues the envelope for the sender thread,
+/// or drops and counts it (see [`Stats::dropped`]). The handle
 /// is cheap to clone; the sender thread stops when [`close`](Self::close) is
 /// called or the last clone is dropped, which flushes with a bounded wait
 /// ([`DEFAULT_CLOSE_ON_DROP_TIMEOUT`](crate::DEFAULT_CLOSE_ON_DROP_TIMEOUT)).
@@ -96,8 +97,6 @@ struct SenderThread {
     handle: JoinHandle<()>,
     /// Disconnects when the thread exits.
     exited: Receiver<()>,
-    /// Dropping it cancels whatever gRPC call the thread is waiting on.
-    abort: Sender<()>,
 }
 
 /// Everything `build()` checked, to start a client from.
@@ -124,15 +123,15 @@ impl IngressClient {
         let (queue, receiver) =
             Queue::new(config.queue, stamp.clone(), counters.clone(), wake.clone());
         let (control, control_rx) = unbounded();
-        let (abort, abort_rx) = bounded(0);
         let (exited_tx, exited) = bounded::<()>(0);
         let (settings, channel) = (config.sender, config.channel);
         let worker_counters = counters.clone();
         let handle = std::thread::Builder::new()
             .name(format!("{}sender", crate::THREAD_PREFIX))
             .spawn(move || {
+                crate::mark_own_thread();
                 let _exited = exited_tx;
-                let transport = GrpcTransport::new(&channel, abort_rx);
+                let transport = GrpcTransport::new(&channel);
                 Worker::new(
                     transport,
                     receiver,
@@ -169,11 +168,7 @@ impl IngressClient {
                 global_tags: config.global_tags,
                 batch_max_bytes,
                 close_on_drop_timeout: config.close_on_drop_timeout,
-                sender_thread: Mutex::new(Some(SenderThread {
-                    handle,
-                    exited,
-                    abort,
-                })),
+                sender_thread: Mutex::new(Some(SenderThread { handle, exited })),
             }),
         };
         if self_metrics {
@@ -405,10 +400,11 @@ impl IngressClient {
             waited: started.elapsed(),
             undelivered: count,
         };
-        let batch = inner.encode_batch(envelopes)?;
-        // Held within the byte budget, like emitted envelopes, until the
-        // call ends: concurrent sends cannot grow memory past it.
-        let Some(reservation) = inner.queue.reserve_until(batch.len(), deadline) else {
+        let (batch, size) = inner.prepare_batch(envelopes)?;
+        // Held within the byte budget, like emitted envelopes, from before
+        // it is encoded until the call ends: concurrent sends cannot grow
+        // memory past it.
+        let Some(reservation) = inner.queue.reserve_until(size, deadline) else {
             let error = if inner.queue.is_closed() {
                 Error::Closed
             } else {
@@ -417,6 +413,9 @@ impl IngressClient {
             inner.counters.record_error(&error);
             return Err(error);
         };
+        let batch = batch
+            .write_to_bytes()
+            .map_err(|e| Error::Rejected(format!("cannot encode the batch: {e}")))?;
         let (reply, replied) = bounded(1);
         inner
             .control
@@ -540,7 +539,8 @@ impl Inner {
     }
 
     /// Encodes envelopes for a unary send, with the global tags merged.
-    fn encode_batch(&self, envelopes: Vec<Envelope>) -> Result<Vec<u8>> {
+    /// The `EnvelopeBatch` a unary send writes, and its encoded size.
+    fn prepare_batch(&self, envelopes: Vec<Envelope>) -> Result<(pb::EnvelopeBatch, usize)> {
         let mut batch = pb::EnvelopeBatch::new();
         for envelope in envelopes {
             if envelope.is_accidental_reset() {
@@ -562,9 +562,7 @@ impl Inner {
                 self.batch_max_bytes
             )));
         }
-        batch
-            .write_to_bytes()
-            .map_err(|e| Error::Rejected(format!("cannot encode the batch: {e}")))
+        Ok((batch, size))
     }
 
     fn close(&self, timeout: Duration) -> Result<()> {
@@ -596,14 +594,13 @@ impl Inner {
             Ok(result) => self.undelivered_since(failed_before).and(result),
             Err(_) => {
                 let undelivered = self.queue.undelivered();
-                drop(thread.abort);
                 Err(Error::Timeout {
                     waited: started.elapsed(),
                     undelivered,
                 })
             }
         };
-        // The thread ends right after replying, or promptly once aborted.
+        // The thread ends right after replying: it never waits on gRPC.
         let exited = thread
             .exited
             .recv_deadline(Instant::now().max(deadline) + (CLOSE_MARGIN - REPLY_GRACE));

@@ -1,27 +1,24 @@
-//! The gRPC side: an mTLS grpcio channel, the Ingress method descriptors, and
-//! blocking waits on grpcio's futures that give up at a deadline or on abort.
+//! The gRPC side: an mTLS grpcio channel (built anew when the loop abandons
+//! a connection), the Ingress method descriptors, and grpcio's futures as
+//! the polled streams the sender loop drives.
 
 use std::future::Future;
 use std::io::Read;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crossbeam_channel::{Receiver, at, bounded, select};
 use futures::Sink;
 use grpcio::{
-    CallOption, ChannelBuilder, ChannelCredentialsBuilder, Client, ClientCStreamReceiver,
-    ClientCStreamSender, EnvBuilder, Environment, GrpcSlice, Marshaller, MessageReader, Method,
-    MethodType, RpcStatusCode, WriteFlags,
+    CallOption, Channel, ChannelBuilder, ChannelCredentialsBuilder, Client, ClientCStreamReceiver,
+    ClientCStreamSender, ConnectivityState, EnvBuilder, Environment, GrpcSlice, Marshaller,
+    MessageReader, Method, MethodType, RpcStatusCode, WriteFlags,
 };
 
 use crate::error::{Error, Result};
 use crate::proto::ingress::{BatchSenderResponse, SendResponse};
-use crate::sender::{
-    BatchStream, ChannelWaker, Closing, LONGEST_WAIT, PendingSend, Transport, WriteError,
-    deadline_after,
-};
+use crate::sender::{BatchStream, Closing, LONGEST_WAIT, PendingSend, Transport, WriteError};
 use crate::tls::TlsConfig;
 
 /// Requests are `EnvelopeBatch` messages the sender thread has already
@@ -80,55 +77,60 @@ pub(crate) struct ChannelSettings {
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 pub(crate) struct GrpcTransport {
+    settings: ChannelSettings,
+    channel: Channel,
     client: Client,
-    waiter: Waiter,
-    addr: String,
-    server_name: String,
-    // Declared last so it is dropped after the channel that uses it.
-    _env: Arc<Environment>,
+    // Declared last so it is dropped after the channels that use it.
+    env: Arc<Environment>,
 }
 
 impl GrpcTransport {
-    /// Builds the channel; it connects on the first call. `abort` ends every
-    /// wait at once when it receives or disconnects.
-    pub(crate) fn new(settings: &ChannelSettings, abort: Receiver<()>) -> GrpcTransport {
+    /// Builds the channel; it connects on the first call.
+    pub(crate) fn new(settings: &ChannelSettings) -> GrpcTransport {
         let env = Arc::new(
             EnvBuilder::new()
                 .cq_count(1)
                 .name_prefix(format!("{}grpc", crate::THREAD_PREFIX))
+                .after_start(crate::mark_own_thread)
                 .build(),
         );
-        let tls = &settings.tls;
-        let credentials = ChannelCredentialsBuilder::new()
-            .root_cert(tls.ca_pem().to_vec())
-            .cert(tls.cert_pem().to_vec(), tls.key_pem().to_vec())
-            .build();
-        // The channel reconnects on the client's own schedule, so a retry
-        // after our backoff finds a connection attempt made, not one pending.
-        let mut channel = ChannelBuilder::new(env.clone())
-            .override_ssl_target(tls.verified_name())
-            .initial_reconnect_backoff(settings.reconnect_initial)
-            .max_reconnect_backoff(settings.reconnect_max)
-            .set_credentials(credentials);
-        if let Some(interval) = settings.keepalive {
-            channel = channel
-                .keepalive_time(interval)
-                .keepalive_timeout(KEEPALIVE_TIMEOUT)
-                .keepalive_permit_without_calls(false);
-        }
-        let channel = channel.connect(&settings.addr);
+        let channel = build_channel(&env, settings);
         GrpcTransport {
-            client: Client::new(channel),
-            waiter: Waiter::new(abort),
-            addr: settings.addr.clone(),
-            server_name: tls.verified_name().to_string(),
-            _env: env,
+            settings: settings.clone(),
+            client: Client::new(channel.clone()),
+            channel,
+            env,
         }
     }
 
     fn error(&self, error: grpcio::Error) -> Error {
-        agent_error(&self.addr, &self.server_name, &error)
+        agent_error(&self.settings, &error)
     }
+}
+
+/// A channel of its own: with a local subchannel pool, a new channel never
+/// shares a connection with one that was abandoned.
+fn build_channel(env: &Arc<Environment>, settings: &ChannelSettings) -> Channel {
+    let tls = &settings.tls;
+    let credentials = ChannelCredentialsBuilder::new()
+        .root_cert(tls.ca_pem().to_vec())
+        .cert(tls.cert_pem().to_vec(), tls.key_pem().to_vec())
+        .build();
+    // The channel reconnects on the client's own schedule, so a retry
+    // after our backoff finds a connection attempt made, not one pending.
+    let mut channel = ChannelBuilder::new(env.clone())
+        .override_ssl_target(tls.verified_name())
+        .initial_reconnect_backoff(settings.reconnect_initial)
+        .max_reconnect_backoff(settings.reconnect_max)
+        .use_local_subchannel_pool(true)
+        .set_credentials(credentials);
+    if let Some(interval) = settings.keepalive {
+        channel = channel
+            .keepalive_time(interval)
+            .keepalive_timeout(KEEPALIVE_TIMEOUT)
+            .keepalive_permit_without_calls(false);
+    }
+    channel.connect(&settings.addr)
 }
 
 impl Transport for GrpcTransport {
@@ -142,9 +144,7 @@ impl Transport for GrpcTransport {
         Ok(GrpcStream {
             sink,
             response,
-            waiter: self.waiter.clone(),
-            addr: self.addr.clone(),
-            server_name: self.server_name.clone(),
+            settings: self.settings.clone(),
         })
     }
 
@@ -158,45 +158,54 @@ impl Transport for GrpcTransport {
                 CallOption::default().timeout(timeout.min(LONGEST_WAIT)),
             )
             .map_err(|e| self.error(e))?;
-        let (addr, server_name) = (self.addr.clone(), self.server_name.clone());
+        let settings = self.settings.clone();
         // The call carries its own deadline, so this wait ends by then.
         Ok(Box::new(move || {
             futures::executor::block_on(response)
                 .map(drop)
-                .map_err(|e| agent_error(&addr, &server_name, &e))
+                .map_err(|e| agent_error(&settings, &e))
         }))
+    }
+
+    fn abandon_connection(&mut self) {
+        // Calls still open on the old channel keep it until they end; the
+        // loop ends them, and its connection closes with the last one.
+        self.channel = build_channel(&self.env, &self.settings);
+        self.client = Client::new(self.channel.clone());
+    }
+
+    fn stalled(&self, waited: Duration) -> Error {
+        let addr = &self.settings.addr;
+        match self.channel.check_connectivity_state(false) {
+            ConnectivityState::GRPC_CHANNEL_READY => Error::Agent {
+                addr: addr.clone(),
+                status: format!("write not accepted within {waited:?}"),
+                hint: Some("the agent is not reading; it may be overloaded or stuck".to_string()),
+            },
+            _ => Error::Agent {
+                addr: addr.clone(),
+                status: format!("no TLS handshake from {addr} within {waited:?}"),
+                hint: Some(format!(
+                    "the connection was never established: whatever listens at {addr} does not \
+                     complete a TLS handshake (not the agent's gRPC port, or a stuck agent)"
+                )),
+            },
+        }
     }
 }
 
 pub(crate) struct GrpcStream {
     sink: ClientCStreamSender<GrpcSlice>,
     response: ClientCStreamReceiver<BatchSenderResponse>,
-    waiter: Waiter,
-    addr: String,
-    server_name: String,
+    settings: ChannelSettings,
 }
 
-/// How long to wait for the status of a call that has already ended.
-const END_STATUS_WAIT: Duration = Duration::from_secs(1);
-
 impl GrpcStream {
-    /// A write failed because the call ended: sorts it by the call's status.
-    /// On error the caller drops the stream, which cancels the call.
-    fn failed(&mut self, error: grpcio::Error) -> WriteError {
-        let error = self.ended(error);
-        classify(agent_error(&self.addr, &self.server_name, &error), &error)
-    }
-
-    /// The call has ended: its status (from the response side) says why,
+    /// A write failed: sorted by the call's status if the error carries it.
+    /// The loop then polls [`BatchStream::into_end`] for the status itself,
     /// which is more useful than the sink's "call finished".
-    fn ended(&mut self, fallback: grpcio::Error) -> grpcio::Error {
-        match self
-            .waiter
-            .wait(&mut self.response, deadline_after(END_STATUS_WAIT))
-        {
-            Ok(Err(error)) => error,
-            Ok(Ok(_)) | Err(_) => fallback,
-        }
+    fn failed(&self, error: grpcio::Error) -> WriteError {
+        classify(agent_error(&self.settings, &error), &error)
     }
 }
 
@@ -230,26 +239,34 @@ impl BatchStream for GrpcStream {
     fn half_close(self) -> GrpcClosing {
         GrpcClosing {
             stream: self,
-            half_closed: None,
+            half_closed: false,
+        }
+    }
+
+    fn into_end(self) -> GrpcClosing {
+        // The call has ended: there is nothing to half-close.
+        GrpcClosing {
+            stream: self,
+            half_closed: true,
         }
     }
 }
 
-/// A half-closed stream, polled by the sender loop until the agent ends it.
+/// A half-closed (or failed) stream, polled by the sender loop until the
+/// call's status arrives.
 pub(crate) struct GrpcClosing {
     stream: GrpcStream,
-    /// Set once the half-close is done, with the error it met if the call
-    /// had already ended.
-    half_closed: Option<Option<grpcio::Error>>,
+    half_closed: bool,
 }
 
 impl Closing for GrpcClosing {
     fn poll_end(&mut self, context: &mut Context<'_>) -> Poll<std::result::Result<(), WriteError>> {
         let stream = &mut self.stream;
-        if self.half_closed.is_none() {
+        if !self.half_closed {
             match Pin::new(&mut stream.sink).poll_close(context) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(result) => self.half_closed = Some(result.err()),
+                // A call that already ended says why on the response side.
+                Poll::Ready(_) => self.half_closed = true,
             }
         }
         let ended = match Pin::new(&mut stream.response).poll(context) {
@@ -263,7 +280,7 @@ impl Closing for GrpcClosing {
         if is_clean_end(&error) {
             return Poll::Ready(Ok(()));
         }
-        let described = agent_error(&stream.addr, &stream.server_name, &error);
+        let described = agent_error(&stream.settings, &error);
         Poll::Ready(Err(classify(described, &error)))
     }
 }
@@ -297,7 +314,8 @@ fn is_clean_end(error: &grpcio::Error) -> bool {
     }
 }
 
-fn agent_error(addr: &str, server_name: &str, error: &grpcio::Error) -> Error {
+fn agent_error(settings: &ChannelSettings, error: &grpcio::Error) -> Error {
+    let (addr, server_name) = (settings.addr.as_str(), settings.tls.verified_name());
     let status = match error {
         grpcio::Error::RpcFailure(status) | grpcio::Error::RpcFinished(Some(status)) => {
             let code = format!("{:?}", status.code());
@@ -349,45 +367,4 @@ fn hint_for(status: &str, addr: &str, server_name: &str) -> Option<String> {
         return None;
     };
     Some(hint)
-}
-
-/// Why a wait ended without the future completing.
-#[derive(Debug)]
-pub(crate) enum Interrupted {
-    Deadline,
-    Aborted,
-}
-
-/// Blocks the sender thread on one grpcio future at a time, waking when
-/// gRPC signals progress, at a deadline, or when the handle aborts.
-#[derive(Clone)]
-pub(crate) struct Waiter {
-    abort: Receiver<()>,
-}
-
-impl Waiter {
-    pub(crate) fn new(abort: Receiver<()>) -> Waiter {
-        Waiter { abort }
-    }
-
-    pub(crate) fn wait<F: Future + Unpin>(
-        &self,
-        mut future: F,
-        deadline: Instant,
-    ) -> std::result::Result<F::Output, Interrupted> {
-        let (wake_tx, woken) = bounded(1);
-        let waker = Waker::from(Arc::new(ChannelWaker(wake_tx)));
-        let mut context = Context::from_waker(&waker);
-        let timer = at(deadline);
-        loop {
-            if let Poll::Ready(output) = Pin::new(&mut future).poll(&mut context) {
-                return Ok(output);
-            }
-            select! {
-                recv(woken) -> _ => {}
-                recv(self.abort) -> _ => return Err(Interrupted::Aborted),
-                recv(timer) -> _ => return Err(Interrupted::Deadline),
-            }
-        }
-    }
 }

@@ -113,15 +113,25 @@ pub mod fuzzing {
 pub const LOG_TARGET: &str = "loggregator";
 
 /// Every thread the client starts (the sender, the pulse, gRPC's) has a
-/// name that starts with this.
+/// name that starts with this, so it can be told apart in a debugger or `top`.
 pub(crate) const THREAD_PREFIX: &str = "loggregator-";
+
+thread_local! {
+    /// Set on the client's own threads as they start: a user thread that
+    /// happens to share the prefix is not one of them.
+    static OWN_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks the calling thread as one of the client's own; every thread the
+/// client starts calls this first.
+pub(crate) fn mark_own_thread() {
+    OWN_THREAD.with(|own| own.set(true));
+}
 
 /// True on one of the client's own threads: there, `emit` never waits for
 /// room (it would wait on itself), and the log bridge sends nothing.
 pub(crate) fn on_own_thread() -> bool {
-    std::thread::current()
-        .name()
-        .is_some_and(|name| name.starts_with(THREAD_PREFIX))
+    OWN_THREAD.with(std::cell::Cell::get)
 }
 
 /// True for a record the client itself caused: its own diagnostics (target

@@ -269,7 +269,10 @@ pub(crate) fn start_thread(
     let (commands, received) = unbounded();
     std::thread::Builder::new()
         .name(format!("{}pulse", crate::THREAD_PREFIX))
-        .spawn(move || run(&pulses, &received, &closing, interval))?;
+        .spawn(move || {
+            crate::mark_own_thread();
+            run(&pulses, &received, &closing, interval)
+        })?;
     Ok(commands)
 }
 

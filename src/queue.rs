@@ -34,7 +34,7 @@ use crate::wire::framed_len;
 /// needs, before it drops its own (other emitters may keep taking the room
 /// it makes).
 const MAX_EVICTIONS: usize = 8;
-/// How often (in emits per thread) `emit` checks whether a batch's worth is
+/// How often (in emits counted on one shard of the emit counter) `emit` checks whether a batch's worth is
 /// waiting for the sender thread: often enough that a full batch waits for
 /// a few dozen more emits at most, rarely enough to cost nothing.
 const NUDGE_SAMPLE: u64 = 32;

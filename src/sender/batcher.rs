@@ -55,7 +55,7 @@ impl Batcher {
             batch_max_bytes: settings.batch_max_bytes,
             flush_interval: settings.flush_interval.min(LONGEST_WAIT),
             counters,
-            building: BatchBuilder::default(),
+            building: BatchBuilder::new(settings.batch_max_bytes),
             overdue: None,
             taken: 0,
         }

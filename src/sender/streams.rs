@@ -33,10 +33,16 @@ use super::{LONGEST_WAIT, Settings, deadline_after};
 /// once is retried with backoff, not in a loop.
 const PROVEN_STREAM_AGE: Duration = Duration::from_secs(1);
 
+/// How long a failed stream may take to say why (its call's status) before
+/// the write's own error is taken for it.
+const END_STATUS_WAIT: Duration = Duration::from_secs(1);
+
 /// The stream being written, with what it carried that is not yet confirmed.
 struct OpenStream<S> {
     stream: S,
     opened: Instant,
+    /// The connection it rides (see `Streams::connection`).
+    connection: u64,
     unconfirmed: Vec<Batch>,
     /// The batch whose write is in flight.
     writing: Option<Writing>,
@@ -55,6 +61,27 @@ struct Writing {
 struct Confirming<C> {
     closing: C,
     batches: Vec<Batch>,
+    deadline: Instant,
+    connection: u64,
+    /// Ended by close: at most once, how it ends is close's result.
+    last: bool,
+}
+
+/// A stream whose write failed, waiting for its call's status to say why;
+/// its slot takes no write meanwhile.
+struct Ending<C> {
+    closing: C,
+    slot: usize,
+    /// What the write's own error said.
+    failure: WriteError,
+    /// The write that met the failure.
+    batch: Batch,
+    /// The failure came after the transport took the write: the agent
+    /// may have read it.
+    started: bool,
+    reused: bool,
+    unconfirmed: Vec<Batch>,
+    proven: bool,
     deadline: Instant,
 }
 
@@ -80,7 +107,11 @@ pub(crate) struct Streams<T: Transport> {
     /// stream gets its share even while one's window could take them all.
     next_slot: usize,
     streams_opened: u64,
+    /// Counts the connections abandoned: a stream opened before the last
+    /// one was left rides a dead connection.
+    connection: u64,
     confirming: Vec<Confirming<ClosingOf<T>>>,
+    ending: Vec<Ending<ClosingOf<T>>>,
     /// At least once: bytes of batches written before and not yet confirmed
     /// or given up, wherever they are (unconfirmed, confirming, or back in
     /// the outbox to be written again).
@@ -117,7 +148,9 @@ impl<T: Transport> Streams<T> {
             slots: (0..settings.streams.max(1)).map(|_| None).collect(),
             next_slot: 0,
             streams_opened: 0,
+            connection: 0,
             confirming: Vec::new(),
+            ending: Vec::new(),
             replay_bytes: 0,
             retry_at: None,
             backoff: settings.backoff.clone(),
@@ -154,6 +187,7 @@ impl<T: Transport> Streams<T> {
         self.outbox.is_empty()
             && self.slots.iter().all(Option::is_none)
             && self.confirming.is_empty()
+            && self.ending.is_empty()
     }
 
     /// Bytes held here that count in the queue's budget: batches gRPC has
@@ -161,20 +195,21 @@ impl<T: Transport> Streams<T> {
     pub(crate) fn held_bytes(&self) -> usize {
         let fresh = |batch: &Batch| if batch.replay { 0 } else { batch.bytes.len() };
         let waiting: usize = self.outbox.iter().map(fresh).sum();
-        let writing: usize = self.in_flight().map(|writing| fresh(&writing.batch)).sum();
+        let writing: usize = self.unsettled().map(fresh).sum();
         waiting + writing
     }
 
     /// How many envelopes were taken before the first one not yet written.
     pub(crate) fn unwritten_from(&self) -> Option<u64> {
         let waiting = self.outbox.front().map(Batch::first_seq);
-        let writing = self.in_flight().map(|writing| writing.batch.first_seq());
+        let writing = self.unsettled().map(Batch::first_seq);
         waiting.into_iter().chain(writing).min()
     }
 
     /// The next time something here is due.
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
         let confirmation = self.confirming.iter().map(|c| c.deadline).min();
+        let ending = self.ending.iter().map(|e| e.deadline).min();
         let write = self.in_flight().map(|writing| writing.deadline).min();
         // A stream with a write in flight rotates once the write settles,
         // which wakes the loop: its rotation is no deadline to wait for.
@@ -186,7 +221,7 @@ impl<T: Transport> Streams<T> {
             })
             .filter_map(|slot| self.rotation_due(slot))
             .min();
-        [self.retry_at, rotation, confirmation, write]
+        [self.retry_at, rotation, confirmation, ending, write]
             .into_iter()
             .flatten()
             .min()
@@ -199,7 +234,11 @@ impl<T: Transport> Streams<T> {
         if self.retry_at.is_some_and(|at| now >= at) {
             self.retry_at = None;
         }
+        self.poll_endings(now);
         self.write_outbox(now);
+        // Streams that failed just now: their status may be in already, and
+        // a first poll is what asks to be woken when it comes.
+        self.poll_endings(now);
         self.rotate_if_due(now, closing && self.outbox.is_empty());
         self.poll_confirmations(now);
     }
@@ -216,7 +255,28 @@ impl<T: Transport> Streams<T> {
     /// Close's deadline: gives up on everything left, and says how many
     /// envelopes that was and how the last stream ended if it ended badly.
     pub(crate) fn give_up_all(&mut self) -> (u64, Option<Error>) {
+        let now = Instant::now();
+        // A write held until now may never have met an error: say why it
+        // waited, or the operator sees drops with no cause.
+        let longest_write =
+            self.in_flight()
+                .map(|writing| writing.deadline)
+                .min()
+                .map(|deadline| {
+                    self.write_timeout
+                        .saturating_sub(deadline.saturating_duration_since(now))
+                });
+        if let Some(waited) = longest_write {
+            let error = self.transport.stalled(waited);
+            self.counters.record_error(&error);
+        }
         let mut undelivered = 0;
+        for ending in std::mem::take(&mut self.ending) {
+            undelivered += self.give_up(ending.batch, DropReason::GaveUp);
+            for batch in ending.unconfirmed {
+                undelivered += self.give_up(batch, DropReason::GaveUp);
+            }
+        }
         for batch in std::mem::take(&mut self.outbox) {
             undelivered += self.give_up(batch, DropReason::GaveUp);
         }
@@ -232,11 +292,13 @@ impl<T: Transport> Streams<T> {
             }
         }
         for confirming in std::mem::take(&mut self.confirming) {
-            if confirming.batches.is_empty() && self.close_error.is_none() {
-                self.close_error = Some(self.error(
+            if confirming.last && self.close_error.is_none() {
+                let error = self.error(
                     "the agent did not end the stream before close's deadline",
                     Some("the agent is not reading; it may be overloaded or stuck"),
-                ));
+                );
+                self.counters.record_error(&error);
+                self.close_error = Some(error);
             }
             for batch in confirming.batches {
                 undelivered += self.give_up(batch, DropReason::GaveUp);
@@ -267,9 +329,9 @@ impl<T: Transport> Streams<T> {
             return false;
         }
         let in_flight: usize = self
-            .in_flight()
-            .filter(|writing| !writing.batch.replay)
-            .map(|writing| writing.batch.bytes.len())
+            .unsettled()
+            .filter(|batch| !batch.replay)
+            .map(|batch| batch.bytes.len())
             .sum();
         let committed = self.replay_bytes + in_flight;
         if committed == 0 {
@@ -290,8 +352,16 @@ impl<T: Transport> Streams<T> {
             .filter_map(|open| open.writing.as_ref())
     }
 
+    /// Batches handed to the transport and not yet settled: the writes in
+    /// flight, and those of failed streams waiting for their status.
+    fn unsettled(&self) -> impl Iterator<Item = &Batch> {
+        self.in_flight()
+            .map(|writing| &writing.batch)
+            .chain(self.ending.iter().map(|ending| &ending.batch))
+    }
+
     fn writing(&self) -> bool {
-        self.in_flight().next().is_some()
+        self.unsettled().next().is_some()
     }
 
     /// The slot the next write goes to: the first, taking turns from
@@ -300,7 +370,14 @@ impl<T: Transport> Streams<T> {
     /// slot, or one whose idle stream is ended first to free it.
     fn slot_for(&self, isolate: bool) -> Option<usize> {
         let count = self.slots.len();
-        let turns = (0..count).map(|offset| (self.next_slot + offset) % count);
+        let now = Instant::now();
+        // A failed stream's slot waits for its status; a stream due to be
+        // confirmed takes no more writes (or a steady backlog would keep it
+        // from ever being idle to rotate).
+        let turns = (0..count)
+            .map(|offset| (self.next_slot + offset) % count)
+            .filter(|&slot| !self.ending.iter().any(|ending| ending.slot == slot))
+            .filter(|&slot| self.rotation_due(slot).is_none_or(|due| now < due));
         // A suspect batch must be the first message of its stream: only
         // then does a refusal point at it.
         let usable = |slot: &Option<OpenStream<T::Stream>>| match slot {
@@ -327,6 +404,7 @@ impl<T: Transport> Streams<T> {
         loop {
             for slot in 0..self.slots.len() {
                 self.poll_write(slot, now);
+                self.rotate_if_due_slot(slot, now);
             }
             let Some(isolate) = self.outbox.front().map(|batch| batch.isolate) else {
                 return;
@@ -344,7 +422,8 @@ impl<T: Transport> Streams<T> {
             let reused = self.slots[slot].is_some();
             self.next_slot = (slot + 1) % self.slots.len();
             if let Err(error) = self.open_stream(slot) {
-                self.write_failed(slot, WriteError::StreamEnded(error), reused, None);
+                self.note_failure(&error);
+                self.back_off();
                 continue;
             }
             let (Some(open), Some(batch)) = (self.slots[slot].as_mut(), self.outbox.pop_front())
@@ -359,7 +438,7 @@ impl<T: Transport> Streams<T> {
                         reused,
                     });
                 }
-                Err(failure) => self.write_failed(slot, failure, reused, Some(batch)),
+                Err(failure) => self.begin_ending(slot, failure, batch, false, reused),
             }
         }
     }
@@ -373,13 +452,27 @@ impl<T: Transport> Streams<T> {
         let Some(deadline) = open.writing.as_ref().map(|w| w.deadline) else {
             return;
         };
+        let connection = open.connection;
         let mut context = Context::from_waker(&self.waker);
         let outcome = match open.stream.poll_written(&mut context) {
             Poll::Ready(outcome) => outcome,
-            Poll::Pending if now >= deadline => Err(WriteError::Uncertain(self.error(
-                &format!("write not accepted within {:?}", self.write_timeout),
-                Some("the agent is not reading; it may be overloaded or stuck"),
-            ))),
+            Poll::Pending if now >= deadline => {
+                let Some(writing) = open.writing.take() else {
+                    return;
+                };
+                let error = self.transport.stalled(self.write_timeout);
+                self.note_failure(&error);
+                let (unconfirmed, proven) = self.take_stream(slot);
+                self.settle_failure(
+                    WriteError::Uncertain(error),
+                    writing.reused,
+                    Some(writing.batch),
+                    unconfirmed,
+                    proven,
+                );
+                self.abandon_connection(connection);
+                return;
+            }
             Poll::Pending => return,
         };
         let Some(writing) = self.slots[slot]
@@ -390,20 +483,138 @@ impl<T: Transport> Streams<T> {
         };
         match outcome {
             Ok(()) => self.written(slot, writing.batch),
-            Err(failure) => {
-                let failure = match failure {
-                    // The stream had carried writes, so the connection was
-                    // up: the agent may have read this one before the call
-                    // ended. At most once must not write it again.
-                    WriteError::StreamEnded(error)
-                        if writing.reused && self.delivery == Delivery::AtMostOnce =>
-                    {
-                        WriteError::Uncertain(error)
-                    }
-                    other => other,
-                };
-                self.write_failed(slot, failure, writing.reused, Some(writing.batch));
+            Err(failure) => self.begin_ending(slot, failure, writing.batch, true, writing.reused),
+        }
+    }
+
+    /// A write failed: the stream leaves its slot and waits, polled, for
+    /// the status its call ended with.
+    fn begin_ending(
+        &mut self,
+        slot: usize,
+        failure: WriteError,
+        batch: Batch,
+        started: bool,
+        reused: bool,
+    ) {
+        let Some(open) = self.slots[slot].take() else {
+            return;
+        };
+        self.ending.push(Ending {
+            closing: open.stream.into_end(),
+            slot,
+            failure,
+            batch,
+            started,
+            reused,
+            unconfirmed: open.unconfirmed,
+            proven: open.opened.elapsed() >= PROVEN_STREAM_AGE,
+            deadline: deadline_after(END_STATUS_WAIT),
+        });
+    }
+
+    /// Settles failed streams whose status has come (or was waited for
+    /// long enough): the status, when it says more, decides for the write.
+    fn poll_endings(&mut self, now: Instant) {
+        let waker = self.waker.clone();
+        let mut context = Context::from_waker(&waker);
+        let mut index = 0;
+        while index < self.ending.len() {
+            let status = match self.ending[index].closing.poll_end(&mut context) {
+                Poll::Ready(Err(status)) => Some(status),
+                Poll::Ready(Ok(())) => None,
+                Poll::Pending if now >= self.ending[index].deadline => None,
+                Poll::Pending => {
+                    index += 1;
+                    continue;
+                }
+            };
+            let ending = self.ending.remove(index);
+            let failure = status.unwrap_or(ending.failure);
+            let failure = match failure {
+                // The stream had carried writes, so the connection was up:
+                // the agent may have read this one before the call ended.
+                // At most once must not write it again.
+                WriteError::StreamEnded(error)
+                    if ending.started && ending.reused && self.delivery == Delivery::AtMostOnce =>
+                {
+                    WriteError::Uncertain(error)
+                }
+                other => other,
+            };
+            self.note_failure(failure.error());
+            self.settle_failure(
+                failure,
+                ending.reused,
+                Some(ending.batch),
+                ending.unconfirmed,
+                ending.proven,
+            );
+        }
+    }
+
+    /// Takes a slot's stream out (which cancels its call): what it carried
+    /// unconfirmed, and whether it had lived long enough to count as working.
+    fn take_stream(&mut self, slot: usize) -> (Vec<Batch>, bool) {
+        match self.slots[slot].take() {
+            Some(open) => (open.unconfirmed, open.opened.elapsed() >= PROVEN_STREAM_AGE),
+            None => (Vec::new(), false),
+        }
+    }
+
+    /// A write or a confirmation on `connection` timed out: the connection
+    /// is silent, so it is left, and with it every stream that rides it.
+    /// Those streams' writes in flight are as uncertain as the one that
+    /// timed out; what they carried unconfirmed is replayed.
+    fn abandon_connection(&mut self, connection: u64) {
+        if connection != self.connection {
+            // Already left.
+            return;
+        }
+        self.transport.abandon_connection();
+        self.connection += 1;
+        for slot in 0..self.slots.len() {
+            let Some(open) = self.slots[slot].as_mut() else {
+                continue;
+            };
+            if open.connection != connection {
+                continue;
             }
+            let writing = open.writing.take();
+            let (unconfirmed, proven) = self.take_stream(slot);
+            let error = self.error(
+                "the stream was ended with its connection, which stopped answering",
+                None,
+            );
+            match writing {
+                Some(writing) => self.settle_failure(
+                    WriteError::Uncertain(error),
+                    writing.reused,
+                    Some(writing.batch),
+                    unconfirmed,
+                    proven,
+                ),
+                None => self.settle_failure(
+                    WriteError::StreamEnded(error),
+                    true,
+                    None,
+                    unconfirmed,
+                    proven,
+                ),
+            }
+        }
+        let mut index = 0;
+        while index < self.confirming.len() {
+            if self.confirming[index].connection != connection {
+                index += 1;
+                continue;
+            }
+            let done = self.confirming.remove(index);
+            let error = self.error(
+                "the stream was ended with its connection, which stopped answering",
+                None,
+            );
+            self.confirmation_failed(done.batches, done.last, WriteError::Uncertain(error), false);
         }
     }
 
@@ -417,6 +628,7 @@ impl<T: Transport> Streams<T> {
             self.slots[slot] = Some(OpenStream {
                 stream,
                 opened: Instant::now(),
+                connection: self.connection,
                 unconfirmed: Vec::new(),
                 writing: None,
             });
@@ -495,29 +707,21 @@ impl<T: Transport> Streams<T> {
         }
     }
 
-    /// A stream failed at a write: it is dropped (which cancels its call)
-    /// and what it carried unconfirmed goes back to be written again; the
-    /// failure says what becomes of `batch`, the write that met it.
-    fn write_failed(
+    /// A stream failed at a write (it has been taken out of its slot,
+    /// which cancels its call): what it carried unconfirmed goes back to be
+    /// written again, and the failure says what becomes of `batch`, the
+    /// write that met it.
+    fn settle_failure(
         &mut self,
-        slot: usize,
         failure: WriteError,
         reused: bool,
         batch: Option<Batch>,
+        unconfirmed: Vec<Batch>,
+        proven: bool,
     ) {
-        self.note_failure(failure.error());
         let too_large = matches!(failure, WriteError::TooLarge(_));
-        let proven = match self.slots[slot].take() {
-            Some(open) => {
-                let proven = open.opened.elapsed() >= PROVEN_STREAM_AGE;
-                self.replay(open.unconfirmed, too_large);
-                proven
-            }
-            None => false,
-        };
+        self.replay(unconfirmed, too_large);
         let Some(batch) = batch else {
-            // The stream could not be opened: nothing was written.
-            self.back_off();
             return;
         };
         match failure {
@@ -637,28 +841,45 @@ impl<T: Transport> Streams<T> {
 
     fn rotate_if_due(&mut self, now: Instant, closing_idle: bool) {
         for slot in 0..self.slots.len() {
-            let writing = self.slots[slot]
-                .as_ref()
-                .is_some_and(|open| open.writing.is_some());
-            if writing {
-                // Its acceptance (or failure) wakes the loop, which comes back here.
-                continue;
-            }
-            let due = self.rotation_due(slot).is_some_and(|due| now >= due);
-            if due || closing_idle {
-                self.rotate(slot);
+            if closing_idle {
+                if self.slots[slot]
+                    .as_ref()
+                    .is_some_and(|open| open.writing.is_none())
+                {
+                    self.end_stream(slot, true);
+                }
+            } else {
+                self.rotate_if_due_slot(slot, now);
             }
         }
     }
 
-    /// Half-closes a slot's stream; its end is awaited with the other
-    /// confirmations, which the loop polls next.
+    /// Rotates a slot's stream if it is due and has no write in flight (its
+    /// acceptance or failure wakes the loop, which comes back here).
+    fn rotate_if_due_slot(&mut self, slot: usize, now: Instant) {
+        let idle = self.slots[slot]
+            .as_ref()
+            .is_some_and(|open| open.writing.is_none());
+        if idle && self.rotation_due(slot).is_some_and(|due| now >= due) {
+            self.rotate(slot);
+        }
+    }
+
+    /// Half-closes a slot's stream mid-life; its end is awaited with the
+    /// other confirmations, which the loop polls next.
     fn rotate(&mut self, slot: usize) {
+        self.end_stream(slot, false);
+    }
+
+    /// Half-closes a slot's stream; `last` when close ends it.
+    fn end_stream(&mut self, slot: usize, last: bool) {
         if let Some(open) = self.slots[slot].take() {
             self.confirming.push(Confirming {
                 closing: open.stream.half_close(),
                 batches: open.unconfirmed,
                 deadline: deadline_after(self.confirm_timeout),
+                connection: open.connection,
+                last,
             });
         }
     }
@@ -669,13 +890,11 @@ impl<T: Transport> Streams<T> {
         let mut index = 0;
         while index < self.confirming.len() {
             let confirming = &mut self.confirming[index];
-            let outcome = match confirming.closing.poll_end(&mut context) {
-                Poll::Ready(outcome) => outcome,
+            let (outcome, timed_out) = match confirming.closing.poll_end(&mut context) {
+                Poll::Ready(outcome) => (outcome, false),
                 Poll::Pending if now >= confirming.deadline => {
-                    Err(WriteError::Uncertain(self.error(
-                        "the agent did not end a closed stream in time",
-                        Some("the agent is not reading; it may be overloaded or stuck"),
-                    )))
+                    let error = self.transport.stalled(self.confirm_timeout);
+                    (Err(WriteError::Uncertain(error)), true)
                 }
                 Poll::Pending => {
                     index += 1;
@@ -693,26 +912,44 @@ impl<T: Transport> Streams<T> {
                         self.confirmed(batch);
                     }
                 }
-                Err(failure) => self.confirmation_failed(done.batches, failure),
+                Err(failure) => {
+                    self.confirmation_failed(done.batches, done.last, failure, true);
+                    if timed_out {
+                        self.abandon_connection(done.connection);
+                    }
+                }
             }
         }
     }
 
-    fn confirmation_failed(&mut self, batches: Vec<Batch>, failure: WriteError) {
+    /// A stream ended badly after its half-close: what it carried is
+    /// replayed, unless the agent refused its only envelope as too large.
+    /// `noted` says whether to count the failure as an error of its own.
+    fn confirmation_failed(
+        &mut self,
+        batches: Vec<Batch>,
+        last: bool,
+        failure: WriteError,
+        noted: bool,
+    ) {
         let too_large = matches!(failure, WriteError::TooLarge(_));
         let lone = batches.len() == 1 && batches[0].len() == 1;
+        if noted && batches.is_empty() {
+            self.counters.record_error(failure.error());
+        } else if noted {
+            self.note_failure(failure.error());
+        }
         if too_large && lone {
             // Its stream carried nothing else: this envelope is too large.
-            self.note_failure(failure.error());
             for batch in batches {
                 self.give_up(batch, DropReason::TooLarge);
             }
         } else if batches.is_empty() {
             // At most once, the final stream: its end is close's result.
-            self.counters.record_error(failure.error());
-            self.close_error = Some(failure.into_error());
+            if last {
+                self.close_error = Some(failure.into_error());
+            }
         } else {
-            self.note_failure(failure.error());
             self.replay(batches, too_large);
             self.back_off();
         }

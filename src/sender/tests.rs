@@ -22,6 +22,8 @@ enum Seen {
     AtGate,
     Batch(Vec<i64>),
     HalfClosed,
+    /// The loop left the connection.
+    Abandoned,
 }
 
 type Outcome = std::result::Result<(), WriteError>;
@@ -37,14 +39,19 @@ struct Script {
     gate: Option<Receiver<()>>,
     /// When set, writes stay in flight (never accepted) until released.
     hold: Option<Arc<Mutex<Hold>>>,
+    /// When set, half-closed streams do not end until released.
+    hold_ends: Option<Arc<Mutex<Hold>>>,
     /// Writes in flight on every stream now, and the most there ever were.
     in_flight: Arc<Mutex<(usize, usize)>>,
 }
 
-/// Writes held in flight, and the worker's waker to call on release.
+/// Writes (or stream ends) held pending, and the worker's waker to call on
+/// release.
 #[derive(Default)]
 struct Hold {
     released: bool,
+    /// How many more may finish before `released`.
+    permits: usize,
     waker: Option<Waker>,
 }
 
@@ -55,6 +62,29 @@ impl Hold {
         if let Some(waker) = hold.waker.take() {
             waker.wake();
         }
+    }
+
+    /// Lets one more finish.
+    fn permit(hold: &Mutex<Hold>) {
+        let mut hold = hold.lock();
+        hold.permits += 1;
+        if let Some(waker) = hold.waker.take() {
+            waker.wake();
+        }
+    }
+
+    /// Whether one may finish now; if not, the waker is kept for later.
+    fn passes(hold: &Mutex<Hold>, context: &Context<'_>) -> bool {
+        let mut hold = hold.lock();
+        if hold.released {
+            return true;
+        }
+        if hold.permits > 0 {
+            hold.permits -= 1;
+            return true;
+        }
+        hold.waker = Some(context.waker().clone());
+        false
     }
 }
 
@@ -76,7 +106,10 @@ struct FakeStream {
     writing: Option<Outcome>,
 }
 
-struct FakeClosing(Option<Outcome>);
+struct FakeClosing {
+    outcome: Option<Outcome>,
+    hold: Option<Arc<Mutex<Hold>>>,
+}
 
 impl Transport for FakeTransport {
     type Stream = FakeStream;
@@ -92,6 +125,18 @@ impl Transport for FakeTransport {
 
     fn send(&mut self, _batch: &[u8], _timeout: Duration) -> Result<PendingSend> {
         Ok(Box::new(|| Ok(())))
+    }
+
+    fn abandon_connection(&mut self) {
+        self.seen.send(Seen::Abandoned).unwrap();
+    }
+
+    fn stalled(&self, waited: Duration) -> Error {
+        Error::Agent {
+            addr: "fake".to_string(),
+            status: format!("stalled for {waited:?}"),
+            hint: None,
+        }
     }
 }
 
@@ -119,9 +164,7 @@ impl BatchStream for FakeStream {
 
     fn poll_written(&mut self, context: &mut Context<'_>) -> Poll<Outcome> {
         if let Some(hold) = &self.script.hold {
-            let mut hold = hold.lock();
-            if !hold.released {
-                hold.waker = Some(context.waker().clone());
+            if !Hold::passes(hold, context) {
                 return Poll::Pending;
             }
         }
@@ -131,13 +174,29 @@ impl BatchStream for FakeStream {
 
     fn half_close(self) -> FakeClosing {
         self.seen.send(Seen::HalfClosed).unwrap();
-        FakeClosing(Some(self.script.ends.lock().pop_front().unwrap_or(Ok(()))))
+        FakeClosing {
+            outcome: Some(self.script.ends.lock().pop_front().unwrap_or(Ok(()))),
+            hold: self.script.hold_ends.clone(),
+        }
+    }
+
+    fn into_end(self) -> FakeClosing {
+        // The write's own error says it all, once the status comes.
+        FakeClosing {
+            outcome: Some(Ok(())),
+            hold: self.script.hold_ends.clone(),
+        }
     }
 }
 
 impl Closing for FakeClosing {
-    fn poll_end(&mut self, _context: &mut Context<'_>) -> Poll<Outcome> {
-        Poll::Ready(self.0.take().unwrap_or(Ok(())))
+    fn poll_end(&mut self, context: &mut Context<'_>) -> Poll<Outcome> {
+        if let Some(hold) = &self.hold {
+            if !Hold::passes(hold, context) {
+                return Poll::Pending;
+            }
+        }
+        Poll::Ready(self.outcome.take().unwrap_or(Ok(())))
     }
 }
 
@@ -297,6 +356,12 @@ impl Harness {
             }
         }
     }
+}
+
+/// The framed size of one test log numbered 1 to 9 (0, its timestamp
+/// left out as protobuf's default, is smaller).
+fn one_log_bytes() -> usize {
+    framed_len(log(1).envelope.bytes.len())
 }
 
 fn batches(seen: &[Seen]) -> Vec<Vec<i64>> {
@@ -603,7 +668,8 @@ fn at_least_once_a_full_replay_buffer_confirms_at_once_instead_of_waiting() {
         delivery: Delivery::AtLeastOnce,
         batch_max_envelopes: 1,
         // Full after one batch: each must be confirmed before the next.
-        replay_buffer_bytes: 1,
+        batch_max_bytes: one_log_bytes(),
+        replay_buffer_bytes: one_log_bytes(),
         ..settings()
     };
     let harness = start(settings, Script::default());
@@ -733,15 +799,21 @@ fn at_most_once_with_two_streams_a_write_held_past_its_timeout_is_given_up_and_t
     }
     let seen = harness.until_writes(2);
     assert_eq!(batches(&seen), vec![vec![0, 1, 2], vec![3, 4, 5]]);
-    // Both writes pass their timeout: each stream is dropped and its batch
-    // given up, since the agent may have it.
+    // The first write to pass its timeout leaves the connection, and with
+    // it the other stream: both batches are given up, since the agent may
+    // have them.
     harness.flush().unwrap();
     Hold::release(&hold);
     harness.emit(6);
     harness.flush().unwrap();
     let (seen, stats) = harness.close();
     assert_eq!(batches(&seen), vec![vec![6]]);
-    assert_eq!((stats.sent, stats.dropped.gave_up, stats.errors), (1, 6, 2));
+    assert_eq!(
+        count(&seen, |s| matches!(s, Seen::Abandoned)),
+        1,
+        "{seen:?}"
+    );
+    assert_eq!((stats.sent, stats.dropped.gave_up, stats.errors), (1, 6, 1));
 }
 
 #[test]
@@ -752,7 +824,8 @@ fn at_least_once_writes_in_flight_on_several_streams_count_against_the_replay_bu
         delivery: Delivery::AtLeastOnce,
         // One batch fills it: the second may start only once the first is
         // confirmed, though a second stream is free.
-        replay_buffer_bytes: 1,
+        batch_max_bytes: 3 * one_log_bytes(),
+        replay_buffer_bytes: 3 * one_log_bytes(),
         ..settings()
     };
     let harness = start(settings, script.clone());
@@ -807,4 +880,194 @@ fn a_batch_refused_on_a_stream_that_carried_others_goes_first_on_a_new_stream() 
     );
     assert_eq!(batches(&seen)[2], vec![6, 7, 8]);
     assert_eq!((stats.sent, stats.dropped.total()), (9, 0));
+}
+
+impl Harness {
+    /// Everything the fake sees up to and including the first `what`.
+    fn until(&self, what: fn(&Seen) -> bool) -> Vec<Seen> {
+        let mut seen = Vec::new();
+        loop {
+            let next = self.seen.recv_timeout(WAIT).unwrap();
+            let done = what(&next);
+            seen.push(next);
+            if done {
+                return seen;
+            }
+        }
+    }
+}
+
+fn held_ends() -> (Arc<Mutex<Hold>>, Script) {
+    let hold = Arc::new(Mutex::new(Hold::default()));
+    let script = Script {
+        hold_ends: Some(hold.clone()),
+        ..Script::default()
+    };
+    (hold, script)
+}
+
+#[test]
+fn at_least_once_a_write_held_past_its_timeout_leaves_the_connection_and_is_written_again() {
+    let (hold, script) = held();
+    let settings = Settings {
+        delivery: Delivery::AtLeastOnce,
+        write_timeout: Duration::from_millis(20),
+        ..settings()
+    };
+    let harness = start(settings, script);
+    for n in 0..3 {
+        harness.emit(n);
+    }
+    assert_eq!(harness.next_batch(), vec![0, 1, 2]);
+    // Only the timeout ends this write. A connection that went silent
+    // would carry every new stream too: the loop leaves it first.
+    let seen = harness.until(|s| matches!(s, Seen::Abandoned | Seen::Opened));
+    assert!(matches!(seen.last(), Some(Seen::Abandoned)), "{seen:?}");
+    Hold::release(&hold);
+    harness.flush().unwrap();
+    let (seen, stats) = harness.close();
+    assert!(batches(&seen).contains(&vec![0, 1, 2]), "{seen:?}");
+    assert_eq!(stats.sent, 3, "{stats:?}");
+    assert!(stats.replayed >= 3 && stats.errors >= 1, "{stats:?}");
+    assert!(
+        stats.last_error.as_deref().unwrap().contains("stalled"),
+        "the transport says why: {stats:?}"
+    );
+}
+
+#[test]
+fn at_least_once_a_stream_end_held_past_the_confirm_timeout_leaves_the_connection_and_replays() {
+    let (hold, script) = held_ends();
+    let settings = Settings {
+        delivery: Delivery::AtLeastOnce,
+        confirm_interval: Duration::from_millis(1),
+        confirm_timeout: Duration::from_millis(20),
+        ..settings()
+    };
+    let harness = start(settings, script);
+    for n in 0..3 {
+        harness.emit(n);
+    }
+    assert_eq!(harness.next_batch(), vec![0, 1, 2]);
+    let seen = harness.until(|s| matches!(s, Seen::HalfClosed));
+    assert!(matches!(seen.last(), Some(Seen::HalfClosed)), "{seen:?}");
+    // Nothing confirms it while its end is pending.
+    assert_eq!(harness.counters.snapshot(0, 0).sent, 0);
+    let seen = harness.until(|s| matches!(s, Seen::Abandoned));
+    assert!(matches!(seen.last(), Some(Seen::Abandoned)), "{seen:?}");
+    Hold::release(&hold);
+    let (seen, stats) = harness.close();
+    assert!(
+        batches(&seen).contains(&vec![0, 1, 2]),
+        "replayed: {seen:?}"
+    );
+    assert_eq!(stats.sent, 3, "{stats:?}");
+    assert!(stats.replayed >= 3, "{stats:?}");
+}
+
+#[test]
+fn at_least_once_close_gives_up_on_a_stream_whose_end_never_comes() {
+    let (_hold, script) = held_ends();
+    let settings = Settings {
+        delivery: Delivery::AtLeastOnce,
+        ..settings()
+    };
+    let harness = start(settings, script);
+    for n in 0..3 {
+        harness.emit(n);
+    }
+    harness.flush().unwrap();
+    let (result, seen, stats) = harness.close_within(Duration::from_millis(50));
+    assert_eq!(count(&seen, |s| matches!(s, Seen::HalfClosed)), 1);
+    assert!(
+        matches!(result, Err(Error::Timeout { undelivered: 3, .. })),
+        "{result:?}"
+    );
+    assert_eq!((stats.sent, stats.dropped.gave_up), (0, 3), "{stats:?}");
+    assert!(stats.last_error.is_some(), "{stats:?}");
+}
+
+#[test]
+fn at_most_once_close_says_so_when_the_last_stream_never_ends() {
+    let (_hold, script) = held_ends();
+    let harness = start(settings(), script);
+    for n in 0..3 {
+        harness.emit(n);
+    }
+    harness.flush().unwrap();
+    let (result, _, stats) = harness.close_within(Duration::from_millis(50));
+    assert!(
+        matches!(&result, Err(Error::Agent { status, .. }) if status.contains("did not end")),
+        "{result:?}"
+    );
+    assert_eq!(stats.sent, 3, "{stats:?}");
+}
+
+#[test]
+fn a_failed_stream_waiting_for_its_status_holds_up_no_other_stream() {
+    let (hold, script) = held_ends();
+    let settings = Settings {
+        streams: 2,
+        ..settings()
+    };
+    let harness = start(settings, script.clone());
+    for n in 0..3 {
+        harness.emit(n);
+    }
+    harness.flush().unwrap();
+    assert_eq!(harness.next_batch(), vec![0, 1, 2]);
+    // The next batch goes to the second stream, which finds its call ended;
+    // the status that says why does not come yet.
+    script.fail_write(Err(stream_ended()));
+    for n in 3..6 {
+        harness.emit(n);
+    }
+    harness.until(|s| matches!(s, Seen::Opened));
+    // Meanwhile the first stream goes on writing.
+    for n in 6..9 {
+        harness.emit(n);
+    }
+    assert_eq!(harness.next_batch(), vec![6, 7, 8]);
+    // A flush waits for the batch whose stream failed, until it is written.
+    let (reply, flushed) = bounded(1);
+    harness.control.send(flush_request(reply)).unwrap();
+    Hold::release(&hold);
+    flushed.recv_timeout(WAIT).unwrap().unwrap();
+    let (seen, stats) = harness.close();
+    assert!(batches(&seen).contains(&vec![3, 4, 5]), "{seen:?}");
+    assert_eq!((stats.sent, stats.dropped.total()), (9, 0), "{stats:?}");
+}
+
+#[test]
+fn at_least_once_under_a_steady_backlog_a_stream_is_confirmed_once_its_interval_is_up() {
+    let (hold, script) = held();
+    let settings = Settings {
+        delivery: Delivery::AtLeastOnce,
+        confirm_interval: Duration::from_millis(2),
+        ..settings()
+    };
+    let harness = start(settings, script);
+    for n in 0..30 {
+        harness.emit(n);
+    }
+    let seen = harness.until(|s| matches!(s, Seen::Batch(_)));
+    assert_eq!(batches(&seen), vec![vec![0, 1, 2]]);
+    // The stream's interval must be over, by definition of the test.
+    let opened = Instant::now();
+    while opened.elapsed() < Duration::from_millis(4) {
+        std::thread::yield_now();
+    }
+    // More is sealed and waiting; once the write in flight is accepted, the
+    // stream is confirmed before it takes another.
+    Hold::permit(&hold);
+    let seen = harness.until(|s| matches!(s, Seen::Batch(_)));
+    assert_eq!(
+        count(&seen, |s| matches!(s, Seen::HalfClosed)),
+        1,
+        "{seen:?}"
+    );
+    Hold::release(&hold);
+    harness.flush().unwrap();
+    let (_, stats) = harness.close();
+    assert_eq!((stats.sent, stats.replayed), (30, 0), "{stats:?}");
 }

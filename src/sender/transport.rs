@@ -1,6 +1,7 @@
 //! What the sender loop asks of the network, and nothing more: open a
 //! `BatchSender` stream, write encoded batches on it one at a time,
-//! half-close it and learn how it ended, and start a unary `Send`. The gRPC
+//! half-close it and learn how it ended, start a unary `Send`, and leave a
+//! connection that stopped answering. The gRPC
 //! implementation is `crate::grpc`; the loop's tests use in-memory fakes.
 
 use std::sync::Arc;
@@ -24,6 +25,15 @@ pub(crate) trait Transport {
 
     /// Starts a unary `Send` of an encoded `EnvelopeBatch`.
     fn send(&mut self, batch: &[u8], timeout: Duration) -> Result<PendingSend>;
+
+    /// Leaves the connection: streams opened from now on use a new one.
+    /// Ending a call keeps its connection, so a connection that went silent
+    /// (a peer that vanished, lost NAT state) would carry every new stream.
+    fn abandon_connection(&mut self);
+
+    /// What a write (or a stream's end) that waited `waited` in vain says
+    /// about the connection, for the operator.
+    fn stalled(&self, waited: Duration) -> Error;
 }
 
 /// Why a write (or a stream's end) failed, which decides what happens to
@@ -78,6 +88,11 @@ pub(crate) trait BatchStream {
 
     /// Starts a half-close without waiting for the agent's answer.
     fn half_close(self) -> Self::Closing;
+
+    /// After a failed write: resolves with the status the call ended with,
+    /// which may say more than the write's error (a message refused as too
+    /// large). The loop polls it; it never waits for it.
+    fn into_end(self) -> Self::Closing;
 }
 
 /// A half-closed stream waiting for the agent to end the call.
