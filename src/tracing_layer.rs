@@ -4,6 +4,7 @@
 //! envelope tagged with its span's ids.
 
 use std::fmt::{self, Write as _};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::SystemTime;
 
 use tracing::field::{Field, Visit};
@@ -40,6 +41,13 @@ pub const MAX_FIELD_BYTES: usize = 1024;
 ///   WARN to stderr (`ERR`), the rest `OUT`, tagged `level`, `target`, each
 ///   field, and its span's `trace_id` and `span_id`.
 ///
+/// Any number of layers can share one registry: layers of several clients,
+/// or copies of one (a clone is a layer of its own), each with its own
+/// filter. Each sends every span and event it sees. A span has one identity
+/// however many layers send it: the first layer to see it (layers see a
+/// span in the order they were added) picks its ids, its parent being the
+/// nearest enclosing span that layer sees, and the others send those ids.
+///
 /// Its emits never wait for room, whatever the client's overflow policy:
 /// when the queue is full they are dropped and counted. Nothing recorded on
 /// the client's own threads, and none of its own diagnostics (target
@@ -57,10 +65,24 @@ pub const MAX_FIELD_BYTES: usize = 1024;
 /// let _entered = span.enter();
 /// tracing::info!(status = 200, "handled");
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct TracingLayer {
     client: IngressClient,
     source: Option<SourceInfo>,
+    /// Which of a span's per-layer records is this layer's.
+    id: LayerId,
+}
+
+impl Clone for TracingLayer {
+    /// A copy is a layer of its own: installed beside the original (with
+    /// another filter, say), each sends what it sees.
+    fn clone(&self) -> TracingLayer {
+        TracingLayer {
+            client: self.client.clone(),
+            source: self.source.clone(),
+            id: LayerId::next(),
+        }
+    }
 }
 
 impl TracingLayer {
@@ -74,6 +96,7 @@ impl TracingLayer {
         TracingLayer {
             client,
             source: None,
+            id: LayerId::next(),
         }
     }
 
@@ -102,8 +125,20 @@ impl TracingLayer {
     }
 }
 
-/// A span's place in its trace, kept in the span's extensions.
-#[derive(Clone, Debug)]
+/// Tells apart the layers on one registry, which all keep their records in
+/// the same span extensions (a type map holding one value per type).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct LayerId(u64);
+
+impl LayerId {
+    fn next() -> LayerId {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        LayerId(NEXT.fetch_add(1, Relaxed))
+    }
+}
+
+/// A span's place in its trace.
+#[derive(Clone, Copy, Debug)]
 struct SpanIds {
     trace_id: [u8; 16],
     span_id: [u8; 8],
@@ -120,11 +155,54 @@ impl SpanIds {
     }
 }
 
-/// What a span recorded, until it closes.
-struct SpanRecord {
+/// What the layers on one registry keep about a span, once in its
+/// extensions: the ids and start are the span's own, so every layer sends
+/// the same W3C identity for it; the fields each layer recorded are that
+/// layer's until it sends them at close.
+struct SpanState {
     ids: SpanIds,
     start: SystemTime,
-    fields: Fields,
+    /// The first layer's record inline, so the usual single layer costs no
+    /// allocation beyond the state itself.
+    first: Option<(LayerId, Fields)>,
+    others: Vec<(LayerId, Fields)>,
+}
+
+impl SpanState {
+    fn new(ids: SpanIds, layer: LayerId, fields: Fields) -> SpanState {
+        SpanState {
+            ids,
+            start: SystemTime::now(),
+            first: Some((layer, fields)),
+            others: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, layer: LayerId, fields: Fields) {
+        if let Some(mine) = self.fields_mut(layer) {
+            *mine = fields;
+        } else if self.first.is_none() {
+            self.first = Some((layer, fields));
+        } else {
+            self.others.push((layer, fields));
+        }
+    }
+
+    fn fields_mut(&mut self, layer: LayerId) -> Option<&mut Fields> {
+        self.first
+            .iter_mut()
+            .chain(self.others.iter_mut())
+            .find(|(id, _)| *id == layer)
+            .map(|(_, fields)| fields)
+    }
+
+    fn take(&mut self, layer: LayerId) -> Option<Fields> {
+        if self.first.as_ref().is_some_and(|(id, _)| *id == layer) {
+            return self.first.take().map(|(_, fields)| fields);
+        }
+        let at = self.others.iter().position(|(id, _)| *id == layer)?;
+        Some(self.others.swap_remove(at).1)
+    }
 }
 
 /// Field values as text, capped in number and length.
@@ -281,12 +359,15 @@ where
         let Some(span) = ctx.span(id) else { return };
         let mut fields = Fields::default();
         attrs.record(&mut fields);
-        let inherited = span.parent().and_then(|parent| {
-            parent
-                .extensions()
-                .get::<SpanRecord>()
-                .map(|r| r.ids.clone())
-        });
+        let mut extensions = span.extensions_mut();
+        if let Some(state) = extensions.get_mut::<SpanState>() {
+            // Another layer on this registry numbered the span first.
+            state.add(self.id, fields);
+            return;
+        }
+        let inherited = span
+            .parent()
+            .and_then(|parent| parent.extensions().get::<SpanState>().map(|s| s.ids));
         let continued = fields.value("traceparent").and_then(parse_traceparent);
         let ids = match (continued, inherited) {
             (Some((trace_id, parent)), _) => SpanIds {
@@ -305,17 +386,18 @@ where
                 parent_span_id: None,
             },
         };
-        span.extensions_mut().insert(SpanRecord {
-            ids,
-            start: SystemTime::now(),
-            fields,
-        });
+        // `replace`, not `insert`, which asserts: it was just seen absent.
+        extensions.replace(SpanState::new(ids, self.id, fields));
     }
 
     fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
         let Some(span) = ctx.span(id) else { return };
-        if let Some(record) = span.extensions_mut().get_mut::<SpanRecord>() {
-            values.record(&mut record.fields);
+        let mut extensions = span.extensions_mut();
+        let mine = extensions
+            .get_mut::<SpanState>()
+            .and_then(|state| state.fields_mut(self.id));
+        if let Some(fields) = mine {
+            values.record(fields);
         }
     }
 
@@ -328,7 +410,7 @@ where
         event.record(&mut fields);
         let ids = ctx
             .event_span(event)
-            .and_then(|span| span.extensions().get::<SpanRecord>().map(|r| r.ids.clone()));
+            .and_then(|span| span.extensions().get::<SpanState>().map(|s| s.ids));
         let log = Envelope::log(fields.message.take().unwrap_or_default());
         let log = match *metadata.level() {
             Level::ERROR | Level::WARN => log.stderr(),
@@ -352,35 +434,37 @@ where
 
     fn on_close(&self, id: Id, ctx: Context<'_, S>) {
         let Some(span) = ctx.span(&id) else { return };
-        let Some(record) = span.extensions_mut().remove::<SpanRecord>() else {
-            return;
+        let (ids, start, fields) = {
+            let mut extensions = span.extensions_mut();
+            let Some(state) = extensions.get_mut::<SpanState>() else {
+                return;
+            };
+            let Some(fields) = state.take(self.id) else {
+                return;
+            };
+            (state.ids, state.start, fields)
         };
-        let ids = &record.ids;
         let mut timer = self
-            .stamp(Envelope::timer(
-                span.name(),
-                record.start,
-                SystemTime::now(),
-            ))
+            .stamp(Envelope::timer(span.name(), start, SystemTime::now()))
             .tag("trace_id", Hex::new(&ids.trace_id).as_str())
             .tag("span_id", Hex::new(&ids.span_id).as_str());
         if let Some(parent) = &ids.parent_span_id {
             timer = timer.tag("parent_span_id", Hex::new(parent).as_str());
         }
-        for (key, value) in &record.fields.tags {
+        for (key, value) in &fields.tags {
             if !matches!(*key, "trace_id" | "span_id" | "parent_span_id") {
                 timer = timer.tag(key, value);
             }
         }
-        self.client.count_dropped_tags(record.fields.dropped);
+        self.client.count_dropped_tags(fields.dropped);
         self.emit(timer.build());
     }
 }
 
 /// The W3C `traceparent` header of the current span, as the
-/// [`TracingLayer`] numbered it, to put on outgoing requests; `None` outside
-/// a span, or when the layer is not installed on a `tracing_subscriber`
-/// registry.
+/// [`TracingLayer`]s numbered it (several layers on one registry agree on a
+/// span's ids), to put on outgoing requests; `None` outside a span, or when
+/// no layer is installed on a `tracing_subscriber` registry.
 ///
 /// ```no_run
 /// let span = tracing::info_span!("call-upstream");
@@ -396,8 +480,8 @@ pub fn current_traceparent() -> Option<String> {
             let span = registry.span(id)?;
             let extensions = span.extensions();
             extensions
-                .get::<SpanRecord>()
-                .map(|record| record.ids.traceparent())
+                .get::<SpanState>()
+                .map(|state| state.ids.traceparent())
         })
         .flatten()
 }
@@ -452,5 +536,31 @@ mod tests {
         fields.put("f0", "again".into());
         assert_eq!((fields.tags.len(), fields.dropped), (MAX_FIELD_TAGS, 5));
         assert_eq!(fields.value("f0"), Some("again"));
+    }
+
+    #[test]
+    fn each_layer_keeps_its_own_record_of_a_span() {
+        let ids = SpanIds {
+            trace_id: random_id(),
+            span_id: random_id(),
+            parent_span_id: None,
+        };
+        let (a, b, c) = (LayerId::next(), LayerId::next(), LayerId::next());
+        let record = |value: &str| {
+            let mut fields = Fields::default();
+            fields.put("layer", value.to_string());
+            fields
+        };
+        let mut state = SpanState::new(ids, a, record("a"));
+        state.add(b, record("b"));
+        state.add(c, record("c"));
+        let seen = |fields: Option<Fields>| fields.and_then(|f| f.value("layer").map(String::from));
+        assert_eq!(seen(state.take(b)), Some("b".into()));
+        assert_eq!(seen(state.take(b)), None);
+        assert_eq!(seen(state.take(a)), Some("a".into()));
+        state.add(a, record("a again"));
+        assert_eq!(seen(state.take(c)), Some("c".into()));
+        assert_eq!(seen(state.take(a)), Some("a again".into()));
+        assert!(state.first.is_none() && state.others.is_empty());
     }
 }

@@ -11,6 +11,8 @@ use loggregator::{
     IngressClient, MAX_FIELD_BYTES, MAX_FIELD_TAGS, Overflow, SourceInfo, TracingLayer,
 };
 use tracing::dispatcher::{self, Dispatch};
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::SubscriberExt;
 
 use crate::common::{WAIT, setup, unused_addr};
@@ -291,6 +293,129 @@ fn fields_are_capped_in_number_and_length_and_what_is_left_off_is_counted() {
         "{}",
         cut.len()
     );
+}
+
+/// A request span (info) around a query span (warn), an event in each;
+/// returns `current_traceparent()` as seen in the query.
+fn several_layers_scenario() -> Option<String> {
+    let mut header = None;
+    let request = tracing::info_span!("request", peer_type = "Server", uri = "/v2/apps");
+    request.in_scope(|| {
+        tracing::warn_span!("db_query", table = "apps").in_scope(|| {
+            header = loggregator::current_traceparent();
+            tracing::warn!(attempt = 2, "slow query");
+        });
+        tracing::info!("handled");
+    });
+    header
+}
+
+#[test]
+fn two_layers_of_two_clients_on_one_registry_each_send_everything_with_one_identity_per_span() {
+    let (first, second) = (setup(), setup());
+    let (a, b) = (first.client(), second.client());
+    let subscriber = tracing_subscriber::registry()
+        .with(TracingLayer::new(a.clone()))
+        .with(TracingLayer::new(b.clone()).source(SourceInfo::new("second", "1")));
+    let header = dispatcher::with_default(&Dispatch::new(subscriber), several_layers_scenario);
+    a.close(WAIT).unwrap();
+    b.close(WAIT).unwrap();
+    let from_a = first.agent.wait_for_envelopes(4, WAIT);
+    let from_b = second.agent.wait_for_envelopes(4, WAIT);
+    for received in [&from_a, &from_b] {
+        let (timers, logs) = (timers(received), logs(received));
+        assert_eq!((timers.len(), logs.len()), (2, 2), "{received:?}");
+        let (query, request) = (timers[0], timers[1]);
+        assert_eq!(
+            (query.timer().name.as_str(), request.timer().name.as_str()),
+            ("db_query", "request")
+        );
+        assert_eq!(query.tags["table"], "apps");
+        assert_eq!(request.tags["peer_type"], "Server");
+        assert_eq!(query.tags["trace_id"], request.tags["trace_id"]);
+        assert_eq!(query.tags["parent_span_id"], request.tags["span_id"]);
+        assert_eq!(logs[0].log().payload, b"slow query");
+        assert_eq!(logs[0].tags["attempt"], "2");
+        assert_eq!(logs[0].tags["span_id"], query.tags["span_id"]);
+        assert_eq!(logs[1].tags["span_id"], request.tags["span_id"]);
+        assert_eq!(
+            header,
+            Some(format!(
+                "00-{}-{}-01",
+                query.tags["trace_id"], query.tags["span_id"]
+            ))
+        );
+    }
+    // One W3C identity per span, whichever client sends it.
+    let ids = |received: &[pb::Envelope]| -> Vec<(String, String)> {
+        received
+            .iter()
+            .map(|e| (e.tags["trace_id"].clone(), e.tags["span_id"].clone()))
+            .collect()
+    };
+    assert_eq!(ids(&from_a), ids(&from_b));
+    assert!(from_a.iter().all(|e| e.source_id != "second"));
+    assert!(
+        from_b
+            .iter()
+            .all(|e| (e.source_id.as_str(), e.instance_id.as_str()) == ("second", "1"))
+    );
+    assert_eq!(a.stats().sent, 4);
+    assert_eq!(b.stats().sent, 4);
+}
+
+#[test]
+fn copies_of_one_layer_on_one_registry_each_send_what_their_filter_lets_through() {
+    let setup = setup();
+    let client = setup.client();
+    let layer = TracingLayer::new(client.clone());
+    let subscriber = tracing_subscriber::registry()
+        .with(layer.clone())
+        .with(layer.clone().with_filter(LevelFilter::WARN))
+        .with(vec![layer.clone(), layer]);
+    let header = dispatcher::with_default(&Dispatch::new(subscriber), several_layers_scenario);
+    client.close(WAIT).unwrap();
+    // Every copy sends the query and its event; the three unfiltered ones
+    // the request and its event too.
+    let received = setup.agent.wait_for_envelopes(3 * 4 + 2, WAIT);
+    let named = |name: &str| -> Vec<&pb::Envelope> {
+        timers(&received)
+            .into_iter()
+            .filter(|t| t.timer().name == name)
+            .collect()
+    };
+    let (queries, requests) = (named("db_query"), named("request"));
+    assert_eq!((queries.len(), requests.len()), (4, 3), "{received:?}");
+    let payloads = |payload: &[u8]| {
+        logs(&received)
+            .into_iter()
+            .filter(|l| l.log().payload == payload)
+            .count()
+    };
+    assert_eq!((payloads(b"slow query"), payloads(b"handled")), (4, 3));
+    let request = requests[0];
+    for timer in queries.iter().chain(&requests) {
+        let same = if timer.timer().name == "request" {
+            request
+        } else {
+            queries[0]
+        };
+        for tag in ["trace_id", "span_id", "parent_span_id"] {
+            assert_eq!(timer.tags.get(tag), same.tags.get(tag), "{tag}");
+        }
+    }
+    // The filtered copy never sees the request span, yet links the query
+    // to it: the first layer to see the query numbered it, and a span has
+    // one identity on one registry.
+    assert_eq!(queries[0].tags["parent_span_id"], request.tags["span_id"]);
+    assert_eq!(
+        header,
+        Some(format!(
+            "00-{}-{}-01",
+            queries[0].tags["trace_id"], queries[0].tags["span_id"]
+        ))
+    );
+    assert_eq!(client.stats().sent, 14);
 }
 
 #[test]
