@@ -21,8 +21,10 @@ use crate::source::SourceInfo;
 /// rest are left off and counted in [`Stats::tags_dropped`](crate::Stats::tags_dropped).
 /// The ids, `level` and `target` the layer adds itself are not counted.
 pub const MAX_FIELD_TAGS: usize = 16;
-/// The longest field value kept, in bytes; longer ones are cut at a
-/// character boundary and end with `…`.
+/// The longest field value kept as a tag, in bytes; longer ones are cut at
+/// a character boundary, end with `…` and are counted in
+/// [`Stats::values_cut`](crate::Stats::values_cut). An event's message is
+/// not a tag but the log's payload, and is sent whole.
 pub const MAX_FIELD_BYTES: usize = 1024;
 
 /// Sends spans and events recorded with `tracing` to Loggregator.
@@ -37,9 +39,15 @@ pub const MAX_FIELD_BYTES: usize = 1024;
 ///   ignored. A Forwarder Agent feeding an OpenTelemetry Collector turns
 ///   each such Timer into a span (kind SERVER with a field `peer_type =
 ///   "Server"`, named by a `uri` field when there is one).
-/// - An event becomes one Log envelope: its message as payload, ERROR and
-///   WARN to stderr (`ERR`), the rest `OUT`, tagged `level`, `target`, each
-///   field, and its span's `trace_id` and `span_id`.
+/// - An event becomes one Log envelope: its message, whole, as payload
+///   (a log larger than `batch_max_bytes` is dropped and counted in
+///   [`Dropped::too_large`](crate::Dropped::too_large), as any log), ERROR
+///   and WARN to stderr (`ERR`), the rest `OUT`, tagged `level`, `target`,
+///   each field, and its span's `trace_id` and `span_id`.
+/// - Field tags are capped: [`MAX_FIELD_TAGS`] per envelope and
+///   [`MAX_FIELD_BYTES`] per value; what is left off or cut is counted in
+///   [`Stats::tags_dropped`](crate::Stats::tags_dropped) and
+///   [`Stats::values_cut`](crate::Stats::values_cut).
 ///
 /// Any number of layers can share one registry: layers of several clients,
 /// or copies of one (a clone is a layer of its own), each with its own
@@ -209,9 +217,13 @@ impl SpanState {
 #[derive(Default)]
 struct Fields {
     tags: Vec<(&'static str, String)>,
-    /// The event's `message`, kept apart from the tags.
+    /// The event's `message`, kept apart from the tags and whole: it is the
+    /// log's payload.
     message: Option<String>,
+    /// Fields left off, beyond [`MAX_FIELD_TAGS`].
     dropped: u64,
+    /// Values cut to [`MAX_FIELD_BYTES`].
+    cut: u64,
     keep_message: bool,
 }
 
@@ -224,18 +236,28 @@ impl Fields {
     }
 
     fn put(&mut self, name: &'static str, mut value: String) {
-        truncate(&mut value);
         if self.keep_message && name == "message" {
             self.message = Some(value);
             return;
         }
-        if let Some(slot) = self.tags.iter_mut().find(|(key, _)| *key == name) {
-            slot.1 = value;
-        } else if self.tags.len() < MAX_FIELD_TAGS {
-            self.tags.push((name, value));
-        } else {
+        let slot = self.tags.iter().position(|(key, _)| *key == name);
+        if slot.is_none() && self.tags.len() >= MAX_FIELD_TAGS {
             self.dropped += 1;
+            return;
         }
+        if truncate(&mut value) {
+            self.cut += 1;
+        }
+        match slot {
+            Some(at) => self.tags[at].1 = value,
+            None => self.tags.push((name, value)),
+        }
+    }
+
+    /// Counts in the client's stats what was left off or cut.
+    fn count_losses(&self, client: &IngressClient) {
+        client.count_dropped_tags(self.dropped);
+        client.count_cut_values(self.cut);
     }
 
     fn value(&self, name: &str) -> Option<&str> {
@@ -258,10 +280,11 @@ impl Visit for Fields {
     }
 }
 
-/// Cuts `value` to [`MAX_FIELD_BYTES`] at a character boundary.
-fn truncate(value: &mut String) {
+/// Cuts `value` to [`MAX_FIELD_BYTES`] at a character boundary; true if
+/// it was longer.
+fn truncate(value: &mut String) -> bool {
     if value.len() <= MAX_FIELD_BYTES {
-        return;
+        return false;
     }
     let mut cut = MAX_FIELD_BYTES - '…'.len_utf8();
     while !value.is_char_boundary(cut) {
@@ -269,6 +292,7 @@ fn truncate(value: &mut String) {
     }
     value.truncate(cut);
     value.push('…');
+    true
 }
 
 /// An id in lowercase hex, on the stack: ids are written on every span and
@@ -428,7 +452,7 @@ where
                 .tag("trace_id", Hex::new(&ids.trace_id).as_str())
                 .tag("span_id", Hex::new(&ids.span_id).as_str());
         }
-        self.client.count_dropped_tags(fields.dropped);
+        fields.count_losses(&self.client);
         self.emit(log.build());
     }
 
@@ -456,7 +480,7 @@ where
                 timer = timer.tag(key, value);
             }
         }
-        self.client.count_dropped_tags(fields.dropped);
+        fields.count_losses(&self.client);
         self.emit(timer.build());
     }
 }
@@ -536,6 +560,27 @@ mod tests {
         fields.put("f0", "again".into());
         assert_eq!((fields.tags.len(), fields.dropped), (MAX_FIELD_TAGS, 5));
         assert_eq!(fields.value("f0"), Some("again"));
+    }
+
+    #[test]
+    fn long_tag_values_are_counted_as_cut_only_when_kept_and_a_message_is_kept_whole() {
+        let long = "x".repeat(MAX_FIELD_BYTES + 1);
+        let mut fields = Fields::for_event();
+        fields.put("message", long.repeat(8));
+        fields.put("long", long.clone());
+        fields.put("long", long.clone());
+        for n in 1..MAX_FIELD_TAGS {
+            fields.put(Box::leak(format!("f{n}").into_boxed_str()), "v".into());
+        }
+        fields.put("left_off", long.clone());
+        assert_eq!(fields.message.as_deref(), Some(long.repeat(8).as_str()));
+        assert_eq!((fields.cut, fields.dropped), (2, 1));
+        let mut span = Fields::default();
+        span.put("message", long);
+        assert_eq!(
+            (span.cut, span.value("message").map(str::len)),
+            (1, Some(MAX_FIELD_BYTES))
+        );
     }
 
     #[test]

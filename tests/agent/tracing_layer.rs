@@ -234,7 +234,7 @@ fn events_become_logs_tagged_with_their_spans_ids_and_current_traceparent_names_
 }
 
 #[test]
-fn fields_are_capped_in_number_and_length_and_what_is_left_off_is_counted() {
+fn fields_are_capped_in_number_and_what_is_left_off_is_counted() {
     let setup = setup();
     let client = setup
         .builder()
@@ -275,24 +275,75 @@ fn fields_are_capped_in_number_and_length_and_what_is_left_off_is_counted() {
     assert_eq!(fields, MAX_FIELD_TAGS);
     assert_eq!(client.stats().tags_dropped, 21 - MAX_FIELD_TAGS as u64);
     assert!(!log.tags.contains_key("long"), "the 21st field is left off");
+    assert_eq!(client.stats().values_cut, 0, "left off, not cut");
     assert_eq!(
         (log.source_id.as_str(), log.instance_id.as_str()),
         ("tracing-test", "4")
     );
+}
 
-    // A long value is cut, at a character boundary.
+#[test]
+fn a_long_field_value_is_cut_at_a_character_boundary_and_counted_on_spans_and_events() {
+    let setup = setup();
     let client = setup.client();
+    let long = "é".repeat(MAX_FIELD_BYTES);
+    assert_eq!(long.len(), 2 * MAX_FIELD_BYTES);
     dispatcher::with_default(&dispatch(&client), || {
-        tracing::info!(long = long.as_str(), "one long field");
+        tracing::info_span!("work", long = long.as_str(), short = "kept").in_scope(|| {
+            tracing::info!(long = long.as_str(), "one long field");
+        });
     });
     client.close(WAIT).unwrap();
-    let received = setup.agent.envelopes();
-    let cut = &logs(&received).last().unwrap().tags["long"];
-    assert!(
-        cut.len() <= MAX_FIELD_BYTES && cut.ends_with('…'),
-        "{}",
-        cut.len()
-    );
+    let received = setup.agent.wait_for_envelopes(2, WAIT);
+    let (timer, log) = (timers(&received)[0], logs(&received)[0]);
+    for cut in [&timer.tags["long"], &log.tags["long"]] {
+        assert!(
+            cut.len() <= MAX_FIELD_BYTES && cut.ends_with('…'),
+            "{}",
+            cut.len()
+        );
+        assert!(long.starts_with(cut.trim_end_matches('…')));
+    }
+    assert_eq!(timer.tags["short"], "kept");
+    assert_eq!(log.log().payload, b"one long field");
+    let stats = client.stats();
+    assert_eq!((stats.values_cut, stats.tags_dropped), (2, 0), "{stats:?}");
+}
+
+#[test]
+fn an_event_message_is_the_logs_payload_whole_and_one_too_large_to_send_is_counted() {
+    let setup = setup();
+    let client = setup.client();
+    // A caught panic with its backtrace, as an error event.
+    let trace: String = (0..300)
+        .map(|n| format!("{n:>4}: app::module::function_{n}\n"))
+        .collect();
+    let message = format!("panicked at src/main.rs:1:1: boom\n{trace}");
+    assert!(message.len() >= 8 * 1024, "{}", message.len());
+    dispatcher::with_default(&dispatch(&client), || {
+        tracing::error!("{message}");
+        tracing::error!(backtrace = trace.as_str(), "with a long field");
+    });
+    client.close(WAIT).unwrap();
+    let received = setup.agent.wait_for_envelopes(2, WAIT);
+    let logs = logs(&received);
+    assert_eq!(logs.len(), 2, "{received:?}");
+    assert_eq!(logs[0].log().payload.len(), message.len());
+    assert_eq!(logs[0].log().payload, message.as_bytes());
+    assert_eq!(logs[1].log().payload, b"with a long field");
+    assert!(logs[1].tags["backtrace"].len() <= MAX_FIELD_BYTES);
+    assert_eq!(client.stats().values_cut, 1);
+
+    // Larger than a batch may be: dropped and counted, as any log.
+    let small = setup.builder().batch_max_bytes(4096).build().unwrap();
+    dispatcher::with_default(&dispatch(&small), || {
+        tracing::error!("{message}");
+        tracing::info!("after it");
+    });
+    small.close(WAIT).unwrap();
+    let stats = small.stats();
+    assert_eq!((stats.dropped.too_large, stats.sent), (1, 1), "{stats:?}");
+    assert_eq!(stats.values_cut, 0);
 }
 
 /// A request span (info) around a query span (warn), an event in each;
