@@ -216,6 +216,17 @@ impl IngressClient {
         }
     }
 
+    /// Counts field values the tracing layer cut to `MAX_FIELD_BYTES`.
+    #[cfg(feature = "tracing")]
+    pub(crate) fn count_cut_values(&self, count: u64) {
+        if count > 0 {
+            self.inner
+                .counters
+                .values_cut
+                .fetch_add(count, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
     /// A counter handle for `name`; see [`Counter`]. Its first use starts
     /// the pulse, which sends every `pulse_interval`.
     ///

@@ -48,6 +48,14 @@ pub struct Stats {
     /// Tags the tracing layer left off envelopes: fields beyond
     /// `MAX_FIELD_TAGS` on one span or event. The envelopes themselves were sent.
     pub tags_dropped: u64,
+    /// Field values the tracing layer cut to `MAX_FIELD_BYTES` (they end
+    /// with `…`). An event's message is never cut. The envelopes themselves
+    /// were emitted.
+    ///
+    /// ```
+    /// assert_eq!(loggregator::Stats::default().values_cut, 0);
+    /// ```
+    pub values_cut: u64,
     /// The last error seen, if any.
     pub last_error: Option<String>,
 }
@@ -186,6 +194,7 @@ pub(crate) struct Counters {
     /// refused as too large); flush and close report these.
     pub undeliverable: AtomicU64,
     pub tags_dropped: AtomicU64,
+    pub values_cut: AtomicU64,
     /// Emitting threads count these, on their own shards.
     dropped_queue_full: Sharded,
     dropped_too_large: AtomicU64,
@@ -281,6 +290,7 @@ impl Counters {
             queued_bytes: queued_bytes as u64,
             in_flight: self.in_flight.load(Relaxed),
             tags_dropped: self.tags_dropped.load(Relaxed),
+            values_cut: self.values_cut.load(Relaxed),
             last_error: self.last_error.lock().clone(),
         }
     }

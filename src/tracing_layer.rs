@@ -4,6 +4,7 @@
 //! envelope tagged with its span's ids.
 
 use std::fmt::{self, Write as _};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::SystemTime;
 
 use tracing::field::{Field, Visit};
@@ -20,8 +21,10 @@ use crate::source::SourceInfo;
 /// rest are left off and counted in [`Stats::tags_dropped`](crate::Stats::tags_dropped).
 /// The ids, `level` and `target` the layer adds itself are not counted.
 pub const MAX_FIELD_TAGS: usize = 16;
-/// The longest field value kept, in bytes; longer ones are cut at a
-/// character boundary and end with `…`.
+/// The longest field value kept as a tag, in bytes; longer ones are cut at
+/// a character boundary, end with `…` and are counted in
+/// [`Stats::values_cut`](crate::Stats::values_cut). An event's message is
+/// not a tag but the log's payload, and is sent whole.
 pub const MAX_FIELD_BYTES: usize = 1024;
 
 /// Sends spans and events recorded with `tracing` to Loggregator.
@@ -36,9 +39,22 @@ pub const MAX_FIELD_BYTES: usize = 1024;
 ///   ignored. A Forwarder Agent feeding an OpenTelemetry Collector turns
 ///   each such Timer into a span (kind SERVER with a field `peer_type =
 ///   "Server"`, named by a `uri` field when there is one).
-/// - An event becomes one Log envelope: its message as payload, ERROR and
-///   WARN to stderr (`ERR`), the rest `OUT`, tagged `level`, `target`, each
-///   field, and its span's `trace_id` and `span_id`.
+/// - An event becomes one Log envelope: its message, whole, as payload
+///   (a log larger than `batch_max_bytes` is dropped and counted in
+///   [`Dropped::too_large`](crate::Dropped::too_large), as any log), ERROR
+///   and WARN to stderr (`ERR`), the rest `OUT`, tagged `level`, `target`,
+///   each field, and its span's `trace_id` and `span_id`.
+/// - Field tags are capped: [`MAX_FIELD_TAGS`] per envelope and
+///   [`MAX_FIELD_BYTES`] per value; what is left off or cut is counted in
+///   [`Stats::tags_dropped`](crate::Stats::tags_dropped) and
+///   [`Stats::values_cut`](crate::Stats::values_cut).
+///
+/// Any number of layers can share one registry: layers of several clients,
+/// or copies of one (a clone is a layer of its own), each with its own
+/// filter. Each sends every span and event it sees. A span has one identity
+/// however many layers send it: the first layer to see it (layers see a
+/// span in the order they were added) picks its ids, its parent being the
+/// nearest enclosing span that layer sees, and the others send those ids.
 ///
 /// Its emits never wait for room, whatever the client's overflow policy:
 /// when the queue is full they are dropped and counted. Nothing recorded on
@@ -57,10 +73,24 @@ pub const MAX_FIELD_BYTES: usize = 1024;
 /// let _entered = span.enter();
 /// tracing::info!(status = 200, "handled");
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct TracingLayer {
     client: IngressClient,
     source: Option<SourceInfo>,
+    /// Which of a span's per-layer records is this layer's.
+    id: LayerId,
+}
+
+impl Clone for TracingLayer {
+    /// A copy is a layer of its own: installed beside the original (with
+    /// another filter, say), each sends what it sees.
+    fn clone(&self) -> TracingLayer {
+        TracingLayer {
+            client: self.client.clone(),
+            source: self.source.clone(),
+            id: LayerId::next(),
+        }
+    }
 }
 
 impl TracingLayer {
@@ -74,6 +104,7 @@ impl TracingLayer {
         TracingLayer {
             client,
             source: None,
+            id: LayerId::next(),
         }
     }
 
@@ -102,8 +133,20 @@ impl TracingLayer {
     }
 }
 
-/// A span's place in its trace, kept in the span's extensions.
-#[derive(Clone, Debug)]
+/// Tells apart the layers on one registry, which all keep their records in
+/// the same span extensions (a type map holding one value per type).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct LayerId(u64);
+
+impl LayerId {
+    fn next() -> LayerId {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        LayerId(NEXT.fetch_add(1, Relaxed))
+    }
+}
+
+/// A span's place in its trace.
+#[derive(Clone, Copy, Debug)]
 struct SpanIds {
     trace_id: [u8; 16],
     span_id: [u8; 8],
@@ -120,20 +163,67 @@ impl SpanIds {
     }
 }
 
-/// What a span recorded, until it closes.
-struct SpanRecord {
+/// What the layers on one registry keep about a span, once in its
+/// extensions: the ids and start are the span's own, so every layer sends
+/// the same W3C identity for it; the fields each layer recorded are that
+/// layer's until it sends them at close.
+struct SpanState {
     ids: SpanIds,
     start: SystemTime,
-    fields: Fields,
+    /// The first layer's record inline, so the usual single layer costs no
+    /// allocation beyond the state itself.
+    first: Option<(LayerId, Fields)>,
+    others: Vec<(LayerId, Fields)>,
+}
+
+impl SpanState {
+    fn new(ids: SpanIds, layer: LayerId, fields: Fields) -> SpanState {
+        SpanState {
+            ids,
+            start: SystemTime::now(),
+            first: Some((layer, fields)),
+            others: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, layer: LayerId, fields: Fields) {
+        if let Some(mine) = self.fields_mut(layer) {
+            *mine = fields;
+        } else if self.first.is_none() {
+            self.first = Some((layer, fields));
+        } else {
+            self.others.push((layer, fields));
+        }
+    }
+
+    fn fields_mut(&mut self, layer: LayerId) -> Option<&mut Fields> {
+        self.first
+            .iter_mut()
+            .chain(self.others.iter_mut())
+            .find(|(id, _)| *id == layer)
+            .map(|(_, fields)| fields)
+    }
+
+    fn take(&mut self, layer: LayerId) -> Option<Fields> {
+        if self.first.as_ref().is_some_and(|(id, _)| *id == layer) {
+            return self.first.take().map(|(_, fields)| fields);
+        }
+        let at = self.others.iter().position(|(id, _)| *id == layer)?;
+        Some(self.others.swap_remove(at).1)
+    }
 }
 
 /// Field values as text, capped in number and length.
 #[derive(Default)]
 struct Fields {
     tags: Vec<(&'static str, String)>,
-    /// The event's `message`, kept apart from the tags.
+    /// The event's `message`, kept apart from the tags and whole: it is the
+    /// log's payload.
     message: Option<String>,
+    /// Fields left off, beyond [`MAX_FIELD_TAGS`].
     dropped: u64,
+    /// Values cut to [`MAX_FIELD_BYTES`].
+    cut: u64,
     keep_message: bool,
 }
 
@@ -146,18 +236,28 @@ impl Fields {
     }
 
     fn put(&mut self, name: &'static str, mut value: String) {
-        truncate(&mut value);
         if self.keep_message && name == "message" {
             self.message = Some(value);
             return;
         }
-        if let Some(slot) = self.tags.iter_mut().find(|(key, _)| *key == name) {
-            slot.1 = value;
-        } else if self.tags.len() < MAX_FIELD_TAGS {
-            self.tags.push((name, value));
-        } else {
+        let slot = self.tags.iter().position(|(key, _)| *key == name);
+        if slot.is_none() && self.tags.len() >= MAX_FIELD_TAGS {
             self.dropped += 1;
+            return;
         }
+        if truncate(&mut value) {
+            self.cut += 1;
+        }
+        match slot {
+            Some(at) => self.tags[at].1 = value,
+            None => self.tags.push((name, value)),
+        }
+    }
+
+    /// Counts in the client's stats what was left off or cut.
+    fn count_losses(&self, client: &IngressClient) {
+        client.count_dropped_tags(self.dropped);
+        client.count_cut_values(self.cut);
     }
 
     fn value(&self, name: &str) -> Option<&str> {
@@ -180,10 +280,11 @@ impl Visit for Fields {
     }
 }
 
-/// Cuts `value` to [`MAX_FIELD_BYTES`] at a character boundary.
-fn truncate(value: &mut String) {
+/// Cuts `value` to [`MAX_FIELD_BYTES`] at a character boundary; true if
+/// it was longer.
+fn truncate(value: &mut String) -> bool {
     if value.len() <= MAX_FIELD_BYTES {
-        return;
+        return false;
     }
     let mut cut = MAX_FIELD_BYTES - '…'.len_utf8();
     while !value.is_char_boundary(cut) {
@@ -191,6 +292,7 @@ fn truncate(value: &mut String) {
     }
     value.truncate(cut);
     value.push('…');
+    true
 }
 
 /// An id in lowercase hex, on the stack: ids are written on every span and
@@ -281,12 +383,15 @@ where
         let Some(span) = ctx.span(id) else { return };
         let mut fields = Fields::default();
         attrs.record(&mut fields);
-        let inherited = span.parent().and_then(|parent| {
-            parent
-                .extensions()
-                .get::<SpanRecord>()
-                .map(|r| r.ids.clone())
-        });
+        let mut extensions = span.extensions_mut();
+        if let Some(state) = extensions.get_mut::<SpanState>() {
+            // Another layer on this registry numbered the span first.
+            state.add(self.id, fields);
+            return;
+        }
+        let inherited = span
+            .parent()
+            .and_then(|parent| parent.extensions().get::<SpanState>().map(|s| s.ids));
         let continued = fields.value("traceparent").and_then(parse_traceparent);
         let ids = match (continued, inherited) {
             (Some((trace_id, parent)), _) => SpanIds {
@@ -305,17 +410,18 @@ where
                 parent_span_id: None,
             },
         };
-        span.extensions_mut().insert(SpanRecord {
-            ids,
-            start: SystemTime::now(),
-            fields,
-        });
+        // `replace`, not `insert`, which asserts: it was just seen absent.
+        extensions.replace(SpanState::new(ids, self.id, fields));
     }
 
     fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
         let Some(span) = ctx.span(id) else { return };
-        if let Some(record) = span.extensions_mut().get_mut::<SpanRecord>() {
-            values.record(&mut record.fields);
+        let mut extensions = span.extensions_mut();
+        let mine = extensions
+            .get_mut::<SpanState>()
+            .and_then(|state| state.fields_mut(self.id));
+        if let Some(fields) = mine {
+            values.record(fields);
         }
     }
 
@@ -328,7 +434,7 @@ where
         event.record(&mut fields);
         let ids = ctx
             .event_span(event)
-            .and_then(|span| span.extensions().get::<SpanRecord>().map(|r| r.ids.clone()));
+            .and_then(|span| span.extensions().get::<SpanState>().map(|s| s.ids));
         let log = Envelope::log(fields.message.take().unwrap_or_default());
         let log = match *metadata.level() {
             Level::ERROR | Level::WARN => log.stderr(),
@@ -346,41 +452,43 @@ where
                 .tag("trace_id", Hex::new(&ids.trace_id).as_str())
                 .tag("span_id", Hex::new(&ids.span_id).as_str());
         }
-        self.client.count_dropped_tags(fields.dropped);
+        fields.count_losses(&self.client);
         self.emit(log.build());
     }
 
     fn on_close(&self, id: Id, ctx: Context<'_, S>) {
         let Some(span) = ctx.span(&id) else { return };
-        let Some(record) = span.extensions_mut().remove::<SpanRecord>() else {
-            return;
+        let (ids, start, fields) = {
+            let mut extensions = span.extensions_mut();
+            let Some(state) = extensions.get_mut::<SpanState>() else {
+                return;
+            };
+            let Some(fields) = state.take(self.id) else {
+                return;
+            };
+            (state.ids, state.start, fields)
         };
-        let ids = &record.ids;
         let mut timer = self
-            .stamp(Envelope::timer(
-                span.name(),
-                record.start,
-                SystemTime::now(),
-            ))
+            .stamp(Envelope::timer(span.name(), start, SystemTime::now()))
             .tag("trace_id", Hex::new(&ids.trace_id).as_str())
             .tag("span_id", Hex::new(&ids.span_id).as_str());
         if let Some(parent) = &ids.parent_span_id {
             timer = timer.tag("parent_span_id", Hex::new(parent).as_str());
         }
-        for (key, value) in &record.fields.tags {
+        for (key, value) in &fields.tags {
             if !matches!(*key, "trace_id" | "span_id" | "parent_span_id") {
                 timer = timer.tag(key, value);
             }
         }
-        self.client.count_dropped_tags(record.fields.dropped);
+        fields.count_losses(&self.client);
         self.emit(timer.build());
     }
 }
 
 /// The W3C `traceparent` header of the current span, as the
-/// [`TracingLayer`] numbered it, to put on outgoing requests; `None` outside
-/// a span, or when the layer is not installed on a `tracing_subscriber`
-/// registry.
+/// [`TracingLayer`]s numbered it (several layers on one registry agree on a
+/// span's ids), to put on outgoing requests; `None` outside a span, or when
+/// no layer is installed on a `tracing_subscriber` registry.
 ///
 /// ```no_run
 /// let span = tracing::info_span!("call-upstream");
@@ -396,8 +504,8 @@ pub fn current_traceparent() -> Option<String> {
             let span = registry.span(id)?;
             let extensions = span.extensions();
             extensions
-                .get::<SpanRecord>()
-                .map(|record| record.ids.traceparent())
+                .get::<SpanState>()
+                .map(|state| state.ids.traceparent())
         })
         .flatten()
 }
@@ -452,5 +560,52 @@ mod tests {
         fields.put("f0", "again".into());
         assert_eq!((fields.tags.len(), fields.dropped), (MAX_FIELD_TAGS, 5));
         assert_eq!(fields.value("f0"), Some("again"));
+    }
+
+    #[test]
+    fn long_tag_values_are_counted_as_cut_only_when_kept_and_a_message_is_kept_whole() {
+        let long = "x".repeat(MAX_FIELD_BYTES + 1);
+        let mut fields = Fields::for_event();
+        fields.put("message", long.repeat(8));
+        fields.put("long", long.clone());
+        fields.put("long", long.clone());
+        for n in 1..MAX_FIELD_TAGS {
+            fields.put(Box::leak(format!("f{n}").into_boxed_str()), "v".into());
+        }
+        fields.put("left_off", long.clone());
+        assert_eq!(fields.message.as_deref(), Some(long.repeat(8).as_str()));
+        assert_eq!((fields.cut, fields.dropped), (2, 1));
+        let mut span = Fields::default();
+        span.put("message", long);
+        assert_eq!(
+            (span.cut, span.value("message").map(str::len)),
+            (1, Some(MAX_FIELD_BYTES))
+        );
+    }
+
+    #[test]
+    fn each_layer_keeps_its_own_record_of_a_span() {
+        let ids = SpanIds {
+            trace_id: random_id(),
+            span_id: random_id(),
+            parent_span_id: None,
+        };
+        let (a, b, c) = (LayerId::next(), LayerId::next(), LayerId::next());
+        let record = |value: &str| {
+            let mut fields = Fields::default();
+            fields.put("layer", value.to_string());
+            fields
+        };
+        let mut state = SpanState::new(ids, a, record("a"));
+        state.add(b, record("b"));
+        state.add(c, record("c"));
+        let seen = |fields: Option<Fields>| fields.and_then(|f| f.value("layer").map(String::from));
+        assert_eq!(seen(state.take(b)), Some("b".into()));
+        assert_eq!(seen(state.take(b)), None);
+        assert_eq!(seen(state.take(a)), Some("a".into()));
+        state.add(a, record("a again"));
+        assert_eq!(seen(state.take(c)), Some("c".into()));
+        assert_eq!(seen(state.take(a)), Some("a again".into()));
+        assert!(state.first.is_none() && state.others.is_empty());
     }
 }

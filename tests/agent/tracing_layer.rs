@@ -11,6 +11,8 @@ use loggregator::{
     IngressClient, MAX_FIELD_BYTES, MAX_FIELD_TAGS, Overflow, SourceInfo, TracingLayer,
 };
 use tracing::dispatcher::{self, Dispatch};
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::SubscriberExt;
 
 use crate::common::{WAIT, setup, unused_addr};
@@ -232,7 +234,7 @@ fn events_become_logs_tagged_with_their_spans_ids_and_current_traceparent_names_
 }
 
 #[test]
-fn fields_are_capped_in_number_and_length_and_what_is_left_off_is_counted() {
+fn fields_are_capped_in_number_and_what_is_left_off_is_counted() {
     let setup = setup();
     let client = setup
         .builder()
@@ -273,24 +275,198 @@ fn fields_are_capped_in_number_and_length_and_what_is_left_off_is_counted() {
     assert_eq!(fields, MAX_FIELD_TAGS);
     assert_eq!(client.stats().tags_dropped, 21 - MAX_FIELD_TAGS as u64);
     assert!(!log.tags.contains_key("long"), "the 21st field is left off");
+    assert_eq!(client.stats().values_cut, 0, "left off, not cut");
     assert_eq!(
         (log.source_id.as_str(), log.instance_id.as_str()),
         ("tracing-test", "4")
     );
+}
 
-    // A long value is cut, at a character boundary.
+#[test]
+fn a_long_field_value_is_cut_at_a_character_boundary_and_counted_on_spans_and_events() {
+    let setup = setup();
     let client = setup.client();
+    let long = "é".repeat(MAX_FIELD_BYTES);
+    assert_eq!(long.len(), 2 * MAX_FIELD_BYTES);
     dispatcher::with_default(&dispatch(&client), || {
-        tracing::info!(long = long.as_str(), "one long field");
+        tracing::info_span!("work", long = long.as_str(), short = "kept").in_scope(|| {
+            tracing::info!(long = long.as_str(), "one long field");
+        });
     });
     client.close(WAIT).unwrap();
-    let received = setup.agent.envelopes();
-    let cut = &logs(&received).last().unwrap().tags["long"];
+    let received = setup.agent.wait_for_envelopes(2, WAIT);
+    let (timer, log) = (timers(&received)[0], logs(&received)[0]);
+    for cut in [&timer.tags["long"], &log.tags["long"]] {
+        assert!(
+            cut.len() <= MAX_FIELD_BYTES && cut.ends_with('…'),
+            "{}",
+            cut.len()
+        );
+        assert!(long.starts_with(cut.trim_end_matches('…')));
+    }
+    assert_eq!(timer.tags["short"], "kept");
+    assert_eq!(log.log().payload, b"one long field");
+    let stats = client.stats();
+    assert_eq!((stats.values_cut, stats.tags_dropped), (2, 0), "{stats:?}");
+}
+
+#[test]
+fn an_event_message_is_the_logs_payload_whole_and_one_too_large_to_send_is_counted() {
+    let setup = setup();
+    let client = setup.client();
+    // A caught panic with its backtrace, as an error event.
+    let trace: String = (0..300)
+        .map(|n| format!("{n:>4}: app::module::function_{n}\n"))
+        .collect();
+    let message = format!("panicked at src/main.rs:1:1: boom\n{trace}");
+    assert!(message.len() >= 8 * 1024, "{}", message.len());
+    dispatcher::with_default(&dispatch(&client), || {
+        tracing::error!("{message}");
+        tracing::error!(backtrace = trace.as_str(), "with a long field");
+    });
+    client.close(WAIT).unwrap();
+    let received = setup.agent.wait_for_envelopes(2, WAIT);
+    let logs = logs(&received);
+    assert_eq!(logs.len(), 2, "{received:?}");
+    assert_eq!(logs[0].log().payload.len(), message.len());
+    assert_eq!(logs[0].log().payload, message.as_bytes());
+    assert_eq!(logs[1].log().payload, b"with a long field");
+    assert!(logs[1].tags["backtrace"].len() <= MAX_FIELD_BYTES);
+    assert_eq!(client.stats().values_cut, 1);
+
+    // Larger than a batch may be: dropped and counted, as any log.
+    let small = setup.builder().batch_max_bytes(4096).build().unwrap();
+    dispatcher::with_default(&dispatch(&small), || {
+        tracing::error!("{message}");
+        tracing::info!("after it");
+    });
+    small.close(WAIT).unwrap();
+    let stats = small.stats();
+    assert_eq!((stats.dropped.too_large, stats.sent), (1, 1), "{stats:?}");
+    assert_eq!(stats.values_cut, 0);
+}
+
+/// A request span (info) around a query span (warn), an event in each;
+/// returns `current_traceparent()` as seen in the query.
+fn several_layers_scenario() -> Option<String> {
+    let mut header = None;
+    let request = tracing::info_span!("request", peer_type = "Server", uri = "/v2/apps");
+    request.in_scope(|| {
+        tracing::warn_span!("db_query", table = "apps").in_scope(|| {
+            header = loggregator::current_traceparent();
+            tracing::warn!(attempt = 2, "slow query");
+        });
+        tracing::info!("handled");
+    });
+    header
+}
+
+#[test]
+fn two_layers_of_two_clients_on_one_registry_each_send_everything_with_one_identity_per_span() {
+    let (first, second) = (setup(), setup());
+    let (a, b) = (first.client(), second.client());
+    let subscriber = tracing_subscriber::registry()
+        .with(TracingLayer::new(a.clone()))
+        .with(TracingLayer::new(b.clone()).source(SourceInfo::new("second", "1")));
+    let header = dispatcher::with_default(&Dispatch::new(subscriber), several_layers_scenario);
+    a.close(WAIT).unwrap();
+    b.close(WAIT).unwrap();
+    let from_a = first.agent.wait_for_envelopes(4, WAIT);
+    let from_b = second.agent.wait_for_envelopes(4, WAIT);
+    for received in [&from_a, &from_b] {
+        let (timers, logs) = (timers(received), logs(received));
+        assert_eq!((timers.len(), logs.len()), (2, 2), "{received:?}");
+        let (query, request) = (timers[0], timers[1]);
+        assert_eq!(
+            (query.timer().name.as_str(), request.timer().name.as_str()),
+            ("db_query", "request")
+        );
+        assert_eq!(query.tags["table"], "apps");
+        assert_eq!(request.tags["peer_type"], "Server");
+        assert_eq!(query.tags["trace_id"], request.tags["trace_id"]);
+        assert_eq!(query.tags["parent_span_id"], request.tags["span_id"]);
+        assert_eq!(logs[0].log().payload, b"slow query");
+        assert_eq!(logs[0].tags["attempt"], "2");
+        assert_eq!(logs[0].tags["span_id"], query.tags["span_id"]);
+        assert_eq!(logs[1].tags["span_id"], request.tags["span_id"]);
+        assert_eq!(
+            header,
+            Some(format!(
+                "00-{}-{}-01",
+                query.tags["trace_id"], query.tags["span_id"]
+            ))
+        );
+    }
+    // One W3C identity per span, whichever client sends it.
+    let ids = |received: &[pb::Envelope]| -> Vec<(String, String)> {
+        received
+            .iter()
+            .map(|e| (e.tags["trace_id"].clone(), e.tags["span_id"].clone()))
+            .collect()
+    };
+    assert_eq!(ids(&from_a), ids(&from_b));
+    assert!(from_a.iter().all(|e| e.source_id != "second"));
     assert!(
-        cut.len() <= MAX_FIELD_BYTES && cut.ends_with('…'),
-        "{}",
-        cut.len()
+        from_b
+            .iter()
+            .all(|e| (e.source_id.as_str(), e.instance_id.as_str()) == ("second", "1"))
     );
+    assert_eq!(a.stats().sent, 4);
+    assert_eq!(b.stats().sent, 4);
+}
+
+#[test]
+fn copies_of_one_layer_on_one_registry_each_send_what_their_filter_lets_through() {
+    let setup = setup();
+    let client = setup.client();
+    let layer = TracingLayer::new(client.clone());
+    let subscriber = tracing_subscriber::registry()
+        .with(layer.clone())
+        .with(layer.clone().with_filter(LevelFilter::WARN))
+        .with(vec![layer.clone(), layer]);
+    let header = dispatcher::with_default(&Dispatch::new(subscriber), several_layers_scenario);
+    client.close(WAIT).unwrap();
+    // Every copy sends the query and its event; the three unfiltered ones
+    // the request and its event too.
+    let received = setup.agent.wait_for_envelopes(3 * 4 + 2, WAIT);
+    let named = |name: &str| -> Vec<&pb::Envelope> {
+        timers(&received)
+            .into_iter()
+            .filter(|t| t.timer().name == name)
+            .collect()
+    };
+    let (queries, requests) = (named("db_query"), named("request"));
+    assert_eq!((queries.len(), requests.len()), (4, 3), "{received:?}");
+    let payloads = |payload: &[u8]| {
+        logs(&received)
+            .into_iter()
+            .filter(|l| l.log().payload == payload)
+            .count()
+    };
+    assert_eq!((payloads(b"slow query"), payloads(b"handled")), (4, 3));
+    let request = requests[0];
+    for timer in queries.iter().chain(&requests) {
+        let same = if timer.timer().name == "request" {
+            request
+        } else {
+            queries[0]
+        };
+        for tag in ["trace_id", "span_id", "parent_span_id"] {
+            assert_eq!(timer.tags.get(tag), same.tags.get(tag), "{tag}");
+        }
+    }
+    // The filtered copy never sees the request span, yet links the query
+    // to it: the first layer to see the query numbered it, and a span has
+    // one identity on one registry.
+    assert_eq!(queries[0].tags["parent_span_id"], request.tags["span_id"]);
+    assert_eq!(
+        header,
+        Some(format!(
+            "00-{}-{}-01",
+            queries[0].tags["trace_id"], queries[0].tags["span_id"]
+        ))
+    );
+    assert_eq!(client.stats().sent, 14);
 }
 
 #[test]
