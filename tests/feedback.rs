@@ -27,6 +27,9 @@ struct Feedback {
     client: Mutex<Option<IngressClient>>,
     /// When set, every record waits here until the test sends or hangs up.
     blocked: Mutex<Option<Receiver<()>>>,
+    /// When set, every record is also relayed as a `tracing` event of
+    /// another target, as a logger bridging into `tracing` would.
+    relay: Mutex<Option<tracing::Dispatch>>,
     seen: Mutex<Vec<Seen>>,
 }
 
@@ -45,6 +48,12 @@ impl log::Log for Feedback {
         let blocked = self.blocked.lock().unwrap().clone();
         if let Some(release) = blocked {
             let _ = release.recv();
+        }
+        let relay = self.relay.lock().unwrap().clone();
+        if let Some(relay) = relay {
+            tracing::dispatcher::with_default(&relay, || {
+                tracing::warn!(target: "relayed", "{message}");
+            });
         }
         let client = self.client.lock().unwrap().clone();
         if let Some(client) = client {
@@ -68,6 +77,7 @@ fn logger() -> (MutexGuard<'static, ()>, &'static Feedback) {
     });
     *logger.client.lock().unwrap() = None;
     *logger.blocked.lock().unwrap() = None;
+    *logger.relay.lock().unwrap() = None;
     logger.seen.lock().unwrap().clear();
     (turn, logger)
 }
@@ -235,4 +245,67 @@ fn dropping_the_last_handle_closes_on_the_callers_thread_within_its_timeout() {
         .collect();
     assert_eq!(closed.len(), 1, "{seen:?}");
     assert_eq!(closed[0].thread, "the-dropper");
+}
+
+#[test]
+fn the_tracing_layer_sends_nothing_recorded_on_the_clients_threads_but_a_user_thread_of_the_same_name_is_sent()
+ {
+    use tracing_subscriber::layer::SubscriberExt;
+
+    let (_turn, logger) = logger();
+    let certs = TestCerts::generate().unwrap();
+    let agent = SpyAgent::start(&certs).unwrap();
+    let traced = IngressClient::builder()
+        .addr(agent.addr())
+        .tls(certs.client_tls().unwrap())
+        .build()
+        .unwrap();
+    let dispatch = tracing::Dispatch::new(
+        tracing_subscriber::registry().with(loggregator::TracingLayer::new(traced.clone())),
+    );
+    *logger.relay.lock().unwrap() = Some(dispatch.clone());
+    // Another client's sender thread warns that it cannot deliver; the
+    // logger relays it under a target of its own, on that thread.
+    let away = IngressClient::builder()
+        .addr(unused_addr())
+        .tls(certs.client_tls().unwrap())
+        .build()
+        .unwrap();
+    away.emit(Envelope::log("undeliverable"));
+    let deadline = Instant::now() + WAIT;
+    let warned = |seen: &Seen| {
+        seen.message.starts_with("cannot deliver envelopes") && seen.thread == "loggregator-sender"
+    };
+    while !logger.seen.lock().unwrap().iter().any(warned) {
+        assert!(
+            Instant::now() < deadline,
+            "{:?}",
+            logger.seen.lock().unwrap()
+        );
+        std::thread::yield_now();
+    }
+    *logger.relay.lock().unwrap() = None;
+    // A thread of the program's that only shares the client's prefix.
+    let impostor = dispatch.clone();
+    std::thread::Builder::new()
+        .name("loggregator-sender".to_string())
+        .spawn(move || {
+            tracing::dispatcher::with_default(&impostor, || {
+                tracing::info!("from a program thread named like the client's");
+            })
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    let _ = away.close(Duration::from_millis(100));
+    traced.close(WAIT).unwrap();
+    let payloads: Vec<String> = agent
+        .envelopes()
+        .iter()
+        .map(|e| String::from_utf8_lossy(&e.log().payload).into_owned())
+        .collect();
+    assert_eq!(
+        payloads,
+        vec!["from a program thread named like the client's".to_string()]
+    );
 }
