@@ -19,7 +19,7 @@ use crate::proto::envelope as pb;
 use crate::pulse::{Counter, Gauge, PulseCommand, Pulses};
 use crate::queue::{Queue, QueueSettings};
 use crate::self_metrics::SelfMetrics;
-use crate::sender::{Control, LONGEST_WAIT, Settings, Worker, deadline_after};
+use crate::sender::{Control, LONGEST_WAIT, SenderLoop, Settings, deadline_after};
 use crate::source::SourceInfo;
 use crate::stats::{Counters, DropReason, Stats};
 
@@ -132,7 +132,7 @@ impl IngressClient {
                 crate::mark_own_thread();
                 let _exited = exited_tx;
                 let transport = GrpcTransport::new(&channel);
-                Worker::new(
+                SenderLoop::new(
                     transport,
                     receiver,
                     control_rx,
@@ -437,11 +437,11 @@ impl IngressClient {
                 reply,
             })
             .map_err(|_| Error::Closed)?;
+        // The sender thread answers when the agent does; the call carries
+        // the same deadline.
         let result = match replied.recv_deadline(deadline) {
-            // The sender thread got to it too late.
             Ok(Err(Error::Timeout { .. })) => Err(timed_out()),
-            // The call carries the same deadline, so this wait ends by then too.
-            Ok(pending) => pending.and_then(|pending| pending()),
+            Ok(answer) => answer,
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => Err(timed_out()),
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return Err(Error::Closed),
         };

@@ -12,13 +12,13 @@ use std::time::Duration;
 use futures::Sink;
 use grpcio::{
     CallOption, Channel, ChannelBuilder, ChannelCredentialsBuilder, Client, ClientCStreamReceiver,
-    ClientCStreamSender, ConnectivityState, EnvBuilder, Environment, GrpcSlice, Marshaller,
-    MessageReader, Method, MethodType, RpcStatusCode, WriteFlags,
+    ClientCStreamSender, ClientUnaryReceiver, ConnectivityState, EnvBuilder, Environment,
+    GrpcSlice, Marshaller, MessageReader, Method, MethodType, RpcStatusCode, WriteFlags,
 };
 
 use crate::error::{Error, Result};
 use crate::proto::ingress::{BatchSenderResponse, SendResponse};
-use crate::sender::{BatchStream, Closing, LONGEST_WAIT, PendingSend, Transport, WriteError};
+use crate::sender::{BatchStream, Closing, LONGEST_WAIT, Transport, UnaryCall, WriteError};
 use crate::tls::TlsConfig;
 
 /// Requests are `EnvelopeBatch` messages the sender thread has already
@@ -135,6 +135,7 @@ fn build_channel(env: &Arc<Environment>, settings: &ChannelSettings) -> Channel 
 
 impl Transport for GrpcTransport {
     type Stream = GrpcStream;
+    type Call = GrpcCall;
 
     fn open(&mut self) -> Result<GrpcStream> {
         let (sink, response) = self
@@ -148,7 +149,7 @@ impl Transport for GrpcTransport {
         })
     }
 
-    fn send(&mut self, batch: &[u8], timeout: Duration) -> Result<PendingSend> {
+    fn send(&mut self, batch: &[u8], timeout: Duration) -> Result<GrpcCall> {
         let request = GrpcSlice::from(batch);
         let response = self
             .client
@@ -158,13 +159,10 @@ impl Transport for GrpcTransport {
                 CallOption::default().timeout(timeout.min(LONGEST_WAIT)),
             )
             .map_err(|e| self.error(e))?;
-        let settings = self.settings.clone();
-        // The call carries its own deadline, so this wait ends by then.
-        Ok(Box::new(move || {
-            futures::executor::block_on(response)
-                .map(drop)
-                .map_err(|e| agent_error(&settings, &e))
-        }))
+        Ok(GrpcCall {
+            response,
+            settings: self.settings.clone(),
+        })
     }
 
     fn abandon_connection(&mut self) {
@@ -191,6 +189,22 @@ impl Transport for GrpcTransport {
                 )),
             },
         }
+    }
+}
+
+/// A unary `Send` under way; it carries its own deadline.
+pub(crate) struct GrpcCall {
+    response: ClientUnaryReceiver<SendResponse>,
+    settings: ChannelSettings,
+}
+
+impl UnaryCall for GrpcCall {
+    fn poll_done(&mut self, context: &mut Context<'_>) -> Poll<Result<()>> {
+        Pin::new(&mut self.response).poll(context).map(|answer| {
+            answer
+                .map(drop)
+                .map_err(|e| agent_error(&self.settings, &e))
+        })
     }
 }
 

@@ -11,19 +11,25 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 
 use crate::batch::{Batch, BatchBuilder, Stamp};
 use crate::queue::Queued;
-use crate::stats::Counters;
 
 use super::LONGEST_WAIT;
+use super::ledger::Ledger;
 
 /// Sealed batches waiting to be written, oldest first.
 pub(crate) type Outbox = VecDeque<Batch>;
+
+/// Where what the batcher takes goes: sealed batches to the outbox, and
+/// every envelope taken into the books, in flight.
+pub(crate) struct Intake<'a> {
+    pub outbox: &'a mut Outbox,
+    pub ledger: &'a mut Ledger,
+}
 
 pub(crate) struct Batcher {
     data: Receiver<Queued>,
@@ -31,7 +37,6 @@ pub(crate) struct Batcher {
     batch_max_envelopes: usize,
     batch_max_bytes: usize,
     flush_interval: Duration,
-    counters: Arc<Counters>,
     building: BatchBuilder,
     /// When the envelopes left in the queue by a batch sealed on time were
     /// already due: the batch they open is due from then, not from when it
@@ -46,7 +51,6 @@ impl Batcher {
         data: Receiver<Queued>,
         stamp: Arc<Stamp>,
         settings: &super::Settings,
-        counters: Arc<Counters>,
     ) -> Batcher {
         Batcher {
             data,
@@ -54,7 +58,6 @@ impl Batcher {
             batch_max_envelopes: settings.batch_max_envelopes,
             batch_max_bytes: settings.batch_max_bytes,
             flush_interval: settings.flush_interval.min(LONGEST_WAIT),
-            counters,
             building: BatchBuilder::new(settings.batch_max_bytes),
             overdue: None,
             taken: 0,
@@ -91,11 +94,6 @@ impl Batcher {
         (!self.building.is_empty()).then(|| self.taken - self.building.len() as u64)
     }
 
-    /// The bytes of the batch being built.
-    pub(crate) fn held_bytes(&self) -> usize {
-        self.building.encoded_len()
-    }
-
     /// When the batch being built is due, if one is.
     pub(crate) fn due(&self) -> Option<Instant> {
         self.building
@@ -105,15 +103,15 @@ impl Batcher {
 
     /// Adds one envelope to the batch being built, sealing it first if the
     /// envelope would not fit and afterwards if it is full.
-    pub(crate) fn take(&mut self, queued: Queued, outbox: &mut Outbox) {
+    pub(crate) fn take(&mut self, queued: Queued, intake: &mut Intake<'_>) {
         self.taken += 1;
-        // In flight from now until it is sent or dropped.
-        self.counters.in_flight.fetch_add(1, Relaxed);
         let framed = queued.framed();
+        // In flight from now until it is sent or dropped.
+        intake.ledger.taken(framed);
         if !self.building.is_empty() && self.building.encoded_len() + framed > self.batch_max_bytes
         {
             // The new envelope is counted in `taken` but not in this batch.
-            outbox.push_back(self.building.seal(self.taken - 1));
+            intake.outbox.push_back(self.building.seal(self.taken - 1));
         }
         self.building
             .push(&queued.envelope, &self.stamp, queued.added);
@@ -124,17 +122,17 @@ impl Batcher {
         if self.building.len() >= self.batch_max_envelopes
             || self.building.encoded_len() >= self.batch_max_bytes
         {
-            self.seal(outbox);
+            self.seal(intake);
         }
     }
 
     /// Takes at most `most` of what is waiting in the queue, up to a sealed
     /// batch; how many it took.
-    pub(crate) fn take_waiting(&mut self, most: usize, outbox: &mut Outbox) -> usize {
+    pub(crate) fn take_waiting(&mut self, most: usize, intake: &mut Intake<'_>) -> usize {
         let mut took = 0;
-        while took < most && outbox.is_empty() {
+        while took < most && intake.outbox.is_empty() {
             match self.data.try_recv() {
-                Ok(queued) => self.take(queued, outbox),
+                Ok(queued) => self.take(queued, intake),
                 Err(_) => break,
             }
             took += 1;
@@ -146,37 +144,37 @@ impl Batcher {
     /// batch, and seals the batch being built once `through` is in it.
     /// Returns `through`, or less when the queue ran dry first: the
     /// envelopes it counted were evicted by `DropOldest`.
-    pub(crate) fn take_through(&mut self, through: u64, outbox: &mut Outbox) -> u64 {
+    pub(crate) fn take_through(&mut self, through: u64, intake: &mut Intake<'_>) -> u64 {
         let mut through = through;
-        while self.taken < through && outbox.is_empty() {
+        while self.taken < through && intake.outbox.is_empty() {
             match self.data.try_recv() {
-                Ok(queued) => self.take(queued, outbox),
+                Ok(queued) => self.take(queued, intake),
                 Err(_) => through = self.taken,
             }
         }
         if self.taken >= through && self.building_from().is_some_and(|from| from < through) {
-            self.seal(outbox);
+            self.seal(intake);
         }
         through
     }
 
     /// Takes everything left in the queue and seals it, for close.
-    pub(crate) fn take_all(&mut self, outbox: &mut Outbox) {
+    pub(crate) fn take_all(&mut self, intake: &mut Intake<'_>) {
         while let Ok(queued) = self.data.try_recv() {
-            self.take(queued, outbox);
+            self.take(queued, intake);
         }
-        self.seal(outbox);
+        self.seal(intake);
     }
 
-    pub(crate) fn seal(&mut self, outbox: &mut Outbox) {
+    pub(crate) fn seal(&mut self, intake: &mut Intake<'_>) {
         if !self.building.is_empty() {
-            outbox.push_back(self.building.seal(self.taken));
+            intake.outbox.push_back(self.building.seal(self.taken));
         }
     }
 
     /// Seals a partial batch whose interval has passed, with what queued
     /// behind it when `accepting`.
-    pub(crate) fn on_time(&mut self, now: Instant, accepting: bool, outbox: &mut Outbox) {
+    pub(crate) fn on_time(&mut self, now: Instant, accepting: bool, intake: &mut Intake<'_>) {
         let Some(started) = self.building.started else {
             return;
         };
@@ -188,12 +186,12 @@ impl Batcher {
         // with this batch, up to the batch's caps.
         if accepting {
             let waiting = self.data.len();
-            if self.take_waiting(waiting, outbox) < waiting {
+            if self.take_waiting(waiting, intake) < waiting {
                 // Full: the rest opens a batch that is due already.
                 self.overdue = Some(started);
             }
         }
-        self.seal(outbox);
+        self.seal(intake);
     }
 }
 
@@ -221,8 +219,35 @@ mod tests {
             backoff: crate::policy::Backoff::new(HOUR, HOUR),
             streams: 1,
         };
-        let batcher = Batcher::new(receiver, Arc::new(stamp), &settings, Arc::default());
+        let batcher = Batcher::new(receiver, Arc::new(stamp), &settings);
         (data, batcher)
+    }
+
+    /// Sealed batches and the books they are counted in.
+    struct Sink {
+        outbox: Outbox,
+        ledger: Ledger,
+    }
+
+    impl Sink {
+        fn new() -> Sink {
+            Sink {
+                outbox: Outbox::new(),
+                ledger: Ledger::new(
+                    Arc::new(crate::queue::Room::new(1 << 20)),
+                    Arc::default(),
+                    crate::Delivery::AtMostOnce,
+                    1 << 20,
+                ),
+            }
+        }
+
+        fn intake(&mut self) -> Intake<'_> {
+            Intake {
+                outbox: &mut self.outbox,
+                ledger: &mut self.ledger,
+            }
+        }
     }
 
     fn log(n: i64, tags: &[(&str, &str)], stamp: &Stamp) -> Queued {
@@ -241,40 +266,40 @@ mod tests {
     fn what_a_full_batch_on_time_leaves_queued_is_due_at_once() {
         // Driven by hand with a clock of the test's own.
         let (data, mut batcher) = batcher(2, Stamp::default());
-        let mut outbox = Outbox::new();
-        batcher.take(log(1, &[], &Stamp::default()), &mut outbox);
+        let mut sink = Sink::new();
+        batcher.take(log(1, &[], &Stamp::default()), &mut sink.intake());
         let due = batcher.due().unwrap();
         for n in 2..=3 {
             data.send(log(n, &[], &Stamp::default())).unwrap();
         }
-        batcher.on_time(due, true, &mut outbox);
-        assert_eq!(outbox.len(), 1, "the full batch, sealed on time");
+        batcher.on_time(due, true, &mut sink.intake());
+        assert_eq!(sink.outbox.len(), 1, "the full batch, sealed on time");
         assert!(batcher.is_empty());
         // The one left behind opens a batch already due at the same time.
-        batcher.take_waiting(1, &mut Outbox::new());
+        batcher.take_waiting(1, &mut Sink::new().intake());
         assert_eq!(batcher.due(), Some(due));
-        outbox.clear();
-        batcher.on_time(due, true, &mut outbox);
-        assert_eq!(outbox.len(), 1);
-        assert_eq!(outbox[0].len(), 1);
+        sink.outbox.clear();
+        batcher.on_time(due, true, &mut sink.intake());
+        assert_eq!(sink.outbox.len(), 1);
+        assert_eq!(sink.outbox[0].len(), 1);
     }
 
     #[test]
     fn a_flush_takes_what_was_queued_before_it_and_seals_it() {
         let (data, mut batcher) = batcher(100, Stamp::default());
-        let mut outbox = Outbox::new();
+        let mut sink = Sink::new();
         for n in 0..3 {
             data.send(log(n, &[], &Stamp::default())).unwrap();
         }
-        assert_eq!(batcher.take_through(2, &mut outbox), 2);
-        assert_eq!(outbox.len(), 1);
-        assert_eq!((outbox[0].len(), batcher.taken()), (2, 2));
+        assert_eq!(batcher.take_through(2, &mut sink.intake()), 2);
+        assert_eq!(sink.outbox.len(), 1);
+        assert_eq!((sink.outbox[0].len(), batcher.taken()), (2, 2));
         // A flush counted 10, but 7 were evicted before the sender took
         // them: it waits for no more than the queue still had.
-        outbox.clear();
-        assert_eq!(batcher.take_through(10, &mut outbox), 3);
-        assert_eq!(outbox.len(), 1);
-        assert_eq!(outbox[0].len(), 1);
+        sink.outbox.clear();
+        assert_eq!(batcher.take_through(10, &mut sink.intake()), 3);
+        assert_eq!(sink.outbox.len(), 1);
+        assert_eq!(sink.outbox[0].len(), 1);
     }
 
     #[test]
@@ -285,10 +310,10 @@ mod tests {
         ];
         let stamp = Stamp::new(&global, None);
         let (_data, mut batcher) = batcher(10, stamp.clone());
-        let mut outbox = Outbox::new();
-        batcher.take(log(1, &[("k", "mine")], &stamp), &mut outbox);
-        batcher.seal(&mut outbox);
-        let batch = outbox.pop_front().unwrap();
+        let mut sink = Sink::new();
+        batcher.take(log(1, &[("k", "mine")], &stamp), &mut sink.intake());
+        batcher.seal(&mut sink.intake());
+        let batch = sink.outbox.pop_front().unwrap();
         let decoded = pb::EnvelopeBatch::parse_from_bytes(&batch.bytes).unwrap();
         let tags = &decoded.batch[0].tags;
         assert_eq!(tags["deployment"], "cf");

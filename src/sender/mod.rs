@@ -1,20 +1,28 @@
-//! The sender thread's loop. It drives two parts, each owning its state:
+//! The sender thread's loop ([`SenderLoop`]). It drives parts that each
+//! own their state:
 //! - [`Batcher`] (batcher.rs): takes envelopes from the queue and seals
 //!   them into batches;
 //! - [`Streams`] (streams.rs): writes sealed batches on `BatchSender`
-//!   streams, confirms and replays them, and backs off while the agent is
-//!   away;
+//!   streams, confirms and replays them, leaves a connection that stopped
+//!   answering, and backs off while the agent is away; it keeps the
+//!   [`Ledger`](ledger::Ledger) (ledger.rs), the one place where envelopes
+//!   and bytes move between in flight, sent and dropped, and
+//!   [`Health`](health::Health) (health.rs), what the operator is told;
+//! - [`Unary`] (unary.rs): the unary `Send` calls of `IngressClient::send`;
 //!
 //! and owns only what the handle asked of it: flushes waiting for their
 //! envelopes to be written, and close. Requests come on a control channel
 //! of their own, so a full queue never holds them up.
 //!
 //! Nothing here knows gRPC: a [`Transport`] (transport.rs) opens streams and
-//! starts unary sends, so the loop is tested with in-memory fakes (tests.rs).
+//! starts unary calls, so the loop is tested with in-memory fakes (tests.rs).
 
 mod batcher;
+mod health;
+mod ledger;
 mod streams;
 mod transport;
+mod unary;
 
 #[cfg(test)]
 mod tests;
@@ -34,9 +42,8 @@ use crate::stats::Counters;
 
 use batcher::Batcher;
 use streams::Streams;
-pub(crate) use transport::{
-    BatchStream, ChannelWaker, Closing, PendingSend, Transport, WriteError,
-};
+pub(crate) use transport::{BatchStream, ChannelWaker, Closing, Transport, UnaryCall, WriteError};
+use unary::Unary;
 
 /// Requests from the handle.
 pub(crate) enum Control {
@@ -53,13 +60,13 @@ pub(crate) enum Control {
         reply: Sender<Result<()>>,
     },
     /// Start a unary send of an encoded `EnvelopeBatch` unless `deadline`
-    /// has passed; the caller waits for it. Its bytes stay reserved in the
-    /// byte budget until the call ends.
+    /// has passed, and reply with the agent's answer. Its bytes stay
+    /// reserved in the byte budget until the call ends.
     Send {
         batch: Vec<u8>,
         reservation: Reservation,
         deadline: Instant,
-        reply: Sender<Result<PendingSend>>,
+        reply: Sender<Result<()>>,
     },
 }
 
@@ -93,9 +100,12 @@ struct Flush {
     reply: Sender<Result<()>>,
 }
 
-pub(crate) struct Worker<T: Transport> {
+/// The sender thread: it drives the parts, answers the handle's requests,
+/// and sleeps until one of them has something to do.
+pub(crate) struct SenderLoop<T: Transport> {
     batcher: Batcher,
     streams: Streams<T>,
+    unary: Unary<T::Call>,
     control: Receiver<Control>,
     /// Emitters' signal that a batch's worth is waiting in the queue.
     nudges: Receiver<()>,
@@ -107,7 +117,7 @@ pub(crate) struct Worker<T: Transport> {
     closing: Option<(Instant, Sender<Result<()>>)>,
 }
 
-impl<T: Transport> Worker<T> {
+impl<T: Transport> SenderLoop<T> {
     /// `wake`/`wakeups` is the channel that wakes the loop; the queue holds
     /// a clone of `wake`.
     #[allow(clippy::too_many_arguments)]
@@ -120,10 +130,11 @@ impl<T: Transport> Worker<T> {
         counters: Arc<Counters>,
         wake: Sender<()>,
         wakeups: Receiver<()>,
-    ) -> Worker<T> {
+    ) -> SenderLoop<T> {
         let waker = Waker::from(Arc::new(ChannelWaker(wake)));
-        Worker {
-            batcher: Batcher::new(queue.data, stamp, &settings, counters.clone()),
+        SenderLoop {
+            unary: Unary::new(waker.clone()),
+            batcher: Batcher::new(queue.data, stamp, &settings),
             streams: Streams::new(
                 transport,
                 &settings,
@@ -146,10 +157,12 @@ impl<T: Transport> Worker<T> {
         loop {
             let now = Instant::now();
             let accepting = self.accepting();
-            self.batcher.on_time(now, accepting, self.streams.outbox());
+            self.batcher
+                .on_time(now, accepting, &mut self.streams.intake());
             self.take_for_flushes();
             self.streams
                 .step(now, self.closing.is_some() && self.batcher.is_empty());
+            self.unary.poll(now);
             self.answer_flushes();
             if self.finish_close_if_done() {
                 return;
@@ -162,8 +175,7 @@ impl<T: Transport> Worker<T> {
             }
             // The first drop is logged here, on the client's own thread.
             self.counters.log_first_drop();
-            self.room
-                .set_held_by_sender(self.batcher.held_bytes() + self.streams.held_bytes());
+            self.streams.publish_held();
             self.room
                 .wake_if_half_free(self.batcher.queued(), self.batcher.capacity());
             self.wait();
@@ -199,12 +211,12 @@ impl<T: Transport> Worker<T> {
             },
             recv(data) -> queued => {
                 if let Ok(queued) = queued {
-                    self.batcher.take(queued, self.streams.outbox());
-                    self.batcher.take_waiting(usize::MAX, self.streams.outbox());
+                    self.batcher.take(queued, &mut self.streams.intake());
+                    self.batcher.take_waiting(usize::MAX, &mut self.streams.intake());
                 }
             },
             recv(nudges) -> _ => {
-                self.batcher.take_waiting(usize::MAX, self.streams.outbox());
+                self.batcher.take_waiting(usize::MAX, &mut self.streams.intake());
             }
             recv(self.wakeups) -> _ => {},
             recv(timer) -> _ => {},
@@ -218,10 +230,15 @@ impl<T: Transport> Worker<T> {
 
     fn next_deadline(&self) -> Option<Instant> {
         let close = self.closing.as_ref().map(|(deadline, _)| *deadline);
-        [self.batcher.due(), self.streams.next_deadline(), close]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.batcher.due(),
+            self.streams.next_deadline(),
+            self.unary.next_deadline(),
+            close,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     fn handle(&mut self, request: Control) {
@@ -245,26 +262,13 @@ impl<T: Transport> Worker<T> {
                 reservation,
                 deadline,
                 reply,
-            } => {
-                // A caller that gave up has already counted its error.
-                let left = deadline.saturating_duration_since(Instant::now());
-                let pending = if left.is_zero() {
-                    Err(Error::Timeout {
-                        waited: Duration::ZERO,
-                        undelivered: 0,
-                    })
-                } else {
-                    self.streams.send(&batch, left)
-                };
-                // gRPC holds its copy of the batch until the call ends.
-                let pending = pending.map(|call| -> PendingSend {
-                    Box::new(move || {
-                        let _held = reservation;
-                        call()
-                    })
-                });
-                let _ = reply.send(pending);
-            }
+            } => self.unary.start(
+                self.streams.transport(),
+                &batch,
+                reservation,
+                deadline,
+                reply,
+            ),
         }
     }
 
@@ -278,7 +282,9 @@ impl<T: Transport> Worker<T> {
         if !self.accepting() {
             return;
         }
-        let reached = self.batcher.take_through(through, self.streams.outbox());
+        let reached = self
+            .batcher
+            .take_through(through, &mut self.streams.intake());
         for flush in &mut self.flushes {
             flush.through = flush.through.min(reached);
         }
@@ -295,7 +301,7 @@ impl<T: Transport> Worker<T> {
     }
 
     fn begin_close(&mut self, deadline: Instant, reply: Option<Sender<Result<()>>>) {
-        self.batcher.take_all(self.streams.outbox());
+        self.batcher.take_all(&mut self.streams.intake());
         // The queue is empty: every flush waits for no more than was taken.
         let taken = self.batcher.taken();
         for flush in &mut self.flushes {
@@ -335,12 +341,13 @@ impl<T: Transport> Worker<T> {
         let Some((deadline, _)) = &self.closing else {
             return false;
         };
-        let idle = self.batcher.is_empty() && self.streams.is_idle();
+        let idle = self.batcher.is_empty() && self.streams.is_idle() && self.unary.is_idle();
         if !idle && Instant::now() < *deadline {
             return false;
         }
-        self.batcher.seal(self.streams.outbox());
+        self.batcher.seal(&mut self.streams.intake());
         let (undelivered, close_error) = self.streams.give_up_all();
+        self.unary.give_up_all();
         self.answer_flushes();
         let result = match close_error {
             _ if undelivered > 0 => Err(Error::Timeout {

@@ -1,30 +1,31 @@
 //! The stream side: sealed batches waiting to be written (the outbox), the
 //! `BatchSender` streams they are written on (up to `streams` of them, on
-//! one channel, one write in flight on each), and what follows a write: counting it sent (at most once) or keeping it
-//! until its stream is confirmed (at least once: streams are half-closed
-//! every `confirm_interval` and their batches replayed if the end is not
-//! clean), splitting what the agent refuses as too large, and backing off
-//! while the agent is away.
+//! one channel, one write in flight on each), and what follows a write:
+//! counting it sent (at most once) or keeping it until its stream is
+//! confirmed (at least once: streams are half-closed every
+//! `confirm_interval` and their batches replayed if the end is not clean),
+//! splitting what the agent refuses as too large, waiting (polled, never
+//! blocking) for the status of a stream that failed, leaving a connection
+//! that stopped answering, and backing off while the agent is away.
 //!
-//! It owns the two byte counts past the queue: a batch's bytes go back to
-//! the queue's budget ([`Room`]) once gRPC accepts it, and at least once
-//! they count in the replay buffer from then until the stream that carried
-//! them is confirmed (`replay_bytes`, at most `replay_buffer_bytes`).
+//! Where each batch's envelopes and bytes are counted is the [`Ledger`]'s
+//! (ledger.rs); what the operator is told is [`Health`]'s (health.rs).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use crate::LOG_TARGET;
 use crate::batch::Batch;
 use crate::error::{Error, Result};
 use crate::policy::{Backoff, Delivery};
 use crate::queue::Room;
 use crate::stats::{Counters, DropReason};
 
-use super::batcher::Outbox;
-use super::transport::{BatchStream, Closing, PendingSend, Transport, WriteError};
+use super::batcher::{Intake, Outbox};
+use super::health::Health;
+use super::ledger::{Accepted, Ledger};
+use super::transport::{BatchStream, Closing, Transport, WriteError};
 use super::{LONGEST_WAIT, Settings, deadline_after};
 
 /// A stream that has carried writes this long is working: when it ends, a
@@ -94,8 +95,8 @@ pub(crate) struct Streams<T: Transport> {
     write_timeout: Duration,
     confirm_interval: Duration,
     confirm_timeout: Duration,
-    replay_buffer_bytes: usize,
-    room: Arc<Room>,
+    ledger: Ledger,
+    health: Health,
     counters: Arc<Counters>,
     waker: Waker,
     outbox: Outbox,
@@ -112,15 +113,8 @@ pub(crate) struct Streams<T: Transport> {
     connection: u64,
     confirming: Vec<Confirming<ClosingOf<T>>>,
     ending: Vec<Ending<ClosingOf<T>>>,
-    /// At least once: bytes of batches written before and not yet confirmed
-    /// or given up, wherever they are (unconfirmed, confirming, or back in
-    /// the outbox to be written again).
-    replay_bytes: usize,
     retry_at: Option<Instant>,
     backoff: Backoff,
-    /// False from the first failure of an outage until a write succeeds again.
-    healthy: bool,
-    failures_in_outage: u64,
     /// At most once: how the last stream ended, when it ended badly during close.
     close_error: Option<Error>,
 }
@@ -140,8 +134,13 @@ impl<T: Transport> Streams<T> {
             write_timeout: settings.write_timeout,
             confirm_interval: settings.confirm_interval.min(LONGEST_WAIT),
             confirm_timeout: settings.confirm_timeout,
-            replay_buffer_bytes: settings.replay_buffer_bytes,
-            room,
+            ledger: Ledger::new(
+                room,
+                counters.clone(),
+                settings.delivery,
+                settings.replay_buffer_bytes,
+            ),
+            health: Health::new(counters.clone()),
             counters,
             waker,
             outbox: Outbox::new(),
@@ -151,18 +150,18 @@ impl<T: Transport> Streams<T> {
             connection: 0,
             confirming: Vec::new(),
             ending: Vec::new(),
-            replay_bytes: 0,
             retry_at: None,
             backoff: settings.backoff.clone(),
-            healthy: true,
-            failures_in_outage: 0,
             close_error: None,
         }
     }
 
-    /// Where the batcher puts sealed batches.
-    pub(crate) fn outbox(&mut self) -> &mut Outbox {
-        &mut self.outbox
+    /// Where the batcher puts sealed batches, and counts what it takes.
+    pub(crate) fn intake(&mut self) -> Intake<'_> {
+        Intake {
+            outbox: &mut self.outbox,
+            ledger: &mut self.ledger,
+        }
     }
 
     /// Whether the loop should take more from the queue: nothing sealed is
@@ -170,7 +169,7 @@ impl<T: Transport> Streams<T> {
     /// While a write is in flight the next batch is built, unless the agent
     /// is failing: then the client holds no more than before.
     pub(crate) fn wants_more(&self) -> bool {
-        self.outbox.is_empty() && self.can_write() && (self.healthy || !self.writing())
+        self.outbox.is_empty() && self.can_write() && (self.health.is_healthy() || !self.writing())
     }
 
     /// A sealed batch could be written now on a stream that can take it.
@@ -190,13 +189,9 @@ impl<T: Transport> Streams<T> {
             && self.ending.is_empty()
     }
 
-    /// Bytes held here that count in the queue's budget: batches gRPC has
-    /// not accepted yet and that were never written before.
-    pub(crate) fn held_bytes(&self) -> usize {
-        let fresh = |batch: &Batch| if batch.replay { 0 } else { batch.bytes.len() };
-        let waiting: usize = self.outbox.iter().map(fresh).sum();
-        let writing: usize = self.unsettled().map(fresh).sum();
-        waiting + writing
+    /// Tells the queue what the sender holds of the byte budget.
+    pub(crate) fn publish_held(&self) {
+        self.ledger.publish();
     }
 
     /// How many envelopes were taken before the first one not yet written.
@@ -243,13 +238,9 @@ impl<T: Transport> Streams<T> {
         self.poll_confirmations(now);
     }
 
-    /// Starts a unary send.
-    pub(crate) fn send(&mut self, batch: &[u8], timeout: Duration) -> Result<PendingSend> {
-        let pending = self.transport.send(batch, timeout);
-        if let Err(error) = &pending {
-            self.counters.record_error(error);
-        }
-        pending
+    /// The transport, for unary sends to share the channel.
+    pub(crate) fn transport(&mut self) -> &mut T {
+        &mut self.transport
     }
 
     /// Close's deadline: gives up on everything left, and says how many
@@ -268,7 +259,7 @@ impl<T: Transport> Streams<T> {
                 });
         if let Some(waited) = longest_write {
             let error = self.transport.stalled(waited);
-            self.counters.record_error(&error);
+            self.health.record(&error);
         }
         let mut undelivered = 0;
         for ending in std::mem::take(&mut self.ending) {
@@ -297,7 +288,7 @@ impl<T: Transport> Streams<T> {
                     "the agent did not end the stream before close's deadline",
                     Some("the agent is not reading; it may be overloaded or stuck"),
                 );
-                self.counters.record_error(&error);
+                self.health.record(&error);
                 self.close_error = Some(error);
             }
             for batch in confirming.batches {
@@ -325,22 +316,16 @@ impl<T: Transport> Streams<T> {
     /// replay buffer. A batch written before is already counted in it, and
     /// fresh writes in flight will be once gRPC accepts them.
     fn replay_full(&self) -> bool {
-        if self.delivery != Delivery::AtLeastOnce {
-            return false;
-        }
-        let in_flight: usize = self
+        let unsettled: usize = self
             .unsettled()
             .filter(|batch| !batch.replay)
             .map(|batch| batch.bytes.len())
             .sum();
-        let committed = self.replay_bytes + in_flight;
-        if committed == 0 {
-            return false;
-        }
         match self.outbox.front() {
             Some(batch) if batch.replay => false,
-            Some(batch) => committed + batch.bytes.len() > self.replay_buffer_bytes,
-            None => committed >= self.replay_buffer_bytes,
+            next => !self
+                .ledger
+                .replay_has_room(unsettled, next.map(|batch| batch.bytes.len())),
         }
     }
 
@@ -422,7 +407,7 @@ impl<T: Transport> Streams<T> {
             let reused = self.slots[slot].is_some();
             self.next_slot = (slot + 1) % self.slots.len();
             if let Err(error) = self.open_stream(slot) {
-                self.note_failure(&error);
+                self.health.failed(&error);
                 self.back_off();
                 continue;
             }
@@ -461,7 +446,7 @@ impl<T: Transport> Streams<T> {
                     return;
                 };
                 let error = self.transport.stalled(self.write_timeout);
-                self.note_failure(&error);
+                self.health.failed(&error);
                 let (unconfirmed, proven) = self.take_stream(slot);
                 self.settle_failure(
                     WriteError::Uncertain(error),
@@ -542,7 +527,7 @@ impl<T: Transport> Streams<T> {
                 }
                 other => other,
             };
-            self.note_failure(failure.error());
+            self.health.failed(failure.error());
             self.settle_failure(
                 failure,
                 ending.reused,
@@ -639,72 +624,29 @@ impl<T: Transport> Streams<T> {
     /// gRPC accepted the batch: its bytes leave the queue's budget; at most
     /// once it is sent, at least once it waits for its stream's confirmation.
     fn written(&mut self, slot: usize, mut batch: Batch) {
-        self.counters.batches.fetch_add(1, Relaxed);
         let proven = self.slots[slot]
             .as_ref()
             .is_some_and(|open| open.opened.elapsed() >= PROVEN_STREAM_AGE);
         if proven && self.delivery == Delivery::AtMostOnce {
             self.backoff.reset();
         }
-        if !self.healthy {
-            self.healthy = true;
-            log::info!(
-                target: LOG_TARGET,
-                "the agent accepts envelopes again after {} failed attempts",
-                self.failures_in_outage
-            );
-            self.failures_in_outage = 0;
+        self.health.succeeded();
+        if self.ledger.accepted(&mut batch) == Accepted::Sent {
+            return;
         }
-        if !batch.replay {
-            self.room.release(batch.bytes.len());
-        }
-        match (self.delivery, self.slots[slot].as_mut()) {
-            (Delivery::AtLeastOnce, Some(stream)) => {
-                if !batch.replay {
-                    batch.replay = true;
-                    self.replay_bytes += batch.bytes.len();
-                }
-                let isolate = batch.isolate;
-                stream.unconfirmed.push(batch);
-                if isolate {
-                    self.rotate(slot);
-                }
-            }
-            _ => {
-                self.counters.sent.fetch_add(batch.len(), Relaxed);
-                self.counters.in_flight.fetch_sub(batch.len(), Relaxed);
-            }
+        let Some(stream) = self.slots[slot].as_mut() else {
+            return;
+        };
+        let isolate = batch.isolate;
+        stream.unconfirmed.push(batch);
+        if isolate {
+            self.rotate(slot);
         }
     }
 
-    /// Its stream was confirmed: the batch is sent.
-    fn confirmed(&mut self, batch: Batch) {
-        self.replay_bytes -= batch.bytes.len();
-        self.counters.sent.fetch_add(batch.len(), Relaxed);
-        self.counters.in_flight.fetch_sub(batch.len(), Relaxed);
-    }
-
-    /// Drops a batch for good, giving its bytes back; how many envelopes it held.
+    /// Drops a batch for good; how many envelopes it held.
     fn give_up(&mut self, batch: Batch, reason: DropReason) -> u64 {
-        if batch.replay {
-            self.replay_bytes -= batch.bytes.len();
-        } else {
-            self.room.release(batch.bytes.len());
-        }
-        let count = batch.len();
-        self.counters.in_flight.fetch_sub(count, Relaxed);
-        self.counters.drop_envelopes(reason, count);
-        self.counters.undeliverable.fetch_add(count, Relaxed);
-        count
-    }
-
-    fn note_failure(&mut self, error: &Error) {
-        self.counters.record_error(error);
-        self.failures_in_outage += 1;
-        if self.healthy {
-            self.healthy = false;
-            log::warn!(target: LOG_TARGET, "cannot deliver envelopes: {error}");
-        }
+        self.ledger.dropped(batch, reason)
     }
 
     /// A stream failed at a write (it has been taken out of its slot,
@@ -909,7 +851,7 @@ impl<T: Transport> Streams<T> {
                         self.backoff.reset();
                     }
                     for batch in done.batches {
-                        self.confirmed(batch);
+                        self.ledger.confirmed(batch);
                     }
                 }
                 Err(failure) => {
@@ -935,9 +877,9 @@ impl<T: Transport> Streams<T> {
         let too_large = matches!(failure, WriteError::TooLarge(_));
         let lone = batches.len() == 1 && batches[0].len() == 1;
         if noted && batches.is_empty() {
-            self.counters.record_error(failure.error());
+            self.health.record(failure.error());
         } else if noted {
-            self.note_failure(failure.error());
+            self.health.failed(failure.error());
         }
         if too_large && lone {
             // Its stream carried nothing else: this envelope is too large.

@@ -111,8 +111,18 @@ struct FakeClosing {
     hold: Option<Arc<Mutex<Hold>>>,
 }
 
+/// A unary call the fake agent answers at once.
+struct FakeCall;
+
+impl UnaryCall for FakeCall {
+    fn poll_done(&mut self, _context: &mut Context<'_>) -> Poll<Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
 impl Transport for FakeTransport {
     type Stream = FakeStream;
+    type Call = FakeCall;
 
     fn open(&mut self) -> Result<FakeStream> {
         self.seen.send(Seen::Opened).unwrap();
@@ -123,8 +133,8 @@ impl Transport for FakeTransport {
         })
     }
 
-    fn send(&mut self, _batch: &[u8], _timeout: Duration) -> Result<PendingSend> {
-        Ok(Box::new(|| Ok(())))
+    fn send(&mut self, _batch: &[u8], _timeout: Duration) -> Result<FakeCall> {
+        Ok(FakeCall)
     }
 
     fn abandon_connection(&mut self) {
@@ -253,7 +263,7 @@ fn start(settings: Settings, script: Script) -> Harness {
         nudges: nudge_rx,
         room: room.clone(),
     };
-    let worker = Worker::new(
+    let worker = SenderLoop::new(
         transport,
         queue,
         control_rx,

@@ -12,19 +12,20 @@ use crossbeam_channel::Sender;
 
 use crate::error::{Error, Result};
 
-/// A unary send under way; calling it waits for the agent's answer.
-pub(crate) type PendingSend = Box<dyn FnOnce() -> Result<()> + Send>;
-
 /// Opens `BatchSender` streams and starts unary sends.
 pub(crate) trait Transport {
     /// The stream type; dropping one cancels its call.
     type Stream: BatchStream;
 
+    /// A unary call under way; dropping one cancels it.
+    type Call: UnaryCall;
+
     /// Opens a new stream.
     fn open(&mut self) -> Result<Self::Stream>;
 
-    /// Starts a unary `Send` of an encoded `EnvelopeBatch`.
-    fn send(&mut self, batch: &[u8], timeout: Duration) -> Result<PendingSend>;
+    /// Starts a unary `Send` of an encoded `EnvelopeBatch`, which gives up
+    /// after `timeout`.
+    fn send(&mut self, batch: &[u8], timeout: Duration) -> Result<Self::Call>;
 
     /// Leaves the connection: streams opened from now on use a new one.
     /// Ending a call keeps its connection, so a connection that went silent
@@ -93,6 +94,12 @@ pub(crate) trait BatchStream {
     /// which may say more than the write's error (a message refused as too
     /// large). The loop polls it; it never waits for it.
     fn into_end(self) -> Self::Closing;
+}
+
+/// A unary call waiting for the agent's answer.
+pub(crate) trait UnaryCall {
+    /// Ready once the agent answered, or the call failed or timed out.
+    fn poll_done(&mut self, context: &mut Context<'_>) -> Poll<Result<()>>;
 }
 
 /// A half-closed stream waiting for the agent to end the call.

@@ -1,0 +1,113 @@
+//! Unary `Send` calls: started by the loop for a caller of
+//! `IngressClient::send`, polled with everything else the loop waits on,
+//! and answered to that caller when the agent does. Each call's bytes stay
+//! reserved in the byte budget until it ends, since gRPC holds its copy.
+
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+
+use crate::error::{Error, Result};
+use crate::queue::Reservation;
+
+use super::transport::{Transport, UnaryCall};
+
+/// How long past its caller's deadline a call may stay unanswered before
+/// the loop cancels it: the call carries the same deadline, so this only
+/// covers an answer lost in the transport.
+const OVERDUE: Duration = Duration::from_secs(1);
+
+/// One unary call under way.
+struct Pending<C> {
+    call: C,
+    reply: Sender<Result<()>>,
+    deadline: Instant,
+    _held: Reservation,
+}
+
+pub(crate) struct Unary<C> {
+    calls: Vec<Pending<C>>,
+    waker: Waker,
+}
+
+impl<C: UnaryCall> Unary<C> {
+    pub(crate) fn new(waker: Waker) -> Unary<C> {
+        Unary {
+            calls: Vec::new(),
+            waker,
+        }
+    }
+
+    /// Starts a call of an encoded `EnvelopeBatch` unless `deadline` has
+    /// passed; `reply` gets its outcome.
+    pub(crate) fn start<T: Transport<Call = C>>(
+        &mut self,
+        transport: &mut T,
+        batch: &[u8],
+        reservation: Reservation,
+        deadline: Instant,
+        reply: Sender<Result<()>>,
+    ) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            // Its caller has stopped waiting, and counts its own timeout.
+            let _ = reply.send(Err(Error::Timeout {
+                waited: Duration::ZERO,
+                undelivered: 0,
+            }));
+            return;
+        }
+        match transport.send(batch, left) {
+            Ok(call) => {
+                self.calls.push(Pending {
+                    call,
+                    reply,
+                    deadline: deadline + OVERDUE,
+                    _held: reservation,
+                });
+                // A first poll asks to be woken when the answer comes.
+                self.poll(Instant::now());
+            }
+            Err(error) => {
+                let _ = reply.send(Err(error));
+            }
+        }
+    }
+
+    /// Answers the calls that ended, and cancels those long overdue.
+    pub(crate) fn poll(&mut self, now: Instant) {
+        let mut context = Context::from_waker(&self.waker);
+        self.calls.retain_mut(|pending| {
+            let outcome = match pending.call.poll_done(&mut context) {
+                Poll::Ready(outcome) => outcome,
+                Poll::Pending if now >= pending.deadline => Err(Error::Timeout {
+                    waited: Duration::ZERO,
+                    undelivered: 0,
+                }),
+                Poll::Pending => return true,
+            };
+            let _ = pending.reply.send(outcome);
+            false
+        });
+    }
+
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        self.calls.iter().map(|pending| pending.deadline).min()
+    }
+
+    pub(crate) fn is_idle(&self) -> bool {
+        self.calls.is_empty()
+    }
+
+    /// Close's deadline: the calls left are cancelled, and their callers
+    /// told.
+    pub(crate) fn give_up_all(&mut self) {
+        for pending in self.calls.drain(..) {
+            let _ = pending.reply.send(Err(Error::Timeout {
+                waited: Duration::ZERO,
+                undelivered: 0,
+            }));
+        }
+    }
+}
