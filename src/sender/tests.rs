@@ -1081,3 +1081,79 @@ fn at_least_once_under_a_steady_backlog_a_stream_is_confirmed_once_its_interval_
     let (_, stats) = harness.close();
     assert_eq!((stats.sent, stats.replayed), (30, 0), "{stats:?}");
 }
+
+#[test]
+fn what_the_real_queue_hands_over_keeps_its_bytes_counted_until_the_write_is_accepted() {
+    use crate::queue::{Queue, QueueSettings};
+
+    let (hold, script) = held();
+    let (seen_tx, seen) = unbounded();
+    let (wake, wakeups) = bounded(1);
+    let (control, control_rx) = unbounded();
+    let counters = Arc::new(Counters::default());
+    // A budget of exactly one batch of three logs.
+    let (queue, receiver) = Queue::new(
+        QueueSettings {
+            capacity: 100,
+            max_bytes: 3 * one_log_bytes(),
+            nudge_at: 3,
+            batch_max_bytes: 3 * one_log_bytes(),
+            overflow: crate::Overflow::DropNewest,
+        },
+        Arc::default(),
+        counters.clone(),
+        wake.clone(),
+    );
+    let sender = SenderLoop::new(
+        FakeTransport {
+            seen: seen_tx,
+            script,
+        },
+        receiver,
+        control_rx,
+        Arc::default(),
+        settings(),
+        counters.clone(),
+        wake,
+        wakeups,
+    );
+    let thread = std::thread::spawn(move || sender.run());
+    let emit = |n: i64| queue.emit(crate::Envelope::log(format!("{n}")).timestamp(n).build());
+    for n in 1..=3 {
+        emit(n);
+    }
+    let next_batch = || loop {
+        if let Seen::Batch(batch) = seen.recv_timeout(WAIT).unwrap() {
+            return batch;
+        }
+    };
+    assert_eq!(next_batch(), vec![1, 2, 3]);
+    // Taken from the queue, but not yet accepted by gRPC: still counted,
+    // so there is no room for a fourth.
+    assert_eq!(queue.bytes(), 3 * one_log_bytes());
+    emit(4);
+    assert_eq!(queue.stats().dropped.queue_full, 1);
+    Hold::release(&hold);
+    let (reply, flushed) = bounded(1);
+    control.send(flush_request(reply)).unwrap();
+    flushed.recv_timeout(WAIT).unwrap().unwrap();
+    assert_eq!(queue.bytes(), 0);
+    emit(5);
+    let (reply, closed) = bounded(1);
+    control
+        .send(Control::Close {
+            deadline: Instant::now() + WAIT,
+            reply,
+        })
+        .unwrap();
+    closed.recv_timeout(WAIT).unwrap().unwrap();
+    thread.join().unwrap();
+    assert_eq!(next_batch(), vec![5]);
+    let stats = queue.stats();
+    assert_eq!(
+        (stats.emitted, stats.sent, stats.dropped.total()),
+        (5, 4, 1),
+        "{stats:?}"
+    );
+    assert_eq!((stats.in_flight, stats.queued_bytes), (0, 0), "{stats:?}");
+}
