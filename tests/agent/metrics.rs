@@ -5,9 +5,12 @@ use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use loggregator::proto::envelope as pb;
-use loggregator::{SourceInfo, UnixNanos};
+use loggregator::spy::TestCerts;
+use loggregator::{Envelope, IngressClient, Overflow, SourceInfo, Stats, UnixNanos};
 
-use crate::common::{WAIT, setup};
+use crate::common::{
+    WAIT, absent_agent, assert_closed_accounting, setup, start_agent, wait_for_stats,
+};
 
 fn counters(envelopes: &[pb::Envelope]) -> Vec<(String, u64, u64)> {
     envelopes
@@ -244,4 +247,149 @@ fn the_default_source_fills_in_envelopes_that_name_none() {
         ids,
         vec![("other".into(), "1".into()), default.clone(), default]
     );
+}
+
+/// The agent's key of the counter the outage tests count.
+fn acc_pulse(source: &str) -> CounterKey {
+    (
+        "acc_pulse".to_string(),
+        source.to_string(),
+        vec![("route".to_string(), "/a".to_string())],
+    )
+}
+
+/// A client of an agent that is not there yet, whose queue holds 8
+/// envelopes (the sender thread takes at most a batch of 2 and seals it
+/// while it cannot write), pulsing every 5 ms.
+fn outage_client(certs: &TestCerts, source: &str, overflow: Overflow) -> (String, IngressClient) {
+    let (addr, builder) = absent_agent(certs);
+    let client = builder
+        .source(SourceInfo::new(source, "0"))
+        .queue_capacity(8)
+        .batch_max_envelopes(2)
+        .overflow(overflow)
+        .pulse_interval(Duration::from_millis(5))
+        .build()
+        .unwrap();
+    (addr, client)
+}
+
+/// Emits logs until the queue refuses one (or, `DropOldest`, evicts one,
+/// after evicting everything queued before): the next envelope finds it
+/// full. Returns how many it emitted.
+fn fill_queue(client: &IngressClient, overflow: Overflow) -> u64 {
+    let mut emitted = 0;
+    if overflow == Overflow::DropOldest {
+        // Each evicts one: whatever was queued, a pulse's counter among it, goes.
+        for _ in 0..=client.stats().queued {
+            client.emit(Envelope::log("filler"));
+            emitted += 1;
+        }
+    }
+    let full_before = client.stats().dropped.queue_full;
+    while client.stats().dropped.queue_full == full_before {
+        client.emit(Envelope::log("filler"));
+        emitted += 1;
+        assert!(emitted < 1000, "{:?}", client.stats());
+    }
+    emitted
+}
+
+/// Emitted and not yet placed anywhere: emitters waiting for room.
+fn waiting_emitters(stats: &Stats) -> u64 {
+    stats.emitted - (stats.sent + stats.dropped.total() + stats.queued + stats.in_flight)
+}
+
+/// The agent away while the program keeps the queue full of logs and adds
+/// 50 to `acc_pulse`, one pulse at least after each; then the agent comes
+/// back, the queue drains, and 50 more. Under the agent's rule its total is
+/// 100, though the queue refused or evicted a pulse's counter in every
+/// round.
+fn counter_through_an_outage_with_the_queue_full(overflow: Overflow, source: &str) {
+    let certs = TestCerts::generate().unwrap();
+    let (addr, client) = outage_client(&certs, source, overflow);
+    let counter = client.counter_with_tags("acc_pulse", &[("route", "/a")]);
+    client.emit(Envelope::log("first"));
+    let mut logs = 1;
+    // Once the sender thread has failed to write twice, it holds what it
+    // took and takes no more: only the test and the pulses fill the queue.
+    wait_for_stats(&client, |s| s.errors >= 2);
+    let waiting = if overflow == Overflow::Block {
+        // Filled from here, where no emit can wait: each finds room.
+        while client.stats().queued < 8 {
+            client.emit(Envelope::log("filler"));
+            logs += 1;
+        }
+        let emitter = client.clone();
+        let waiting = std::thread::spawn(move || emitter.emit(Envelope::log("waits")));
+        logs += 1;
+        wait_for_stats(&client, |s| waiting_emitters(s) == 1);
+        Some(waiting)
+    } else {
+        None
+    };
+    for _ in 0..50 {
+        if waiting.is_none() {
+            logs += fill_queue(&client, overflow);
+        }
+        counter.inc();
+        // A pulse after the increment: it found the queue full.
+        let before = client.stats().emitted;
+        wait_for_stats(&client, |s| s.emitted > before);
+    }
+    let during = client.stats();
+    assert_eq!(during.sent, 0, "{during:?}");
+    if let Some(waiting) = &waiting {
+        assert!(
+            !waiting.is_finished(),
+            "the emitter waits for room, the pulses never: {during:?}"
+        );
+    }
+    let agent = start_agent(&certs, &addr);
+    if let Some(waiting) = waiting {
+        waiting.join().unwrap();
+    }
+    wait_for_stats(&client, |s| s.queued + s.in_flight == 0 && s.sent > 0);
+    for n in 0..50 {
+        counter.inc();
+        if n % 10 == 0 {
+            let before = client.stats().emitted;
+            wait_for_stats(&client, |s| s.emitted > before);
+        }
+    }
+    drop(counter);
+    client.close(WAIT).unwrap();
+    let stats = client.stats();
+    assert_closed_accounting(&stats);
+    let received = agent.envelopes();
+    let totals = agent_totals(&received);
+    assert_eq!(
+        totals.get(&acc_pulse(source)),
+        Some(&100),
+        "{totals:?} {stats:?}"
+    );
+    let pulsed = stats.emitted - logs;
+    let counters_received = counters_of(&received) as u64;
+    // `DropOldest` evicts each round's counter in the next round, and may
+    // keep the last.
+    assert!(
+        pulsed - counters_received >= 49,
+        "the queue refused or evicted a pulse's counter in every round: \
+         {counters_received} received of {pulsed} {stats:?}"
+    );
+}
+
+#[test]
+fn counter_deltas_dropped_on_a_full_queue_are_carried_drop_newest() {
+    counter_through_an_outage_with_the_queue_full(Overflow::DropNewest, "outage-newest");
+}
+
+#[test]
+fn counter_deltas_evicted_from_a_full_queue_are_carried_drop_oldest() {
+    counter_through_an_outage_with_the_queue_full(Overflow::DropOldest, "outage-oldest");
+}
+
+#[test]
+fn counter_deltas_are_carried_and_pulses_never_wait_block() {
+    counter_through_an_outage_with_the_queue_full(Overflow::Block, "outage-block");
 }
