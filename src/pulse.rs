@@ -260,8 +260,11 @@ impl Pulses {
             self.queue.push_carried(envelope, overflow(), carried);
         }
         if let Some(self_metrics) = &self.self_metrics {
-            for envelope in self_metrics.lock().report(self.queue.stats()) {
-                self.queue.push(envelope, overflow());
+            let report = self_metrics
+                .lock()
+                .report(self.queue.stats(), last.is_some());
+            for (envelope, carried) in report {
+                self.queue.push_carried(envelope, overflow(), carried);
             }
         }
         *over = last.is_some();

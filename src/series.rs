@@ -54,6 +54,11 @@ impl CounterSeries {
         };
         Some((counter.build(), carried))
     }
+
+    /// True when nothing is pending.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.pending.load(Relaxed) == 0
+    }
 }
 
 /// A delta travelling in the queue with its envelope. Dropped anywhere but
