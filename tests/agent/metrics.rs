@@ -128,18 +128,17 @@ fn two_clients_counting_one_counter_add_up_in_the_agent() {
         vec![("route".to_string(), "/a".to_string())],
     );
     assert_eq!(totals.get(&key), Some(&100), "{totals:?}");
-    // A counter with a total of its own still replaces the agent's.
-    let mut replaced = received.clone();
-    replaced.push(
-        loggregator::Envelope::counter("acc_pulse")
-            .source("shared-source", "2")
-            .tag("route", "/a")
-            .total(7)
-            .build()
-            .as_proto()
-            .clone(),
-    );
-    assert_eq!(agent_totals(&replaced).get(&key), Some(&7));
+    // Through the agent, a counter with a total of its own replaces the
+    // sum, and later deltas add to it.
+    let third = client("2");
+    third.emit(Envelope::counter("acc_pulse").tag("route", "/a").total(7));
+    third
+        .counter_with_tags("acc_pulse", &[("route", "/a")])
+        .add(3);
+    third.close(WAIT).unwrap();
+    let received = setup.agent.envelopes();
+    let totals = agent_totals(&received);
+    assert_eq!(totals.get(&key), Some(&10), "{totals:?}");
 }
 
 fn counters_of(envelopes: &[pb::Envelope]) -> usize {
