@@ -46,8 +46,9 @@ pub(crate) struct Queued {
     pub envelope: Encoded,
     /// The bytes the client's stamp (tags, default source) adds to it.
     pub added: usize,
-    /// A pulse's counter delta, which comes back to its series if this is
-    /// dropped before the sender thread takes it ([`Carried::taken`]).
+    /// A counter delta (a pulse's or a self-metric's), which comes back to
+    /// its series if this is dropped before the sender thread takes it
+    /// ([`Carried::taken`]). `None`, and free, for every other envelope.
     pub carried: Option<Carried>,
 }
 
@@ -250,9 +251,11 @@ impl Queue {
     /// queue: wherever the envelope is dropped before the sender thread
     /// takes it (refused here, evicted by `DropOldest`, left behind at
     /// close), dropping `carried` with it gives the delta back to its
-    /// series. Evicting counters too, rather than skipping them, keeps
-    /// `DropOldest` a plain pop of the oldest: a channel cannot skip or put
-    /// back, and ordinary emits pay nothing for it.
+    /// series. Counters are evicted like any envelope rather than spared:
+    /// a channel can neither skip its oldest nor put it back, so sparing
+    /// them would mean re-queueing behind newer envelopes (and a way to
+    /// fail again when another emitter takes the slot). A delta given back
+    /// simply goes out with the next pulse.
     pub(crate) fn push_carried(
         &self,
         envelope: Envelope,
