@@ -410,8 +410,12 @@ impl IngressClientBuilder {
     /// moved (tag `reason`), and a gauge with `loggregator_client_queued`
     /// (envelopes) and `loggregator_client_queued_bytes`. The source is the
     /// client's default source, or else the program's file name as source
-    /// id. An interval in which nothing moved but the last report sends
-    /// nothing. These envelopes count in `stats()` like any other.
+    /// id. A delta the queue drops is carried into the next report, as a
+    /// pulse counter's is ([`Counter`](crate::Counter)). An interval in
+    /// which only the reports themselves can have moved the counts sends
+    /// nothing, so an idle client goes quiet under either delivery; the
+    /// last report, at close, covers everything but itself. These
+    /// envelopes count in `stats()` like any other.
     ///
     /// ```
     /// let builder = loggregator::IngressClient::builder().self_metrics(true);

@@ -590,7 +590,7 @@ impl Inner {
             return Ok(());
         };
         // What the counters and gauges gathered since the last pulse.
-        self.pulses.send(true);
+        self.pulses.send(Some(deadline));
         self.queue.close();
         drop(self.pulse_thread.lock().take());
         drop(self.close_signal.lock().take());

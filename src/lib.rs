@@ -48,6 +48,7 @@ mod pulse;
 mod queue;
 mod self_metrics;
 mod sender;
+mod series;
 mod source;
 mod stats;
 mod tls;

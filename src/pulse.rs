@@ -15,6 +15,7 @@ use crate::policy::Overflow;
 use crate::process::ProcessMeter;
 use crate::queue::Queue;
 use crate::self_metrics::SelfMetrics;
+use crate::series::{Carried, CounterSeries};
 
 /// A counter: `add` and `inc` are one atomic add on the caller's thread;
 /// once per pulse interval the client sends what was added in the interval
@@ -23,6 +24,17 @@ use crate::self_metrics::SelfMetrics;
 /// several processes (or instances, or a restarted process) counting the
 /// same counter add up. An interval with nothing added sends nothing:
 /// a counter with delta and total 0 would reset the agent's total.
+///
+/// A delta is never lost to a full queue, under any overflow policy: when
+/// the queue refuses its envelope, or `DropOldest` evicts it before the
+/// sender thread takes it, the delta goes out with the next pulse (the
+/// envelope still counts in `dropped.queue_full`). A delta can be lost only
+/// with an envelope the client counts lost anyway: at most once, one in
+/// flight when the agent went away (see
+/// [`Delivery::AtMostOnce`](crate::Delivery::AtMostOnce)); at close, one
+/// close could not deliver before its timeout (`gave_up` or `closed`, or
+/// `queue_full` if the last pulse found no room in time or an emit racing
+/// close evicted it).
 ///
 /// Handles with the same name and tags share one series; the series stops
 /// pulsing once every handle is dropped (after sending what was added).
@@ -38,14 +50,6 @@ pub struct Counter {
     series: Arc<CounterSeries>,
 }
 
-#[derive(Debug)]
-struct CounterSeries {
-    name: String,
-    tags: Vec<(String, String)>,
-    /// Added since the last pulse.
-    pending: AtomicU64,
-}
-
 impl Counter {
     /// Adds `n` to the counter.
     ///
@@ -54,7 +58,7 @@ impl Counter {
     /// client.counter("bytes_sent").add(1024);
     /// ```
     pub fn add(&self, n: u64) {
-        self.series.pending.fetch_add(n, Relaxed);
+        self.series.add(n);
     }
 
     /// Adds 1 to the counter.
@@ -123,13 +127,9 @@ impl Registry {
         tags.dedup_by(|a, b| a.0 == b.0);
         let key = (name.to_string(), tags);
         let mut counters = self.counters.lock();
-        let series = counters.entry(key).or_insert_with_key(|key| {
-            Arc::new(CounterSeries {
-                name: key.0.clone(),
-                tags: key.1.clone(),
-                pending: AtomicU64::new(0),
-            })
-        });
+        let series = counters
+            .entry(key)
+            .or_insert_with_key(|key| Arc::new(CounterSeries::new(key.0.clone(), key.1.clone())));
         Counter {
             series: series.clone(),
         }
@@ -151,26 +151,25 @@ impl Registry {
     }
 
     /// The envelopes for one pulse: a counter per series that moved, with
-    /// its delta and total 0, and one gauge envelope holding every gauge
-    /// with a value. Series nobody holds any more are sent a last time and
-    /// forgotten.
-    pub(crate) fn pulse(&self) -> Vec<Envelope> {
+    /// its delta and total 0 and the token that carries the delta back if
+    /// the queue drops it, and one gauge envelope holding every gauge with a
+    /// value. A series nobody holds any more is forgotten once nothing of
+    /// it is pending or on its way (a token holds the series too).
+    pub(crate) fn pulse(&self) -> Vec<(Envelope, Option<Carried>)> {
         let mut envelopes = Vec::new();
         self.counters.lock().retain(|_, series| {
-            // No handle is left (none can be made while the lock is held):
-            // after this last look the series is forgotten. Checked before
-            // reading, so an add made just before the last drop is seen.
+            // No handle or token is left (none can be made while the lock
+            // is held). Checked before reading, so an add or a give-back
+            // made just before the last drop is seen.
             let orphaned = Arc::strong_count(series) == 1;
             fence(Ordering::Acquire);
-            let delta = series.pending.swap(0, Relaxed);
-            if delta > 0 {
-                let mut counter = Envelope::counter(series.name.as_str()).delta(delta);
-                for (key, value) in &series.tags {
-                    counter = counter.tag(key.as_str(), value.as_str());
+            match series.take() {
+                Some((envelope, carried)) => {
+                    envelopes.push((envelope, Some(carried)));
+                    true
                 }
-                envelopes.push(counter.build());
+                None => !orphaned,
             }
-            !orphaned
         });
         let mut gauge = Envelope::gauge();
         let mut any = false;
@@ -189,7 +188,7 @@ impl Registry {
             !orphaned
         });
         if any {
-            envelopes.push(gauge.build());
+            envelopes.push((gauge.build(), None));
         }
         envelopes
     }
@@ -231,23 +230,44 @@ impl Pulses {
         self.registry.gauge(name, unit)
     }
 
-    /// Sends one pulse, unless the last has been sent; `last` makes it the last.
-    pub(crate) fn send(&self, last: bool) {
-        let mut over = self.over.lock();
+    /// Sends one pulse, unless the last has been sent. `last`, the close's
+    /// deadline, makes it the last.
+    pub(crate) fn send(&self, last: Option<Instant>) {
+        // The pulse thread does not wait behind close's last pulse, which
+        // covers what it would have sent.
+        let over = match last {
+            None => self.over.try_lock(),
+            Some(_) => Some(self.over.lock()),
+        };
+        let Some(mut over) = over else {
+            return;
+        };
         if *over {
             return;
         }
-        // Never waiting for room, whatever the overflow policy: the pulse
-        // thread must stay free to stop, and close must keep its timeout.
-        for envelope in self.registry.pulse() {
-            self.queue.push(envelope, Overflow::DropNewest);
+        // The pulse thread never waits for room, whatever the overflow
+        // policy: it must stay free to stop, and a delta the queue refuses
+        // comes back for the next pulse. The last pulse has no next one: it
+        // waits for room as long as close may take, and close is on the
+        // caller's thread.
+        let overflow = || match last {
+            None => Overflow::DropNewest,
+            Some(deadline) => {
+                Overflow::BlockFor(deadline.saturating_duration_since(Instant::now()))
+            }
+        };
+        for (envelope, carried) in self.registry.pulse() {
+            self.queue.push_carried(envelope, overflow(), carried);
         }
         if let Some(self_metrics) = &self.self_metrics {
-            for envelope in self_metrics.lock().report(self.queue.stats()) {
-                self.queue.push(envelope, Overflow::DropNewest);
+            let report = self_metrics
+                .lock()
+                .report(self.queue.stats(), last.is_some());
+            for (envelope, carried) in report {
+                self.queue.push_carried(envelope, overflow(), carried);
             }
         }
-        *over = last;
+        *over = last.is_some();
     }
 }
 
@@ -294,7 +314,7 @@ fn run(
                 }
                 Err(_) => return,
             },
-            recv(pulse) -> _ => pulses.send(false),
+            recv(pulse) -> _ => pulses.send(None),
             recv(process_due) -> _ => {
                 if let Some(envelope) = process.as_mut().and_then(|(_, meter)| meter.read()) {
                     pulses.queue.push(envelope, Overflow::DropNewest);
@@ -307,6 +327,19 @@ fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What the sender thread does: takes every envelope.
+    fn sent(pulse: Vec<(Envelope, Option<Carried>)>) -> Vec<Envelope> {
+        pulse
+            .into_iter()
+            .map(|(envelope, carried)| {
+                if let Some(carried) = carried {
+                    carried.taken();
+                }
+                envelope
+            })
+            .collect()
+    }
 
     fn counters(envelopes: &[Envelope]) -> Vec<(String, u64, u64)> {
         envelopes
@@ -330,13 +363,19 @@ mod tests {
         let requests = registry.counter("requests", &[]);
         requests.add(3);
         requests.inc();
-        assert_eq!(counters(&registry.pulse()), vec![("requests".into(), 4, 0)]);
+        assert_eq!(
+            counters(&sent(registry.pulse())),
+            vec![("requests".into(), 4, 0)]
+        );
         assert!(
-            registry.pulse().is_empty(),
+            sent(registry.pulse()).is_empty(),
             "an idle interval sends nothing"
         );
         requests.add(2);
-        assert_eq!(counters(&registry.pulse()), vec![("requests".into(), 2, 0)]);
+        assert_eq!(
+            counters(&sent(registry.pulse())),
+            vec![("requests".into(), 2, 0)]
+        );
     }
 
     #[test]
@@ -348,9 +387,9 @@ mod tests {
         a.inc();
         b.inc();
         other.inc();
-        let mut sent = counters(&registry.pulse());
-        sent.sort();
-        assert_eq!(sent, vec![("hits".into(), 1, 0), ("hits".into(), 2, 0)]);
+        let mut pulsed = counters(&sent(registry.pulse()));
+        pulsed.sort();
+        assert_eq!(pulsed, vec![("hits".into(), 1, 0), ("hits".into(), 2, 0)]);
     }
 
     #[test]
@@ -359,7 +398,42 @@ mod tests {
         let requests = registry.counter("requests", &[]);
         requests.add(7);
         drop(requests);
-        assert_eq!(counters(&registry.pulse()), vec![("requests".into(), 7, 0)]);
+        assert_eq!(
+            counters(&sent(registry.pulse())),
+            vec![("requests".into(), 7, 0)]
+        );
+        assert!(sent(registry.pulse()).is_empty());
+        assert!(registry.is_empty());
+    }
+
+    #[test]
+    fn a_delta_the_queue_drops_goes_out_with_the_next_pulse() {
+        let registry = Registry::default();
+        let requests = registry.counter("requests", &[]);
+        requests.add(3);
+        drop(registry.pulse());
+        requests.add(2);
+        assert_eq!(
+            counters(&sent(registry.pulse())),
+            vec![("requests".into(), 5, 0)]
+        );
+    }
+
+    #[test]
+    fn a_series_is_kept_while_a_delta_of_it_may_come_back() {
+        let registry = Registry::default();
+        let requests = registry.counter("requests", &[]);
+        requests.add(4);
+        drop(requests);
+        let queued = registry.pulse();
+        assert!(sent(registry.pulse()).is_empty());
+        assert!(!registry.is_empty(), "its delta is still in the queue");
+        drop(queued);
+        assert_eq!(
+            counters(&sent(registry.pulse())),
+            vec![("requests".into(), 4, 0)]
+        );
+        assert!(sent(registry.pulse()).is_empty());
         assert!(registry.is_empty());
     }
 
@@ -367,9 +441,15 @@ mod tests {
     fn a_counter_made_anew_each_time_sends_each_delta() {
         let registry = Registry::default();
         registry.counter("requests", &[]).add(4);
-        assert_eq!(counters(&registry.pulse()), vec![("requests".into(), 4, 0)]);
+        assert_eq!(
+            counters(&sent(registry.pulse())),
+            vec![("requests".into(), 4, 0)]
+        );
         registry.counter("requests", &[]).add(2);
-        assert_eq!(counters(&registry.pulse()), vec![("requests".into(), 2, 0)]);
+        assert_eq!(
+            counters(&sent(registry.pulse())),
+            vec![("requests".into(), 2, 0)]
+        );
     }
 
     #[test]
@@ -380,9 +460,9 @@ mod tests {
         let _unset = registry.gauge("unset", "things");
         memory.set(1.5e8);
         temperature.set(-3.25);
-        let sent = registry.pulse();
-        assert_eq!(sent.len(), 1);
-        let metrics = &sent[0].as_proto().gauge().metrics;
+        let gauges = sent(registry.pulse());
+        assert_eq!(gauges.len(), 1);
+        let metrics = &gauges[0].as_proto().gauge().metrics;
         assert_eq!(metrics.len(), 2);
         assert_eq!(
             (metrics["memory"].value, metrics["memory"].unit.as_str()),

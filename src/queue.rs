@@ -27,6 +27,7 @@ use parking_lot::{Condvar, Mutex};
 use crate::batch::Stamp;
 use crate::envelope::{Encoded, Envelope};
 use crate::policy::Overflow;
+use crate::series::Carried;
 use crate::stats::{Counters, DropReason};
 use crate::wire::framed_len;
 
@@ -45,6 +46,10 @@ pub(crate) struct Queued {
     pub envelope: Encoded,
     /// The bytes the client's stamp (tags, default source) adds to it.
     pub added: usize,
+    /// A counter delta (a pulse's or a self-metric's), which comes back to
+    /// its series if this is dropped before the sender thread takes it
+    /// ([`Carried::taken`]). `None`, and free, for every other envelope.
+    pub carried: Option<Carried>,
 }
 
 impl Queued {
@@ -239,6 +244,24 @@ impl Queue {
 
     /// Queues an envelope, or drops and counts it, as `overflow` says.
     pub(crate) fn push(&self, envelope: Envelope, overflow: Overflow) {
+        self.push_carried(envelope, overflow, None);
+    }
+
+    /// As [`push`](Self::push), for a counter delta that must survive the
+    /// queue: wherever the envelope is dropped before the sender thread
+    /// takes it (refused here, evicted by `DropOldest`, left behind at
+    /// close), dropping `carried` with it gives the delta back to its
+    /// series. Counters are evicted like any envelope rather than spared:
+    /// a channel can neither skip its oldest nor put it back, so sparing
+    /// them would mean re-queueing behind newer envelopes (and a way to
+    /// fail again when another emitter takes the slot). A delta given back
+    /// simply goes out with the next pulse.
+    pub(crate) fn push_carried(
+        &self,
+        envelope: Envelope,
+        overflow: Overflow,
+        carried: Option<Carried>,
+    ) {
         let counted_before = self.counters.emitted.add(1);
         if self.closed.load(Ordering::Acquire) {
             return self.drop_envelopes(DropReason::Closed, 1);
@@ -250,6 +273,7 @@ impl Queue {
         let queued = Queued {
             added: self.stamp.added_len(&envelope),
             envelope,
+            carried,
         };
         if queued.envelope.unencodable || queued.framed() > self.settings.batch_max_bytes {
             // It can never fit a batch.
@@ -520,4 +544,58 @@ enum Waited {
     Done,
     Closed,
     TimedOut,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::series::CounterSeries;
+
+    fn queue(capacity: usize) -> (Queue, QueueReceiver) {
+        let settings = QueueSettings {
+            capacity,
+            max_bytes: 1 << 20,
+            nudge_at: capacity,
+            batch_max_bytes: 1 << 20,
+            overflow: Overflow::DropOldest,
+        };
+        let (wake, _) = crossbeam_channel::unbounded();
+        Queue::new(settings, Arc::default(), Arc::default(), wake)
+    }
+
+    /// What went back to the series, taken so it does not come back again.
+    fn returned(series: &Arc<CounterSeries>) -> u64 {
+        series.take().map_or(0, |(envelope, carried)| {
+            carried.taken();
+            envelope.as_proto().counter().delta
+        })
+    }
+
+    #[test]
+    fn a_counter_delta_evicted_refused_or_left_behind_comes_back_and_one_taken_does_not() {
+        let series = Arc::new(CounterSeries::new("hits".into(), Vec::new()));
+        let (queue, receiver) = queue(2);
+        let push = |delta, overflow| {
+            series.add(delta);
+            let (envelope, carried) = series.take().unwrap();
+            queue.push_carried(envelope, overflow, Some(carried));
+        };
+        push(3, Overflow::DropNewest);
+        queue.emit(Envelope::log("a").build());
+        assert_eq!(returned(&series), 0, "queued");
+        queue.emit(Envelope::log("b").build());
+        assert_eq!(returned(&series), 3, "evicted by the newer log");
+        push(2, Overflow::DropNewest);
+        assert_eq!(returned(&series), 2, "refused");
+        for _ in 0..2 {
+            receiver.data.try_recv().unwrap();
+        }
+        push(4, Overflow::DropNewest);
+        let taken = receiver.data.try_recv().unwrap();
+        taken.carried.unwrap().taken();
+        assert_eq!(returned(&series), 0, "the sender thread's to deliver");
+        push(5, Overflow::DropNewest);
+        queue.stopped();
+        assert_eq!(returned(&series), 5, "left in the queue");
+    }
 }

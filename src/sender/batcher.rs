@@ -115,6 +115,9 @@ impl Batcher {
         }
         self.building
             .push(&queued.envelope, &self.stamp, queued.added);
+        if let Some(carried) = queued.carried {
+            carried.taken();
+        }
         if let Some(due) = self.overdue.take() {
             // Its first envelope has just gone in.
             self.building.started = Some(due);
@@ -259,6 +262,7 @@ mod tests {
         Queued {
             added: stamp.added_len(&envelope),
             envelope,
+            carried: None,
         }
     }
 

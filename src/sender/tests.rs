@@ -296,6 +296,7 @@ fn log_tagged(n: i64, tags: &[(&str, &str)]) -> Queued {
     Queued {
         envelope: builder.build().into_encoded(),
         added: 0,
+        carried: None,
     }
 }
 

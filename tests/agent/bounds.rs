@@ -5,25 +5,11 @@
 use std::time::{Duration, Instant};
 
 use loggregator::spy::{SpyAgent, TestCerts};
-use loggregator::{Envelope, Error, IngressClient, IngressClientBuilder, Overflow, Stats};
+use loggregator::{Envelope, Error, IngressClient, Overflow, Stats};
 
-use crate::common::{WAIT, assert_closed_accounting, unused_addr, wait_for_stats};
+use crate::common::{WAIT, absent_agent, assert_closed_accounting, start_agent, wait_for_stats};
 
 const MIB: usize = 1024 * 1024;
-
-fn absent_agent(certs: &TestCerts) -> (String, IngressClientBuilder) {
-    let addr = unused_addr();
-    let builder = IngressClient::builder()
-        .addr(&addr)
-        .tls(certs.client_tls().unwrap())
-        .reconnect_backoff(Duration::from_millis(10), Duration::from_millis(50));
-    (addr, builder)
-}
-
-fn start_agent(certs: &TestCerts, addr: &str) -> SpyAgent {
-    let port = addr.rsplit_once(':').unwrap().1.parse().unwrap();
-    SpyAgent::builder().port(port).start(certs).unwrap()
-}
 
 /// Envelopes the client holds: emitted, and neither sent nor dropped.
 fn held(stats: &Stats) -> u64 {

@@ -56,6 +56,23 @@ pub fn unused_addr() -> String {
     addr.to_string()
 }
 
+/// A builder for a client of an agent that is not there yet (see
+/// `start_agent`), retrying soon, and the address it dials.
+pub fn absent_agent(certs: &TestCerts) -> (String, IngressClientBuilder) {
+    let addr = unused_addr();
+    let builder = IngressClient::builder()
+        .addr(&addr)
+        .tls(certs.client_tls().unwrap())
+        .reconnect_backoff(Duration::from_millis(10), Duration::from_millis(50));
+    (addr, builder)
+}
+
+/// Starts the agent at the address a client was waiting for.
+pub fn start_agent(certs: &TestCerts, addr: &str) -> SpyAgent {
+    let port = addr.rsplit_once(':').unwrap().1.parse().unwrap();
+    SpyAgent::builder().port(port).start(certs).unwrap()
+}
+
 static LOGS: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
 struct Capture;

@@ -1,13 +1,16 @@
-//! Pulse counters and gauges, timers, process metrics and the default
-//! source, against the spy agent.
+//! Pulse counters and gauges, self-metrics, timers, process metrics and
+//! the default source, against the spy agent.
 
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use loggregator::proto::envelope as pb;
-use loggregator::{SourceInfo, UnixNanos};
+use loggregator::spy::TestCerts;
+use loggregator::{Delivery, Envelope, IngressClient, Overflow, SourceInfo, Stats, UnixNanos};
 
-use crate::common::{WAIT, setup};
+use crate::common::{
+    WAIT, absent_agent, assert_closed_accounting, setup, start_agent, wait_for_stats,
+};
 
 fn counters(envelopes: &[pb::Envelope]) -> Vec<(String, u64, u64)> {
     envelopes
@@ -125,18 +128,17 @@ fn two_clients_counting_one_counter_add_up_in_the_agent() {
         vec![("route".to_string(), "/a".to_string())],
     );
     assert_eq!(totals.get(&key), Some(&100), "{totals:?}");
-    // A counter with a total of its own still replaces the agent's.
-    let mut replaced = received.clone();
-    replaced.push(
-        loggregator::Envelope::counter("acc_pulse")
-            .source("shared-source", "2")
-            .tag("route", "/a")
-            .total(7)
-            .build()
-            .as_proto()
-            .clone(),
-    );
-    assert_eq!(agent_totals(&replaced).get(&key), Some(&7));
+    // Through the agent, a counter with a total of its own replaces the
+    // sum, and later deltas add to it.
+    let third = client("2");
+    third.emit(Envelope::counter("acc_pulse").tag("route", "/a").total(7));
+    third
+        .counter_with_tags("acc_pulse", &[("route", "/a")])
+        .add(3);
+    third.close(WAIT).unwrap();
+    let received = setup.agent.envelopes();
+    let totals = agent_totals(&received);
+    assert_eq!(totals.get(&key), Some(&10), "{totals:?}");
 }
 
 fn counters_of(envelopes: &[pb::Envelope]) -> usize {
@@ -243,5 +245,282 @@ fn the_default_source_fills_in_envelopes_that_name_none() {
     assert_eq!(
         ids,
         vec![("other".into(), "1".into()), default.clone(), default]
+    );
+}
+
+/// The agent's key of the counter the outage tests count.
+fn acc_pulse(source: &str) -> CounterKey {
+    (
+        "acc_pulse".to_string(),
+        source.to_string(),
+        vec![("route".to_string(), "/a".to_string())],
+    )
+}
+
+/// A client of an agent that is not there yet, whose queue holds 8
+/// envelopes (the sender thread takes at most a batch of 2 and seals it
+/// while it cannot write), pulsing every 5 ms.
+fn outage_client(certs: &TestCerts, source: &str, overflow: Overflow) -> (String, IngressClient) {
+    let (addr, builder) = absent_agent(certs);
+    let client = builder
+        .source(SourceInfo::new(source, "0"))
+        .queue_capacity(8)
+        .batch_max_envelopes(2)
+        .overflow(overflow)
+        .pulse_interval(Duration::from_millis(5))
+        .build()
+        .unwrap();
+    (addr, client)
+}
+
+/// Emits logs until the queue refuses one (or, `DropOldest`, evicts one,
+/// after evicting everything queued before): the next envelope finds it
+/// full. Returns how many it emitted.
+fn fill_queue(client: &IngressClient, overflow: Overflow) -> u64 {
+    let mut emitted = 0;
+    if overflow == Overflow::DropOldest {
+        // Each evicts one: whatever was queued, a pulse's counter among it, goes.
+        for _ in 0..=client.stats().queued {
+            client.emit(Envelope::log("filler"));
+            emitted += 1;
+        }
+    }
+    let full_before = client.stats().dropped.queue_full;
+    while client.stats().dropped.queue_full == full_before {
+        client.emit(Envelope::log("filler"));
+        emitted += 1;
+        assert!(emitted < 1000, "{:?}", client.stats());
+    }
+    emitted
+}
+
+/// Emitted and not yet placed anywhere: emitters waiting for room.
+fn waiting_emitters(stats: &Stats) -> u64 {
+    stats.emitted - (stats.sent + stats.dropped.total() + stats.queued + stats.in_flight)
+}
+
+/// The agent away while the program keeps the queue full of logs and adds
+/// 50 to `acc_pulse`, one pulse at least after each; then the agent comes
+/// back, the queue drains, and 50 more. Under the agent's rule its total is
+/// 100, though the queue refused or evicted a pulse's counter in every
+/// round.
+fn counter_through_an_outage_with_the_queue_full(overflow: Overflow, source: &str) {
+    let certs = TestCerts::generate().unwrap();
+    let (addr, client) = outage_client(&certs, source, overflow);
+    let counter = client.counter_with_tags("acc_pulse", &[("route", "/a")]);
+    client.emit(Envelope::log("first"));
+    let mut logs = 1;
+    // Once the sender thread has failed to write twice, it holds what it
+    // took and takes no more: only the test and the pulses fill the queue.
+    wait_for_stats(&client, |s| s.errors >= 2);
+    let waiting = if overflow == Overflow::Block {
+        // Filled from here, where no emit can wait: each finds room.
+        while client.stats().queued < 8 {
+            client.emit(Envelope::log("filler"));
+            logs += 1;
+        }
+        let emitter = client.clone();
+        let waiting = std::thread::spawn(move || emitter.emit(Envelope::log("waits")));
+        logs += 1;
+        wait_for_stats(&client, |s| waiting_emitters(s) == 1);
+        Some(waiting)
+    } else {
+        None
+    };
+    for _ in 0..50 {
+        if waiting.is_none() {
+            logs += fill_queue(&client, overflow);
+        }
+        counter.inc();
+        // A pulse after the increment: it found the queue full.
+        let before = client.stats().emitted;
+        wait_for_stats(&client, |s| s.emitted > before);
+    }
+    let during = client.stats();
+    assert_eq!(during.sent, 0, "{during:?}");
+    if let Some(waiting) = &waiting {
+        assert!(
+            !waiting.is_finished(),
+            "the emitter waits for room, the pulses never: {during:?}"
+        );
+    }
+    let agent = start_agent(&certs, &addr);
+    if let Some(waiting) = waiting {
+        waiting.join().unwrap();
+    }
+    wait_for_stats(&client, |s| s.queued + s.in_flight == 0 && s.sent > 0);
+    for n in 0..50 {
+        counter.inc();
+        if n % 10 == 0 {
+            let before = client.stats().emitted;
+            wait_for_stats(&client, |s| s.emitted > before);
+        }
+    }
+    drop(counter);
+    client.close(WAIT).unwrap();
+    let stats = client.stats();
+    assert_closed_accounting(&stats);
+    let received = agent.envelopes();
+    let totals = agent_totals(&received);
+    assert_eq!(
+        totals.get(&acc_pulse(source)),
+        Some(&100),
+        "{totals:?} {stats:?}"
+    );
+    let pulsed = stats.emitted - logs;
+    let counters_received = counters_of(&received) as u64;
+    // `DropOldest` evicts each round's counter in the next round, and may
+    // keep the last.
+    assert!(
+        pulsed - counters_received >= 49,
+        "the queue refused or evicted a pulse's counter in every round: \
+         {counters_received} received of {pulsed} {stats:?}"
+    );
+}
+
+#[test]
+fn counter_deltas_dropped_on_a_full_queue_are_carried_drop_newest() {
+    counter_through_an_outage_with_the_queue_full(Overflow::DropNewest, "outage-newest");
+}
+
+#[test]
+fn counter_deltas_evicted_from_a_full_queue_are_carried_drop_oldest() {
+    counter_through_an_outage_with_the_queue_full(Overflow::DropOldest, "outage-oldest");
+}
+
+#[test]
+fn counter_deltas_are_carried_and_pulses_never_wait_block() {
+    counter_through_an_outage_with_the_queue_full(Overflow::Block, "outage-block");
+}
+
+/// What the agent's totals say of the client, from the self-metrics it
+/// received: emitted, sent, and dropped with reason `queue_full`.
+fn self_reported(received: &[pb::Envelope], source: &str) -> (u64, u64, u64) {
+    let totals = agent_totals(received);
+    let total = |name: &str, tags: Vec<(String, String)>| {
+        let key = (
+            format!("loggregator_client_{name}"),
+            source.to_string(),
+            tags,
+        );
+        totals.get(&key).copied().unwrap_or(0)
+    };
+    let queue_full = vec![("reason".to_string(), "queue_full".to_string())];
+    (
+        total("emitted", vec![]),
+        total("sent", vec![]),
+        total("dropped", queue_full),
+    )
+}
+
+/// Waits (bounded) until the client has emitted nothing for `still`
+/// (a window to measure, not a wait for something to happen: no event
+/// marks a report that does not happen) with nothing queued or in flight.
+fn wait_until_quiet(client: &IngressClient, still: Duration) -> Stats {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let before = client.stats();
+        std::thread::sleep(still);
+        let after = client.stats();
+        let settled = |s: &Stats| s.queued + s.in_flight == 0;
+        if before == after && settled(&after) {
+            return after;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the client never went quiet: {after:?}"
+        );
+    }
+}
+
+/// An idle client's self-metrics stop, under either delivery; at close the
+/// last report brings the agent's totals to the client's counts exactly.
+fn self_metrics_go_quiet_and_add_up(delivery: Delivery, source: &str) {
+    let setup = setup();
+    let client = setup
+        .builder()
+        .source(SourceInfo::new(source, "0"))
+        .self_metrics(true)
+        .delivery(delivery)
+        .pulse_interval(Duration::from_millis(5))
+        .confirm_interval(Duration::from_millis(20))
+        .build()
+        .unwrap();
+    for n in 0..5 {
+        client.emit(Envelope::log(format!("{n}")));
+    }
+    // Longer than several confirmations and many pulses.
+    let quiet = wait_until_quiet(&client, Duration::from_millis(200));
+    client.close(WAIT).unwrap();
+    let closed = client.stats();
+    assert_closed_accounting(&closed);
+    let received = setup.agent.envelopes();
+    assert_eq!(received.len() as u64, closed.sent, "{closed:?}");
+    assert_eq!(
+        self_reported(&received, source),
+        (quiet.emitted, quiet.sent, 0),
+        "the last report covers everything but itself: {quiet:?} {closed:?}"
+    );
+    assert!(
+        received
+            .iter()
+            .filter(|e| e.has_counter())
+            .all(|c| c.counter().total == 0 && c.counter().delta > 0)
+    );
+    let gauge = received.iter().rev().find(|e| e.has_gauge()).unwrap();
+    assert_eq!(gauge.source_id, source);
+    assert_eq!(
+        gauge.gauge().metrics["loggregator_client_queued_bytes"].unit,
+        "bytes"
+    );
+}
+
+#[test]
+fn self_metrics_of_an_idle_client_go_quiet_at_most_once() {
+    self_metrics_go_quiet_and_add_up(Delivery::AtMostOnce, "quiet-most");
+}
+
+#[test]
+fn self_metrics_of_an_idle_client_go_quiet_at_least_once() {
+    self_metrics_go_quiet_and_add_up(Delivery::AtLeastOnce, "quiet-least");
+}
+
+/// `loggregator_client_dropped{reason=queue_full}` reported while the agent
+/// is away reaches it once it is back, with the exact count.
+#[test]
+fn self_metrics_carry_the_drops_of_an_outage_to_the_agent() {
+    let certs = TestCerts::generate().unwrap();
+    let source = "self-outage";
+    let (addr, builder) = absent_agent(&certs);
+    let client = builder
+        .source(SourceInfo::new(source, "0"))
+        .self_metrics(true)
+        .queue_capacity(8)
+        .batch_max_envelopes(2)
+        .pulse_interval(Duration::from_millis(5))
+        .build()
+        .unwrap();
+    let mut logs = 0;
+    // Reports during the outage, each finding the queue full.
+    for _ in 0..10 {
+        logs += fill_queue(&client, Overflow::DropNewest);
+        let before = client.stats().emitted;
+        wait_for_stats(&client, |s| s.emitted > before);
+    }
+    let during = client.stats();
+    assert!(
+        during.emitted - logs >= 10 && during.sent == 0,
+        "reports during the outage: {during:?}"
+    );
+    let agent = start_agent(&certs, &addr);
+    let quiet = wait_until_quiet(&client, Duration::from_millis(100));
+    client.close(WAIT).unwrap();
+    assert_closed_accounting(&client.stats());
+    let (emitted, sent, queue_full) = self_reported(&agent.envelopes(), source);
+    assert!(quiet.dropped.queue_full > 10, "{quiet:?}");
+    assert_eq!(
+        (emitted, sent, queue_full),
+        (quiet.emitted, quiet.sent, quiet.dropped.queue_full),
+        "{quiet:?}"
     );
 }

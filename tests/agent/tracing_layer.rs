@@ -1,6 +1,5 @@
-//! The tracing layer and self-metrics, against the spy agent. Each test
-//! installs its subscriber on its own thread (`with_default`), so tests run
-//! side by side.
+//! The tracing layer, against the spy agent. Each test installs its
+//! subscriber on its own thread (`with_default`), so tests run side by side.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -511,77 +510,4 @@ fn nothing_from_the_clients_diagnostics_comes_back_and_the_layer_never_waits() {
         stuck.stats()
     );
     let _ = stuck.close(Duration::from_millis(200));
-}
-
-#[test]
-fn self_metrics_report_the_clients_counts_as_deltas_the_agent_adds_up() {
-    let setup = setup();
-    let client = setup
-        .builder()
-        .source(SourceInfo::new("self-reporting", "0"))
-        .self_metrics(true)
-        .pulse_interval(Duration::from_millis(20))
-        .build()
-        .unwrap();
-    for n in 0..5 {
-        client.emit(loggregator::Envelope::log(format!("{n}")));
-    }
-    // A counter from a pulse after the logs were emitted.
-    let deadline = std::time::Instant::now() + WAIT;
-    while !reported_at_least(&setup.agent.envelopes(), "loggregator_client_sent", 5) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{:?}",
-            setup.agent.envelopes()
-        );
-        std::thread::yield_now();
-    }
-    client.close(WAIT).unwrap();
-    let received = setup.agent.envelopes();
-    let stats = client.stats();
-    let counters: Vec<&pb::Envelope> = received.iter().filter(|e| e.has_counter()).collect();
-    assert!(
-        counters
-            .iter()
-            .all(|c| c.counter().total == 0 && c.counter().delta > 0)
-    );
-    assert!(counters.iter().all(|c| c.source_id == "self-reporting"));
-    // What the agent adds up never passes what the client counted, and the
-    // last report, sent at close, covers all but its own envelopes.
-    let total = |name: &str| -> u64 {
-        counters
-            .iter()
-            .filter(|c| c.counter().name == name)
-            .map(|c| c.counter().delta)
-            .sum()
-    };
-    let emitted = total("loggregator_client_emitted");
-    assert!(
-        emitted >= 5 && emitted <= stats.emitted,
-        "{emitted} {stats:?}"
-    );
-    assert!(total("loggregator_client_sent") <= stats.sent);
-    assert_eq!(total("loggregator_client_dropped"), 0);
-    let gauges: Vec<&pb::Envelope> = received.iter().filter(|e| e.has_gauge()).collect();
-    assert!(!gauges.is_empty());
-    assert!(
-        gauges[0]
-            .gauge()
-            .metrics
-            .contains_key("loggregator_client_queued_bytes")
-    );
-    assert_eq!(
-        stats.emitted,
-        stats.sent + stats.dropped.total(),
-        "{stats:?}"
-    );
-}
-
-fn reported_at_least(envelopes: &[pb::Envelope], name: &str, count: u64) -> bool {
-    envelopes
-        .iter()
-        .filter(|e| e.has_counter() && e.counter().name == name)
-        .map(|e| e.counter().delta)
-        .sum::<u64>()
-        >= count
 }
