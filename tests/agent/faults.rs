@@ -14,7 +14,8 @@ use crate::common::{
     wait_for_stats,
 };
 
-const FAST_RETRY: (Duration, Duration) = (Duration::from_millis(10), Duration::from_millis(100));
+pub const FAST_RETRY: (Duration, Duration) =
+    (Duration::from_millis(10), Duration::from_millis(100));
 
 fn port_of(addr: &str) -> u16 {
     addr.rsplit_once(':').unwrap().1.parse().unwrap()

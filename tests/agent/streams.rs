@@ -69,40 +69,54 @@ fn flush_and_close_wait_for_writes_in_flight_on_several_streams() {
     let agent = SpyAgent::start(&certs).unwrap();
     let client = builder(&certs, &agent, 3)
         .batch_max_envelopes(100)
+        // Longer than writes can be held here (the loop below, bounded by
+        // WAIT), so that none is given up.
+        .write_timeout(2 * WAIT)
         .build()
         .unwrap();
     client.emit(numbered(0));
     client.flush(WAIT).unwrap();
     agent.pause_reading();
-    // Until flow control holds writes: one stream holds at most a batch of
-    // 100 in its write, one sealed and one being built, so more than that
-    // taken means writes held on several.
+    // Until writes are held on several streams. A short flush timing out
+    // says some write is held; more in flight than one stream can hold (a
+    // batch of 100 in its write, one sealed and one being built: 300) says
+    // they are held on more than one. gRPC's flow-control windows take a
+    // varying amount before they hold anything, so the loop counts neither
+    // rounds nor bytes. A client that wrote on one stream at a time, or a
+    // flush that did not wait for writes in flight, never gets out of it.
     let payload = vec![b'p'; 4_000];
     let mut n = 1;
     let deadline = Instant::now() + WAIT;
-    while client.stats().in_flight < 300 {
+    let held = loop {
         for _ in 0..100 {
             client.emit(Envelope::log(payload.clone()).timestamp(n as i64));
             n += 1;
         }
-        assert!(Instant::now() < deadline, "{:?}", client.stats());
-    }
-    // Nothing held can be written: a flush waits, then times out.
-    assert!(
-        matches!(
-            client.flush(Duration::from_millis(200)),
-            Err(Error::Timeout { .. })
-        ),
-        "{:?}",
-        client.stats()
-    );
+        let flushed = client.flush(Duration::from_millis(100));
+        let stats = client.stats();
+        if matches!(flushed, Err(Error::Timeout { .. })) && stats.in_flight > 300 {
+            break stats;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "writes never held on several streams: {flushed:?} {stats:?}"
+        );
+    };
     agent.resume_reading();
     client.flush(WAIT).unwrap();
+    // The flush waited for every write that was held, on every stream.
+    let flushed = client.stats();
+    assert_eq!((flushed.queued, flushed.in_flight), (0, 0), "{flushed:?}");
+    assert!(
+        flushed.sent >= held.sent + held.in_flight,
+        "{held:?} {flushed:?}"
+    );
     client.close(WAIT).unwrap();
     let stats = client.stats();
     let received: HashSet<u64> = seqs(&agent).into_iter().collect();
     assert_eq!(received.len() as u64, stats.sent, "{stats:?}");
     assert_eq!(stats.sent + stats.dropped.total(), n, "{stats:?}");
+    assert_eq!(stats.dropped.gave_up, 0, "{stats:?}");
     assert_closed_accounting(&stats);
 }
 
