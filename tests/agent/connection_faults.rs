@@ -450,3 +450,85 @@ fn a_peer_that_never_answers_tls_is_named_in_the_last_error() {
     );
     assert_closed_accounting(&stats);
 }
+
+#[test]
+fn at_most_once_a_half_open_connection_loses_only_what_was_written_on_it_and_is_left() {
+    const PAYLOAD: usize = 16 * 1024;
+    let proxied = Proxied::start();
+    let client = proxied.builder().batch_max_envelopes(16).build().unwrap();
+    let log = |n: u64| {
+        Envelope::log(vec![b'm'; PAYLOAD])
+            .timestamp(n as i64)
+            .build()
+    };
+    const BEFORE: u64 = 100;
+    for n in 0..BEFORE {
+        client.emit(log(n));
+    }
+    client.flush(WAIT).unwrap();
+    proxied.agent.wait_for_envelopes(BEFORE as usize, WAIT);
+    let accepted = proxied.proxy.accepted();
+    proxied.proxy.set_mode(Mode::HalfOpen);
+    // Written into windows the agent will never read, until a write is
+    // held, times out and is given up: the client has noticed.
+    let mut n = BEFORE;
+    let deadline = Instant::now() + WAIT;
+    while client.stats().dropped.gave_up == 0 {
+        for _ in 0..16 {
+            client.emit(log(n));
+            n += 1;
+        }
+        let _ = client.flush(Duration::from_millis(100));
+        assert!(
+            Instant::now() < deadline,
+            "never noticed: {:?}",
+            client.stats()
+        );
+    }
+    let noticed = n;
+    // A new connection carries what follows.
+    assert!(
+        proxied.proxy.wait_for_accepted(accepted + 1, WAIT),
+        "{:?}",
+        client.stats()
+    );
+    for _ in 0..100 {
+        client.emit(log(n));
+        n += 1;
+    }
+    client.close(WAIT).unwrap();
+    let received = seqs(&proxied.agent);
+    let unique: HashSet<u64> = received.iter().copied().collect();
+    assert_eq!(
+        unique.len(),
+        received.len(),
+        "at most once never duplicates"
+    );
+    // Lost: what gRPC took on the silent connection (counted sent: at most
+    // once cannot know) and the held write (given up). Nothing from before
+    // the fault, nothing emitted after the client noticed.
+    let missing: Vec<u64> = (0..n).filter(|k| !unique.contains(k)).collect();
+    let stats = client.stats();
+    assert!(
+        !missing.is_empty() && missing.iter().all(|&k| (BEFORE..noticed).contains(&k)),
+        "lost {} of {n}, noticed at {noticed}: {:?}… {stats:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    assert_eq!(stats.sent + stats.dropped.total(), n, "{stats:?}");
+    assert!(
+        stats
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("write not accepted"),
+        "{stats:?}"
+    );
+    eprintln!(
+        "at most once, half open: lost {} ({} given up), noticed after {}",
+        missing.len(),
+        stats.dropped.gave_up,
+        noticed - BEFORE
+    );
+    assert_closed_accounting(&stats);
+}
