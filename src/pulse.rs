@@ -328,18 +328,7 @@ fn run(
 mod tests {
     use super::*;
 
-    /// What the sender thread does: takes every envelope.
-    fn sent(pulse: Vec<(Envelope, Option<Carried>)>) -> Vec<Envelope> {
-        pulse
-            .into_iter()
-            .map(|(envelope, carried)| {
-                if let Some(carried) = carried {
-                    carried.taken();
-                }
-                envelope
-            })
-            .collect()
-    }
+    use crate::series::all_taken as sent;
 
     fn counters(envelopes: &[Envelope]) -> Vec<(String, u64, u64)> {
         envelopes

@@ -172,18 +172,7 @@ fn program_name() -> String {
 mod tests {
     use super::*;
 
-    /// What the sender thread does: takes every envelope.
-    fn sent(report: Vec<(Envelope, Option<Carried>)>) -> Vec<Envelope> {
-        report
-            .into_iter()
-            .map(|(envelope, carried)| {
-                if let Some(carried) = carried {
-                    carried.taken();
-                }
-                envelope
-            })
-            .collect()
-    }
+    use crate::series::all_taken as sent;
 
     fn counters(envelopes: &[Envelope]) -> Vec<(String, u64, u64, Option<String>)> {
         envelopes

@@ -83,6 +83,21 @@ impl Carried {
     }
 }
 
+/// What the sender thread does with a report's envelopes, for tests: it
+/// takes every one.
+#[cfg(test)]
+pub(crate) fn all_taken(report: Vec<(Envelope, Option<Carried>)>) -> Vec<Envelope> {
+    report
+        .into_iter()
+        .map(|(envelope, carried)| {
+            if let Some(carried) = carried {
+                carried.taken();
+            }
+            envelope
+        })
+        .collect()
+}
+
 impl Drop for Carried {
     fn drop(&mut self) {
         if self.delta > 0 {

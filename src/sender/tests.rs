@@ -908,12 +908,10 @@ impl Harness {
     }
 }
 
+/// Like [`held`], for the ends of half-closed (or failed) streams.
 fn held_ends() -> (Arc<Mutex<Hold>>, Script) {
-    let hold = Arc::new(Mutex::new(Hold::default()));
-    let script = Script {
-        hold_ends: Some(hold.clone()),
-        ..Script::default()
-    };
+    let (hold, mut script) = held();
+    script.hold_ends = script.hold.take();
     (hold, script)
 }
 
