@@ -240,3 +240,49 @@ fn unary_sends(agent: &SpyAgent) -> usize {
         .filter(|batch| batch.rpc == loggregator::spy::Rpc::Send)
         .count()
 }
+
+#[test]
+fn block_waits_on_a_program_thread_whatever_its_name() {
+    let certs = TestCerts::generate().unwrap();
+    let (_addr, builder) = absent_agent(&certs);
+    let client = builder
+        .overflow(Overflow::Block)
+        .batch_max_bytes(1_024)
+        .queue_max_bytes(1_024)
+        .build()
+        .unwrap();
+    // Named like the client's own threads, where `emit` never waits; it is
+    // not one of them, so it waits as the policy says.
+    let (returned, emits_returned) = crossbeam_channel::bounded(1);
+    let emitter = {
+        let client = client.clone();
+        std::thread::Builder::new()
+            .name("loggregator-app".to_string())
+            .spawn(move || {
+                // The budget holds two; nothing is accepted while the
+                // agent is away.
+                for _ in 0..3 {
+                    client.emit(Envelope::log(vec![b'b'; 400]));
+                }
+                let _ = returned.send(());
+            })
+            .unwrap()
+    };
+    // Two held, and the third waiting for room.
+    wait_for_stats(&client, |stats| {
+        stats.emitted == 3 && stats.queued + stats.in_flight == 2
+    });
+    // A window in which a thread that drops instead would have returned.
+    assert!(
+        emits_returned
+            .recv_timeout(Duration::from_millis(300))
+            .is_err(),
+        "{:?}",
+        client.stats()
+    );
+    let _ = client.close(Duration::from_millis(200));
+    emitter.join().unwrap();
+    let stats = client.stats();
+    assert_eq!(stats.dropped.queue_full, 0, "{stats:?}");
+    assert_closed_accounting(&stats);
+}
