@@ -313,6 +313,24 @@ mod tests {
     }
 
     #[test]
+    fn a_sealed_batch_holds_about_what_it_counts_and_the_builder_never_passes_its_cap() {
+        let envelope = crate::Envelope::log(vec![b'x'; 3_000]).build().into_encoded();
+        let framed = framed_len(envelope.bytes.len());
+        let max_bytes = 64 * framed + framed / 2;
+        let mut builder = BatchBuilder::new(max_bytes);
+        for round in 0..3 {
+            // Sizes that doubling would overshoot: 3, then 40, then 64 envelopes.
+            for _ in 0..[3, 40, 64][round] {
+                builder.push(&envelope, &Stamp::default(), 0);
+                assert!(builder.bytes.capacity() <= max_bytes.max(builder.bytes.len()));
+            }
+            let sealed = builder.seal(100);
+            let (len, capacity) = (sealed.bytes.len(), sealed.bytes.capacity());
+            assert!(capacity <= len + len / 8, "round {round}: {capacity} for {len}");
+        }
+    }
+
+    #[test]
     fn splitting_keeps_every_envelope_in_order_and_numbers_both_halves() {
         let (first, second) = batch_of(5).split().unwrap();
         assert_eq!(timestamps(&first), vec![0, 1]);
