@@ -314,7 +314,9 @@ mod tests {
 
     #[test]
     fn a_sealed_batch_holds_about_what_it_counts_and_the_builder_never_passes_its_cap() {
-        let envelope = crate::Envelope::log(vec![b'x'; 3_000]).build().into_encoded();
+        let envelope = crate::Envelope::log(vec![b'x'; 3_000])
+            .build()
+            .into_encoded();
         let framed = framed_len(envelope.bytes.len());
         let max_bytes = 64 * framed + framed / 2;
         let mut builder = BatchBuilder::new(max_bytes);
@@ -326,7 +328,10 @@ mod tests {
             }
             let sealed = builder.seal(100);
             let (len, capacity) = (sealed.bytes.len(), sealed.bytes.capacity());
-            assert!(capacity <= len + len / 8, "round {round}: {capacity} for {len}");
+            assert!(
+                capacity <= len + len / 8,
+                "round {round}: {capacity} for {len}"
+            );
         }
     }
 

@@ -18,6 +18,7 @@
 //! starts unary calls, so the loop is tested with in-memory fakes (tests.rs).
 
 mod batcher;
+mod ends;
 mod health;
 mod ledger;
 mod streams;

@@ -23,9 +23,10 @@ use crate::queue::Room;
 use crate::stats::{Counters, DropReason};
 
 use super::batcher::{Intake, Outbox};
+use super::ends::{Confirmation, Confirming, Ending, Ends};
 use super::health::Health;
 use super::ledger::{Accepted, Ledger};
-use super::transport::{BatchStream, Closing, Transport, WriteError};
+use super::transport::{BatchStream, Transport, WriteError};
 use super::{LONGEST_WAIT, Settings, deadline_after};
 
 /// A stream that has carried writes this long is working: when it ends, a
@@ -58,34 +59,6 @@ struct Writing {
     reused: bool,
 }
 
-/// A half-closed stream and the batches its clean end will confirm.
-struct Confirming<C> {
-    closing: C,
-    batches: Vec<Batch>,
-    deadline: Instant,
-    connection: u64,
-    /// Ended by close: at most once, how it ends is close's result.
-    last: bool,
-}
-
-/// A stream whose write failed, waiting for its call's status to say why;
-/// its slot takes no write meanwhile.
-struct Ending<C> {
-    closing: C,
-    slot: usize,
-    /// What the write's own error said.
-    failure: WriteError,
-    /// The write that met the failure.
-    batch: Batch,
-    /// The failure came after the transport took the write: the agent
-    /// may have read it.
-    started: bool,
-    reused: bool,
-    unconfirmed: Vec<Batch>,
-    proven: bool,
-    deadline: Instant,
-}
-
 type ClosingOf<T> = <<T as Transport>::Stream as BatchStream>::Closing;
 
 pub(crate) struct Streams<T: Transport> {
@@ -111,8 +84,7 @@ pub(crate) struct Streams<T: Transport> {
     /// Counts the connections abandoned: a stream opened before the last
     /// one was left rides a dead connection.
     connection: u64,
-    confirming: Vec<Confirming<ClosingOf<T>>>,
-    ending: Vec<Ending<ClosingOf<T>>>,
+    ends: Ends<ClosingOf<T>>,
     retry_at: Option<Instant>,
     backoff: Backoff,
     /// At most once: how the last stream ended, when it ended badly during close.
@@ -142,14 +114,13 @@ impl<T: Transport> Streams<T> {
             ),
             health: Health::new(counters.clone()),
             counters,
-            waker,
+            waker: waker.clone(),
             outbox: Outbox::new(),
             slots: (0..settings.streams.max(1)).map(|_| None).collect(),
             next_slot: 0,
             streams_opened: 0,
             connection: 0,
-            confirming: Vec::new(),
-            ending: Vec::new(),
+            ends: Ends::new(waker.clone()),
             retry_at: None,
             backoff: settings.backoff.clone(),
             close_error: None,
@@ -183,10 +154,7 @@ impl<T: Transport> Streams<T> {
 
     /// Nothing is left to write or confirm.
     pub(crate) fn is_idle(&self) -> bool {
-        self.outbox.is_empty()
-            && self.slots.iter().all(Option::is_none)
-            && self.confirming.is_empty()
-            && self.ending.is_empty()
+        self.outbox.is_empty() && self.slots.iter().all(Option::is_none) && self.ends.is_idle()
     }
 
     /// Tells the queue what the sender holds of the byte budget.
@@ -203,8 +171,7 @@ impl<T: Transport> Streams<T> {
 
     /// The next time something here is due.
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
-        let confirmation = self.confirming.iter().map(|c| c.deadline).min();
-        let ending = self.ending.iter().map(|e| e.deadline).min();
+        let ends = self.ends.next_deadline();
         let write = self.in_flight().map(|writing| writing.deadline).min();
         // A stream with a write in flight rotates once the write settles,
         // which wakes the loop: its rotation is no deadline to wait for.
@@ -216,7 +183,7 @@ impl<T: Transport> Streams<T> {
             })
             .filter_map(|slot| self.rotation_due(slot))
             .min();
-        [self.retry_at, rotation, confirmation, ending, write]
+        [self.retry_at, rotation, ends, write]
             .into_iter()
             .flatten()
             .min()
@@ -262,7 +229,8 @@ impl<T: Transport> Streams<T> {
             self.health.record(&error);
         }
         let mut undelivered = 0;
-        for ending in std::mem::take(&mut self.ending) {
+        let (ending, confirming) = self.ends.take_all();
+        for ending in ending {
             undelivered += self.give_up(ending.batch, DropReason::GaveUp);
             for batch in ending.unconfirmed {
                 undelivered += self.give_up(batch, DropReason::GaveUp);
@@ -282,7 +250,7 @@ impl<T: Transport> Streams<T> {
                 undelivered += self.give_up(writing.batch, DropReason::GaveUp);
             }
         }
-        for confirming in std::mem::take(&mut self.confirming) {
+        for confirming in confirming {
             if confirming.last && self.close_error.is_none() {
                 let error = self.error(
                     "the agent did not end the stream before close's deadline",
@@ -342,7 +310,7 @@ impl<T: Transport> Streams<T> {
     fn unsettled(&self) -> impl Iterator<Item = &Batch> {
         self.in_flight()
             .map(|writing| &writing.batch)
-            .chain(self.ending.iter().map(|ending| &ending.batch))
+            .chain(self.ends.failed_writes())
     }
 
     fn writing(&self) -> bool {
@@ -361,7 +329,7 @@ impl<T: Transport> Streams<T> {
         // from ever being idle to rotate).
         let turns = (0..count)
             .map(|offset| (self.next_slot + offset) % count)
-            .filter(|&slot| !self.ending.iter().any(|ending| ending.slot == slot))
+            .filter(|&slot| !self.ends.awaits_status(slot))
             .filter(|&slot| self.rotation_due(slot).is_none_or(|due| now < due));
         // A suspect batch must be the first message of its stream: only
         // then does a refusal point at it.
@@ -485,7 +453,7 @@ impl<T: Transport> Streams<T> {
         let Some(open) = self.slots[slot].take() else {
             return;
         };
-        self.ending.push(Ending {
+        self.ends.await_status(Ending {
             closing: open.stream.into_end(),
             slot,
             failure,
@@ -501,20 +469,7 @@ impl<T: Transport> Streams<T> {
     /// Settles failed streams whose status has come (or was waited for
     /// long enough): the status, when it says more, decides for the write.
     fn poll_endings(&mut self, now: Instant) {
-        let waker = self.waker.clone();
-        let mut context = Context::from_waker(&waker);
-        let mut index = 0;
-        while index < self.ending.len() {
-            let status = match self.ending[index].closing.poll_end(&mut context) {
-                Poll::Ready(Err(status)) => Some(status),
-                Poll::Ready(Ok(())) => None,
-                Poll::Pending if now >= self.ending[index].deadline => None,
-                Poll::Pending => {
-                    index += 1;
-                    continue;
-                }
-            };
-            let ending = self.ending.remove(index);
+        for (ending, status) in self.ends.poll_statuses(now) {
             let failure = status.unwrap_or(ending.failure);
             let failure = match failure {
                 // The stream had carried writes, so the connection was up:
@@ -588,13 +543,7 @@ impl<T: Transport> Streams<T> {
                 ),
             }
         }
-        let mut index = 0;
-        while index < self.confirming.len() {
-            if self.confirming[index].connection != connection {
-                index += 1;
-                continue;
-            }
-            let done = self.confirming.remove(index);
+        for done in self.ends.take_on(connection) {
             let error = self.error(
                 "the stream was ended with its connection, which stopped answering",
                 None,
@@ -816,7 +765,7 @@ impl<T: Transport> Streams<T> {
     /// Half-closes a slot's stream; `last` when close ends it.
     fn end_stream(&mut self, slot: usize, last: bool) {
         if let Some(open) = self.slots[slot].take() {
-            self.confirming.push(Confirming {
+            self.ends.confirm(Confirming {
                 closing: open.stream.half_close(),
                 batches: open.unconfirmed,
                 deadline: deadline_after(self.confirm_timeout),
@@ -827,37 +776,29 @@ impl<T: Transport> Streams<T> {
     }
 
     fn poll_confirmations(&mut self, now: Instant) {
-        let waker = self.waker.clone();
-        let mut context = Context::from_waker(&waker);
-        let mut index = 0;
-        while index < self.confirming.len() {
-            let confirming = &mut self.confirming[index];
-            let (outcome, timed_out) = match confirming.closing.poll_end(&mut context) {
-                Poll::Ready(outcome) => (outcome, false),
-                Poll::Pending if now >= confirming.deadline => {
-                    let error = self.transport.stalled(self.confirm_timeout);
-                    (Err(WriteError::Uncertain(error)), true)
-                }
-                Poll::Pending => {
-                    index += 1;
-                    continue;
-                }
-            };
-            // Dropping it cancels a call still pending.
-            let done = self.confirming.remove(index);
-            match outcome {
-                Ok(()) => {
-                    if !done.batches.is_empty() {
+        for confirmation in self.ends.poll_confirmations(now) {
+            match confirmation {
+                Confirmation::Confirmed(batches) => {
+                    if !batches.is_empty() {
                         self.backoff.reset();
                     }
-                    for batch in done.batches {
+                    for batch in batches {
                         self.ledger.confirmed(batch);
                     }
                 }
-                Err(failure) => {
-                    self.confirmation_failed(done.batches, done.last, failure, true);
+                Confirmation::Failed {
+                    batches,
+                    last,
+                    connection,
+                    failure,
+                } => {
+                    let timed_out = failure.is_none();
+                    let failure = failure.unwrap_or_else(|| {
+                        WriteError::Uncertain(self.transport.stalled(self.confirm_timeout))
+                    });
+                    self.confirmation_failed(batches, last, failure, true);
                     if timed_out {
-                        self.abandon_connection(done.connection);
+                        self.abandon_connection(connection);
                     }
                 }
             }
