@@ -1,5 +1,5 @@
 //! `cargo bench --bench throughput`: the client against the spy agent over
-//! mTLS on loopback, every figure of the README's Performance section in one
+//! mTLS on loopback, every figure of docs/performance.md in one
 //! run.
 //!
 //! The agent runs as a child process (`loggregator-spy-agent --count-only`),
