@@ -263,9 +263,17 @@ impl IngressClientBuilder {
 
     /// How long one batch write may wait for the agent to take it, and how
     /// long the agent may take to end a closed stream (default
-    /// [`DEFAULT_WRITE_TIMEOUT`], 10 s). Past it the stream is cancelled; at
-    /// most once, the batch is counted as `gave_up` (the agent may have it),
-    /// at least once it is written again.
+    /// [`DEFAULT_WRITE_TIMEOUT`], 10 s).
+    ///
+    /// Past it the client takes the connection for dead (a peer that
+    /// vanished, lost NAT state, an agent wedged on it: nothing tells TCP
+    /// or gRPC so before keepalive would) and leaves it: every stream on it
+    /// ends, and the next one opens a new connection. At most once, the
+    /// writes held are counted as `gave_up` (the agent may have them); at
+    /// least once, whatever the streams carried unconfirmed is written
+    /// again. An agent that is alive but reads a stream slower than one
+    /// batch per `write_timeout` is treated the same way, so keep it well
+    /// above the time the agent takes to read a batch.
     ///
     /// ```
     /// let builder = loggregator::IngressClient::builder()
