@@ -24,15 +24,40 @@
 //! # Ok::<(), loggregator::Error>(())
 //! ```
 //!
-//! Features: `tracing` adds `TracingLayer`, which sends spans (as Timer
-//! envelopes with W3C trace ids, which a Forwarder Agent turns into
-//! OpenTelemetry spans) and events (as logs) recorded with the `tracing`
-//! crate; `testing` adds the `spy` module, a real mTLS agent and throwaway
-//! certificates for integration tests; `cli` builds the `loggregator-pipe`
-//! command.
-
+//! # Features
+//!
+//! None is on by default; the client, the envelope builders, pulse
+//! counters and gauges, process metrics and [`LogBridge`] need none.
+//!
+//! - `tracing`: [`TracingLayer`], a `tracing-subscriber` layer that sends
+//!   each closed span as a Timer envelope carrying W3C trace ids (which a
+//!   Forwarder Agent turns into an OpenTelemetry span) and each event as a
+//!   log tagged with its span's ids, and [`current_traceparent`], the
+//!   current span's `traceparent` header for outgoing requests.
+//! - `testing`: the [`spy`] module, a real Ingress server with mutual TLS
+//!   that records what it reads, and throwaway certificates for it and the
+//!   client, for integration tests without a Cloud Foundry.
+//! - `cli`: the `loggregator-pipe` program, which sends each line of its
+//!   standard input as a log; with `testing` too, the
+//!   `loggregator-spy-agent` program, the spy agent on its own.
+//!
+//! On docs.rs, which is built with every feature, each item that needs one
+//! says which.
+//!
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+// Without its feature an item is not in the crate, so the list above links to
+// its page on docs.rs, which is built with every feature.
+#![cfg_attr(
+    not(feature = "tracing"),
+    doc = "[`TracingLayer`]: https://docs.rs/loggregator/latest/loggregator/struct.TracingLayer.html",
+    doc = "[`current_traceparent`]: https://docs.rs/loggregator/latest/loggregator/fn.current_traceparent.html"
+)]
+#![cfg_attr(
+    not(feature = "testing"),
+    doc = "[`spy`]: https://docs.rs/loggregator/latest/loggregator/spy/index.html"
+)]
 
 mod batch;
 mod builder;
@@ -57,6 +82,7 @@ mod tracing_layer;
 mod wire;
 
 #[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod spy;
 
 pub use builder::{

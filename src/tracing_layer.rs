@@ -20,11 +20,13 @@ use crate::source::SourceInfo;
 /// The most tags a span's or an event's fields add to one envelope; the
 /// rest are left off and counted in [`Stats::tags_dropped`](crate::Stats::tags_dropped).
 /// The ids, `level` and `target` the layer adds itself are not counted.
+#[cfg_attr(docsrs, doc(cfg(feature = "tracing")))]
 pub const MAX_FIELD_TAGS: usize = 16;
 /// The longest field value kept as a tag, in bytes; longer ones are cut at
 /// a character boundary, end with `…` and are counted in
 /// [`Stats::values_cut`](crate::Stats::values_cut). An event's message is
 /// not a tag but the log's payload, and is sent whole.
+#[cfg_attr(docsrs, doc(cfg(feature = "tracing")))]
 pub const MAX_FIELD_BYTES: usize = 1024;
 
 /// Sends spans and events recorded with `tracing` to Loggregator.
@@ -73,6 +75,7 @@ pub const MAX_FIELD_BYTES: usize = 1024;
 /// let _entered = span.enter();
 /// tracing::info!(status = 200, "handled");
 /// ```
+#[cfg_attr(docsrs, doc(cfg(feature = "tracing")))]
 #[derive(Debug)]
 pub struct TracingLayer {
     client: IngressClient,
@@ -497,6 +500,7 @@ where
 ///     // request.header("traceparent", header)
 /// }
 /// ```
+#[cfg_attr(docsrs, doc(cfg(feature = "tracing")))]
 pub fn current_traceparent() -> Option<String> {
     tracing::Span::current()
         .with_subscriber(|(id, dispatch)| {
