@@ -424,9 +424,12 @@ impl IngressClient {
             inner.counters.record_error(&error);
             return Err(error);
         };
-        let batch = batch
-            .write_to_bytes()
-            .map_err(|e| Error::Rejected(format!("cannot encode the batch: {e}")))?;
+        let encoded = batch.write_to_bytes();
+        // The envelopes are encoded: the caller holds them no longer while
+        // it waits for the agent.
+        drop(batch);
+        let batch =
+            encoded.map_err(|e| Error::Rejected(format!("cannot encode the batch: {e}")))?;
         let (reply, replied) = bounded(1);
         inner
             .control

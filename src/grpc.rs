@@ -149,7 +149,9 @@ impl Transport for GrpcTransport {
         })
     }
 
-    fn send(&mut self, batch: &[u8], timeout: Duration) -> Result<GrpcCall> {
+    fn send(&mut self, mut batch: Vec<u8>, timeout: Duration) -> Result<GrpcCall> {
+        // A vector with no spare capacity becomes the slice as it is.
+        batch.shrink_to_fit();
         let request = GrpcSlice::from(batch);
         let response = self
             .client

@@ -265,7 +265,7 @@ impl<T: Transport> SenderLoop<T> {
                 reply,
             } => self.unary.start(
                 self.streams.transport(),
-                &batch,
+                batch,
                 reservation,
                 deadline,
                 reply,

@@ -133,7 +133,7 @@ impl Transport for FakeTransport {
         })
     }
 
-    fn send(&mut self, _batch: &[u8], _timeout: Duration) -> Result<FakeCall> {
+    fn send(&mut self, _batch: Vec<u8>, _timeout: Duration) -> Result<FakeCall> {
         Ok(FakeCall)
     }
 

@@ -24,8 +24,8 @@ pub(crate) trait Transport {
     fn open(&mut self) -> Result<Self::Stream>;
 
     /// Starts a unary `Send` of an encoded `EnvelopeBatch`, which gives up
-    /// after `timeout`.
-    fn send(&mut self, batch: &[u8], timeout: Duration) -> Result<Self::Call>;
+    /// after `timeout`; the call owns the batch (no copy of it is made).
+    fn send(&mut self, batch: Vec<u8>, timeout: Duration) -> Result<Self::Call>;
 
     /// Leaves the connection: streams opened from now on use a new one.
     /// Ending a call keeps its connection, so a connection that went silent

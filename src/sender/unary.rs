@@ -44,7 +44,7 @@ impl<C: UnaryCall> Unary<C> {
     pub(crate) fn start<T: Transport<Call = C>>(
         &mut self,
         transport: &mut T,
-        batch: &[u8],
+        batch: Vec<u8>,
         reservation: Reservation,
         deadline: Instant,
         reply: Sender<Result<()>>,
