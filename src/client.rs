@@ -205,6 +205,20 @@ impl IngressClient {
         self.inner.queue.emit_never_waiting(envelope);
     }
 
+    /// Reports `source` with every pulse, starting the pulse thread; false
+    /// once the client has sent its last pulse (it is closing or closed).
+    #[cfg(feature = "metrics")]
+    pub(crate) fn add_pulse_source(&self, source: Arc<dyn crate::pulse::PulseSource>) -> bool {
+        self.start_pulse_thread();
+        self.inner.pulses.add_source(source)
+    }
+
+    /// The live counters behind `stats()`, for a recorder to count in.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn counters(&self) -> Arc<Counters> {
+        self.inner.counters.clone()
+    }
+
     /// Counts tags the tracing layer left off an envelope.
     #[cfg(feature = "tracing")]
     pub(crate) fn count_dropped_tags(&self, count: u64) {

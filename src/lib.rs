@@ -27,12 +27,15 @@
 //! Features: `tracing` adds `TracingLayer`, which sends spans (as Timer
 //! envelopes with W3C trace ids, which a Forwarder Agent turns into
 //! OpenTelemetry spans) and events (as logs) recorded with the `tracing`
-//! crate; `testing` adds the `spy` module, a real mTLS agent and throwaway
-//! certificates for integration tests; `cli` builds the `loggregator-pipe`
-//! command.
+//! crate; `metrics` adds `MetricsRecorder`, a recorder for the `metrics`
+//! facade that sends what `counter!`, `gauge!` and `histogram!` record with
+//! each pulse, in the shapes Cloud Foundry's prom-scraper uses; `testing`
+//! adds the `spy` module, a real mTLS agent and throwaway certificates for
+//! integration tests; `cli` builds the `loggregator-pipe` command.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod batch;
 mod builder;
@@ -41,6 +44,8 @@ mod envelope;
 mod error;
 mod grpc;
 mod log_bridge;
+#[cfg(feature = "metrics")]
+mod metrics_recorder;
 mod policy;
 mod process;
 pub mod proto;
@@ -74,6 +79,10 @@ pub use envelope::{
 };
 pub use error::{Error, Result};
 pub use log_bridge::LogBridge;
+#[cfg(feature = "metrics")]
+pub use metrics_recorder::{
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_SERIES, DEFAULT_QUANTILES, MetricsRecorder,
+};
 pub use policy::{Delivery, Overflow};
 pub use pulse::{Counter, Gauge};
 pub use source::SourceInfo;
