@@ -35,6 +35,11 @@ use crate::stats::Counters;
 
 /// The quantiles a histogram reports by default, as Gauges tagged
 /// `quantile` "0.5", "0.9" and "0.99".
+///
+/// ```
+/// assert_eq!(loggregator::DEFAULT_QUANTILES, [0.5, 0.9, 0.99]);
+/// ```
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub const DEFAULT_QUANTILES: [f64; 3] = [0.5, 0.9, 0.99];
 
 /// How long a series nobody holds a handle to may go untouched before it
@@ -45,6 +50,11 @@ pub const DEFAULT_QUANTILES: [f64; 3] = [0.5, 0.9, 0.99];
 /// its next value in full, as after a restart); short enough that series
 /// named by ever-changing labels (a request id, a connection) leave within
 /// minutes.
+///
+/// ```
+/// assert_eq!(loggregator::DEFAULT_IDLE_TIMEOUT.as_secs(), 300);
+/// ```
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 
 /// The most live series by default: 1,000. A pulse sends at most one
@@ -53,6 +63,11 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 /// so 1,000 series stay well within the default queue
 /// ([`DEFAULT_QUEUE_CAPACITY`](crate::DEFAULT_QUEUE_CAPACITY), 10,000) and
 /// the agent's 10,000-envelope ring, beside the program's own logs.
+///
+/// ```
+/// assert_eq!(loggregator::DEFAULT_MAX_SERIES, 1_000);
+/// ```
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub const DEFAULT_MAX_SERIES: usize = 1_000;
 
 /// The most metrics one Gauge envelope carries: a label set shared by more
@@ -790,6 +805,10 @@ impl State {
         envelopes.extend(gauges.into_envelopes().map(|envelope| (envelope, None)));
         if last {
             self.closed.store(true, Relaxed);
+            // Nothing is recorded or reported any more: an installed
+            // recorder outlives its client.
+            self.registry.clear();
+            return envelopes;
         }
         if forgettable {
             self.forget_idle(now);
