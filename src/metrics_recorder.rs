@@ -967,6 +967,40 @@ mod tests {
         state.admit(|| state.registry.get_or_create_histogram(key, Arc::clone))
     }
 
+    fn quantile(envelopes: &[Envelope], q: &str) -> Option<f64> {
+        envelopes.iter().find_map(|e| {
+            let p = e.as_proto();
+            (p.has_gauge() && p.tags.get("quantile").map(String::as_str) == Some(q))
+                .then(|| p.gauge().metrics["latency"].value)
+        })
+    }
+
+    #[test]
+    fn quantiles_cover_the_interval_and_the_sum_runs_on() {
+        let mut settings = settings();
+        settings.quantiles = vec![0.5, 1.0];
+        let state = state(settings);
+        let cell = record(&state, &Key::from_name("latency")).unwrap();
+        (1..=100).for_each(|n| cell.record(f64::from(n)));
+        let first = sent(state.gather(false));
+        assert!((quantile(&first, "1").unwrap() - 100.0).abs() < 0.1);
+        (1001..=1100).for_each(|n| cell.record(f64::from(n)));
+        let second = sent(state.gather(false));
+        let median = quantile(&second, "0.5").unwrap();
+        assert!((1049.0..=1051.0).contains(&median), "{median}");
+        let sum = second.iter().find_map(|e| {
+            e.as_proto()
+                .gauge()
+                .metrics
+                .get("latency_sum")
+                .map(|m| m.value)
+        });
+        assert_eq!(sum, Some(5050.0 + 105_050.0));
+        let third = sent(state.gather(false));
+        assert_eq!(quantile(&third, "0.5"), None, "no values, no quantiles");
+        assert_eq!(third.len(), 1, "the running sum alone: {third:?}");
+    }
+
     #[test]
     fn labels_become_sorted_tags_and_ids() {
         let key = Key::from_parts(
