@@ -108,7 +108,7 @@ enum Scenario {
     Footprint,
     Idle,
     Metrics,
-    MetricsSeries,
+    Series,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -619,7 +619,7 @@ fn run_scenario(scenario: Scenario, flags: &Flags) -> Figures {
         Scenario::Footprint => footprint(),
         Scenario::Idle => idle(flags),
         Scenario::Metrics => metrics_calls(flags),
-        Scenario::MetricsSeries => metrics_series(flags),
+        Scenario::Series => metrics_series(flags),
     }
 }
 
@@ -1188,12 +1188,13 @@ fn metrics_section(agent: &mut Agent) {
         calls["prometheus_kept_1_p50"],
         calls["loggregator_kept_1_p50"] / calls["prometheus_kept_1_p50"]
     );
-    let series = measure(agent, Scenario::MetricsSeries, &[]);
+    let series = measure(agent, Scenario::Series, &[]);
     println!(
-        "  {} live series ({SERIES_COUNTERS} counters, {SERIES_GAUGES} gauges, {SERIES_HISTOGRAMS} histograms of {VALUES_PER_HISTOGRAM} values), all moving: per interval {:.2} ms CPU on the pulse thread (building {:.0} envelopes and queueing them), {:.2} ms on the sender thread (batching and gRPC); dropped {}; Prometheus render of the same series {:.2} ms",
+        "  {} live series ({SERIES_COUNTERS} counters, {SERIES_GAUGES} gauges, {SERIES_HISTOGRAMS} histograms of {VALUES_PER_HISTOGRAM} values), all moving: per interval {:.2} ms CPU on the pulse thread (building {:.0} envelopes and queueing them, {:.2} µs each), {:.2} ms on the sender thread (batching and gRPC); dropped {}; Prometheus render of the same series {:.2} ms",
         SERIES_COUNTERS + SERIES_GAUGES + SERIES_HISTOGRAMS,
         series["pulse_ms_per_interval"],
         series["envelopes_per_interval"],
+        series["pulse_us_per_envelope"],
         series["sender_ms_per_interval"],
         series["dropped"],
         series["prometheus_render_ms"],
@@ -1375,10 +1376,18 @@ fn metrics_series(flags: &Flags) -> Figures {
         let due = started + SERIES_INTERVAL * round;
         thread::sleep(due.saturating_duration_since(Instant::now()));
     }
-    let intervals = started.elapsed().as_secs_f64() / SERIES_INTERVAL.as_secs_f64();
     let pulse = threads_cpu("loggregator-pul") - pulse_before;
     let sender = threads_cpu("loggregator-sen") - sender_before;
     let envelopes = (client.stats().emitted - emitted_before) as f64;
+    // A pulse of every series sends a counter per counter and histogram, a
+    // gauge envelope per label set (the histograms' sums share the gauges'),
+    // and one per histogram and quantile. Pulses may land mid-touch or be
+    // late, so the figure is per pulse's worth of envelopes.
+    let per_pulse = (SERIES_COUNTERS
+        + SERIES_HISTOGRAMS
+        + SERIES_GAUGES.max(SERIES_HISTOGRAMS)
+        + SERIES_HISTOGRAMS * loggregator::DEFAULT_QUANTILES.len()) as f64;
+    let intervals = envelopes / per_pulse;
     client.close(Duration::from_secs(30)).expect("close");
 
     let theirs = make(&prometheus);
@@ -1399,7 +1408,11 @@ fn metrics_series(flags: &Flags) -> Figures {
             "sender_ms_per_interval".into(),
             sender.as_secs_f64() * 1e3 / intervals,
         ),
-        ("envelopes_per_interval".into(), envelopes / intervals),
+        ("envelopes_per_interval".into(), per_pulse),
+        (
+            "pulse_us_per_envelope".into(),
+            pulse.as_secs_f64() * 1e6 / envelopes,
+        ),
         ("dropped".into(), client.stats().dropped.total() as f64),
         (
             "prometheus_render_ms".into(),
