@@ -70,6 +70,11 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub const DEFAULT_MAX_SERIES: usize = 1_000;
 
+/// How often the values recorded on histograms are folded into their
+/// interval's count, sum and buckets or sketch, between pulses: a histogram
+/// holds at most about this long's values, whatever the pulse interval.
+const FOLD_INTERVAL: Duration = Duration::from_secs(1);
+
 /// The most metrics one Gauge envelope carries: a label set shared by more
 /// gauges is sent in several envelopes, so none grows past what one batch
 /// may hold.
@@ -129,8 +134,10 @@ const MAX_GAUGES_PER_ENVELOPE: usize = 500;
 /// (default [`DEFAULT_MAX_SERIES`]) series are live at once: beyond it a
 /// new series is not kept, what is recorded on it is not sent, and every
 /// such registration counts in
-/// [`Stats::series_dropped`](crate::Stats::series_dropped). Between two
-/// pulses a histogram holds the values recorded on it (8 bytes each).
+/// [`Stats::series_dropped`](crate::Stats::series_dropped). A histogram
+/// holds the values recorded on it for about a second at most (8 bytes
+/// each): the pulse thread folds them into the interval's count, sum and
+/// buckets or sketch (at most 32 KiB) every second.
 ///
 /// **Never waits, never loops.** Recording never waits for room in the
 /// queue, whatever the client's overflow policy: it never touches the
@@ -313,7 +320,7 @@ impl MetricsRecorder {
     fn state(&self) -> &Arc<State> {
         self.state.get_or_init(|| {
             let state = Arc::new(State::new(self.settings.clone(), self.client.counters()));
-            if !self.client.add_pulse_source(state.clone()) {
+            if !self.client.add_pulse_source(state.clone(), FOLD_INTERVAL) {
                 state.closed.store(true, Relaxed);
             }
             state
@@ -475,6 +482,8 @@ struct PulseSide {
     valued: bool,
     /// A histogram's running sum.
     sum: f64,
+    /// A histogram's values of this interval folded so far.
+    folded: Option<Folded>,
 }
 
 impl PulseSide {
@@ -483,6 +492,7 @@ impl PulseSide {
             active_at: Instant::now(),
             valued: false,
             sum: 0.0,
+            folded: None,
         })
     }
 }
@@ -767,14 +777,15 @@ impl State {
 
         self.registry.visit_histograms(|_, cell| {
             let mut pulse = cell.pulse.lock();
-            let drained = Drained::of(cell);
+            let mut drained = pulse.folded.take().unwrap_or_else(|| Folded::new(cell));
+            drained.fold(cell);
             if drained.count > 0 {
                 pulse.active_at = now;
                 pulse.valued = true;
                 pulse.sum += drained.sum;
                 cell.count.add(drained.count);
-                for ((_, series), count) in cell.buckets.iter().zip(&drained.buckets) {
-                    series.add(*count);
+                for ((_, series), count) in cell.buckets.iter().zip(drained.cumulative()) {
+                    series.add(count);
                 }
             }
             let counts = std::iter::once(&cell.count).chain(cell.buckets.iter().map(|(_, s)| s));
@@ -819,6 +830,17 @@ impl State {
     /// Forgets the series nobody holds that are idle with nothing pending.
     /// Under the registry's write lock no handle can be made, so one found
     /// unheld stays unheld while it goes.
+    /// Folds every histogram's values since the last fold, between pulses.
+    fn fold_histograms(&self) {
+        self.registry.visit_histograms(|_, cell| {
+            let mut pulse = cell.pulse.lock();
+            pulse
+                .folded
+                .get_or_insert_with(|| Folded::new(cell))
+                .fold(cell);
+        });
+    }
+
     fn forget_idle(&self, now: Instant) {
         let forgotten = AtomicUsize::new(0);
         let forget = |keep: bool| {
@@ -844,6 +866,12 @@ impl State {
         self.registry.retain_histograms(|_, cell| {
             let idle = Arc::strong_count(cell) == 1
                 && cell.values.is_empty()
+                && cell
+                    .pulse
+                    .lock()
+                    .folded
+                    .as_ref()
+                    .is_none_or(|f| f.count == 0)
                 && !cell.counting()
                 && self.idle(&cell.pulse.lock(), now);
             forget(!idle)
@@ -856,6 +884,12 @@ impl PulseSource for State {
     fn report(&self, last: bool) -> Vec<(Envelope, Option<Carried>)> {
         self.gather(last)
     }
+
+    fn upkeep(&self) {
+        if !self.closed.load(Relaxed) {
+            self.fold_histograms();
+        }
+    }
 }
 
 /// Relative error of the quantiles: 0.5%, at most 4,096 bins (32 KiB)
@@ -866,46 +900,52 @@ fn interval_summary() -> Summary {
     Summary::new(0.005, 4096, 1.0e-9)
 }
 
-/// What a histogram's values since the last pulse add up to.
-struct Drained {
+/// What a histogram's values of the interval add up to, so far.
+#[derive(Debug)]
+struct Folded {
     count: u64,
     sum: f64,
-    /// Per bound (`+Inf` last), the values at or below it.
+    /// Per bound (`+Inf` last), the values above the bound before it and
+    /// at or below this one.
     buckets: Vec<u64>,
     /// For the quantiles, when the histogram has no buckets and some values.
     summary: Option<Summary>,
 }
 
-impl Drained {
-    fn of(cell: &HistogramCell) -> Drained {
-        let mut drained = Drained {
+impl Folded {
+    fn new(cell: &HistogramCell) -> Folded {
+        Folded {
             count: 0,
             sum: 0.0,
             buckets: vec![0; cell.buckets.len()],
             summary: None,
-        };
+        }
+    }
+
+    /// Takes in the values recorded since the last fold.
+    fn fold(&mut self, cell: &HistogramCell) {
         let wants_summary = cell.buckets.is_empty() && !cell.quantiles.is_empty();
         cell.values.clear_with(|values| {
             for &value in values.iter().filter(|v| !v.is_nan()) {
-                drained.count += 1;
-                drained.sum += value;
+                self.count += 1;
+                self.sum += value;
                 if !cell.buckets.is_empty() {
                     // The first bound at or above the value; `+Inf` takes the rest.
                     let at = cell.buckets.partition_point(|(bound, _)| *bound < value);
-                    drained.buckets[at.min(cell.buckets.len() - 1)] += 1;
+                    self.buckets[at.min(cell.buckets.len() - 1)] += 1;
                 } else if wants_summary {
-                    drained
-                        .summary
-                        .get_or_insert_with(interval_summary)
-                        .add(value);
+                    self.summary.get_or_insert_with(interval_summary).add(value);
                 }
             }
         });
-        // Cumulative, as Prometheus buckets are.
-        for at in 1..drained.buckets.len() {
-            drained.buckets[at] += drained.buckets[at - 1];
-        }
-        drained
+    }
+
+    /// Per bound, the values at or below it, as Prometheus counts buckets.
+    fn cumulative(&self) -> impl Iterator<Item = u64> + '_ {
+        self.buckets.iter().scan(0, |below, count| {
+            *below += count;
+            Some(*below)
+        })
     }
 }
 
@@ -1010,6 +1050,33 @@ mod tests {
     }
 
     #[test]
+    fn values_folded_between_pulses_are_let_go_and_reported_with_the_rest() {
+        let mut settings = settings();
+        settings.quantiles = vec![1.0];
+        let state = state(settings);
+        let cell = record(&state, &Key::from_name("latency")).unwrap();
+        (1..=3).for_each(|n| cell.record(f64::from(n)));
+        state.upkeep();
+        assert!(cell.values.is_empty(), "folded, not held");
+        (4..=5).for_each(|n| cell.record(f64::from(n)));
+        let report = sent(state.gather(false));
+        let count = report.iter().find_map(|e| {
+            let p = e.as_proto();
+            (p.counter().name == "latency_count").then(|| p.counter().delta)
+        });
+        assert_eq!(count, Some(5));
+        assert!((quantile(&report, "1").unwrap() - 5.0).abs() < 0.05);
+        let sum = report.iter().find_map(|e| {
+            e.as_proto()
+                .gauge()
+                .metrics
+                .get("latency_sum")
+                .map(|m| m.value)
+        });
+        assert_eq!(sum, Some(15.0));
+    }
+
+    #[test]
     fn labels_become_sorted_tags_and_ids() {
         let key = Key::from_parts(
             "x",
@@ -1045,12 +1112,17 @@ mod tests {
         assert_eq!(settings.buckets_for("db"), Some(&[10.0][..]));
         let state = state(settings);
         let cell = record(&state, &Key::from_name("http_latency_seconds")).unwrap();
-        for value in [0.5, 1.0, 1.5, 3.0, f64::NAN] {
+        let mut folded = Folded::new(&cell);
+        for value in [0.5, 1.0, 1.5] {
             cell.record(value);
         }
-        let drained = Drained::of(&cell);
-        assert_eq!((drained.count, drained.sum), (4, 6.0));
-        assert_eq!(drained.buckets, vec![2, 3, 4]);
+        folded.fold(&cell);
+        for value in [3.0, f64::NAN] {
+            cell.record(value);
+        }
+        folded.fold(&cell);
+        assert_eq!((folded.count, folded.sum), (4, 6.0));
+        assert_eq!(folded.cumulative().collect::<Vec<_>>(), vec![2, 3, 4]);
     }
 
     #[test]

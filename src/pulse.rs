@@ -209,6 +209,10 @@ pub(crate) trait PulseSource: Send + Sync {
     /// its delta back if the queue drops it. `last`: close's pulse, after
     /// which this source is never asked again.
     fn report(&self, last: bool) -> Vec<(Envelope, Option<Carried>)>;
+
+    /// Between pulses, at the interval asked with
+    /// [`PulseCommand::Upkeep`]: work that bounds what the source holds.
+    fn upkeep(&self);
 }
 
 /// The pulse's other sources, and whether the last pulse has asked them.
@@ -265,6 +269,14 @@ impl Pulses {
 
     pub(crate) fn gauge(&self, name: &str, unit: &str) -> Gauge {
         self.registry.gauge(name, unit)
+    }
+
+    /// Lets every source do its upkeep between pulses.
+    fn upkeep(&self) {
+        #[cfg(feature = "metrics")]
+        for source in &self.sources.lock().list {
+            source.upkeep();
+        }
     }
 
     /// Sends one pulse, unless the last has been sent. `last`, the close's
@@ -330,6 +342,9 @@ impl Pulses {
 pub(crate) enum PulseCommand {
     /// Also send process metrics, this often.
     ProcessMetrics(Duration),
+    /// Also let the sources do their upkeep, this often.
+    #[cfg(feature = "metrics")]
+    Upkeep(Duration),
 }
 
 /// Starts the pulse thread: it sends a pulse every `interval` and, once
@@ -359,6 +374,9 @@ fn run(
 ) {
     let pulse = tick(interval);
     let mut process: Option<(Receiver<Instant>, ProcessMeter)> = None;
+    // Only the metrics recorder asks for upkeep.
+    #[cfg_attr(not(feature = "metrics"), allow(unused_mut))]
+    let mut upkeep_due: Receiver<Instant> = never();
     loop {
         let process_due = process.as_ref().map_or_else(never, |(due, _)| due.clone());
         select! {
@@ -367,9 +385,12 @@ fn run(
                 Ok(PulseCommand::ProcessMetrics(interval)) => {
                     process = Some((tick(interval), ProcessMeter::new()));
                 }
+                #[cfg(feature = "metrics")]
+                Ok(PulseCommand::Upkeep(interval)) => upkeep_due = tick(interval),
                 Err(_) => return,
             },
             recv(pulse) -> _ => pulses.send(None),
+            recv(upkeep_due) -> _ => pulses.upkeep(),
             recv(process_due) -> _ => {
                 if let Some(envelope) = process.as_mut().and_then(|(_, meter)| meter.read()) {
                     pulses.queue.push(envelope, Overflow::DropNewest);
