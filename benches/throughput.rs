@@ -1210,12 +1210,15 @@ fn time_calls(
     op: &(dyn Fn(u64) + Sync),
 ) -> Histogram<u64> {
     let mut all = histogram();
+    // All at once, or a thread may be done before the next one starts.
+    let start = std::sync::Barrier::new(threads);
     thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
             .map(|_| {
                 scope.spawn(|| {
                     metrics::with_local_recorder(recorder, || {
                         let mut histogram = histogram();
+                        start.wait();
                         for batch in 0..METRICS_BATCHES {
                             let t0 = Instant::now();
                             for n in 0..METRICS_BATCH {
