@@ -205,6 +205,31 @@ impl IngressClient {
         self.inner.queue.emit_never_waiting(envelope);
     }
 
+    /// Reports `source` with every pulse, and lets it do its upkeep every
+    /// `upkeep` between them, starting the pulse thread; false once the
+    /// client has sent its last pulse (it is closing or closed).
+    #[cfg(feature = "metrics")]
+    pub(crate) fn add_pulse_source(
+        &self,
+        source: Arc<dyn crate::pulse::PulseSource>,
+        upkeep: Duration,
+    ) -> bool {
+        self.start_pulse_thread();
+        if !self.inner.pulses.add_source(source) {
+            return false;
+        }
+        if let Some(commands) = &*self.inner.pulse_thread.lock() {
+            let _ = commands.send(PulseCommand::Upkeep(upkeep));
+        }
+        true
+    }
+
+    /// The live counters behind `stats()`, for a recorder to count in.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn counters(&self) -> Arc<Counters> {
+        self.inner.counters.clone()
+    }
+
     /// Counts tags the tracing layer left off an envelope.
     #[cfg(feature = "tracing")]
     pub(crate) fn count_dropped_tags(&self, count: u64) {

@@ -98,6 +98,13 @@ pub enum Error {
     #[error("cannot start the sender thread: {0}")]
     Spawn(#[source] std::io::Error),
 
+    /// A global `metrics` recorder is already installed (by this crate or
+    /// another); the facade takes one per process, so this one was not.
+    #[error(
+        "a global metrics recorder is already installed; the metrics facade takes one per process"
+    )]
+    RecorderAlreadySet,
+
     /// The client was closed; nothing more can be sent with it.
     #[error("the client is closed")]
     Closed,

@@ -34,6 +34,10 @@
 //!   Forwarder Agent turns into an OpenTelemetry span) and each event as a
 //!   log tagged with its span's ids, and [`current_traceparent`], the
 //!   current span's `traceparent` header for outgoing requests.
+//! - `metrics`: [`MetricsRecorder`], a recorder for the `metrics` facade
+//!   that sends what `counter!`, `gauge!` and `histogram!` record with each
+//!   pulse, in the shapes Cloud Foundry's prom-scraper gives Prometheus
+//!   metrics.
 //! - `testing`: the [`spy`] module, a real Ingress server with mutual TLS
 //!   that records what it reads, and throwaway certificates for it and the
 //!   client, for integration tests without a Cloud Foundry.
@@ -55,6 +59,10 @@
     doc = "[`current_traceparent`]: https://docs.rs/loggregator/latest/loggregator/fn.current_traceparent.html"
 )]
 #![cfg_attr(
+    not(feature = "metrics"),
+    doc = "[`MetricsRecorder`]: https://docs.rs/loggregator/latest/loggregator/struct.MetricsRecorder.html"
+)]
+#![cfg_attr(
     not(feature = "testing"),
     doc = "[`spy`]: https://docs.rs/loggregator/latest/loggregator/spy/index.html"
 )]
@@ -66,6 +74,8 @@ mod envelope;
 mod error;
 mod grpc;
 mod log_bridge;
+#[cfg(feature = "metrics")]
+mod metrics_recorder;
 mod policy;
 mod process;
 pub mod proto;
@@ -100,6 +110,10 @@ pub use envelope::{
 };
 pub use error::{Error, Result};
 pub use log_bridge::LogBridge;
+#[cfg(feature = "metrics")]
+pub use metrics_recorder::{
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_SERIES, DEFAULT_QUANTILES, MetricsRecorder,
+};
 pub use policy::{Delivery, Overflow};
 pub use pulse::{Counter, Gauge};
 pub use source::SourceInfo;

@@ -200,6 +200,29 @@ impl Registry {
     }
 }
 
+/// Something besides the pulse counters that reports with each pulse (the
+/// `metrics` recorder): it hands over what it gathered and never touches
+/// the queue itself, so its callers' threads never wait for room.
+#[cfg(feature = "metrics")]
+pub(crate) trait PulseSource: Send + Sync {
+    /// The envelopes for one pulse, each counter with the token that carries
+    /// its delta back if the queue drops it. `last`: close's pulse, after
+    /// which this source is never asked again.
+    fn report(&self, last: bool) -> Vec<(Envelope, Option<Carried>)>;
+
+    /// Between pulses, at the interval asked with
+    /// [`PulseCommand::Upkeep`]: work that bounds what the source holds.
+    fn upkeep(&self);
+}
+
+/// The pulse's other sources, and whether the last pulse has asked them.
+#[cfg(feature = "metrics")]
+#[derive(Default)]
+struct Sources {
+    list: Vec<Arc<dyn PulseSource>>,
+    asked_last: bool,
+}
+
 /// Sends what the counters and gauges gathered, through the queue. Shared
 /// by the pulse thread and `close`, which sends the last pulse: none
 /// follows it, so no delta is lost to a pulse racing close.
@@ -208,6 +231,10 @@ pub(crate) struct Pulses {
     queue: Arc<Queue>,
     /// The client's own health, when asked for (`self_metrics`).
     self_metrics: Option<Mutex<SelfMetrics>>,
+    /// Apart from `over`, which is held while a pulse waits for room: adding
+    /// a source must not wait behind close's last pulse.
+    #[cfg(feature = "metrics")]
+    sources: Mutex<Sources>,
     /// Set by the last pulse.
     over: Mutex<bool>,
 }
@@ -218,8 +245,22 @@ impl Pulses {
             registry: Registry::default(),
             queue,
             self_metrics: self_metrics.map(Mutex::new),
+            #[cfg(feature = "metrics")]
+            sources: Mutex::new(Sources::default()),
             over: Mutex::new(false),
         }
+    }
+
+    /// Adds a source to every later pulse; false once the last pulse has
+    /// been sent, when it would never be asked.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn add_source(&self, source: Arc<dyn PulseSource>) -> bool {
+        let mut sources = self.sources.lock();
+        if sources.asked_last {
+            return false;
+        }
+        sources.list.push(source);
+        true
     }
 
     pub(crate) fn counter(&self, name: &str, tags: &[(&str, &str)]) -> Counter {
@@ -228,6 +269,14 @@ impl Pulses {
 
     pub(crate) fn gauge(&self, name: &str, unit: &str) -> Gauge {
         self.registry.gauge(name, unit)
+    }
+
+    /// Lets every source do its upkeep between pulses.
+    fn upkeep(&self) {
+        #[cfg(feature = "metrics")]
+        for source in &self.sources.lock().list {
+            source.upkeep();
+        }
     }
 
     /// Sends one pulse, unless the last has been sent. `last`, the close's
@@ -259,6 +308,24 @@ impl Pulses {
         for (envelope, carried) in self.registry.pulse() {
             self.queue.push_carried(envelope, overflow(), carried);
         }
+        #[cfg(feature = "metrics")]
+        {
+            // Gathered under the lock, queued after it: the last pulse may
+            // wait for room.
+            let reports: Vec<_> = {
+                let mut sources = self.sources.lock();
+                sources.asked_last |= last.is_some();
+                let last = last.is_some();
+                sources
+                    .list
+                    .iter()
+                    .flat_map(|source| source.report(last))
+                    .collect()
+            };
+            for (envelope, carried) in reports {
+                self.queue.push_carried(envelope, overflow(), carried);
+            }
+        }
         if let Some(self_metrics) = &self.self_metrics {
             let report = self_metrics
                 .lock()
@@ -275,6 +342,9 @@ impl Pulses {
 pub(crate) enum PulseCommand {
     /// Also send process metrics, this often.
     ProcessMetrics(Duration),
+    /// Also let the sources do their upkeep, this often.
+    #[cfg(feature = "metrics")]
+    Upkeep(Duration),
 }
 
 /// Starts the pulse thread: it sends a pulse every `interval` and, once
@@ -304,6 +374,9 @@ fn run(
 ) {
     let pulse = tick(interval);
     let mut process: Option<(Receiver<Instant>, ProcessMeter)> = None;
+    // Only the metrics recorder asks for upkeep.
+    #[cfg_attr(not(feature = "metrics"), allow(unused_mut))]
+    let mut upkeep_due: Receiver<Instant> = never();
     loop {
         let process_due = process.as_ref().map_or_else(never, |(due, _)| due.clone());
         select! {
@@ -312,9 +385,12 @@ fn run(
                 Ok(PulseCommand::ProcessMetrics(interval)) => {
                     process = Some((tick(interval), ProcessMeter::new()));
                 }
+                #[cfg(feature = "metrics")]
+                Ok(PulseCommand::Upkeep(interval)) => upkeep_due = tick(interval),
                 Err(_) => return,
             },
             recv(pulse) -> _ => pulses.send(None),
+            recv(upkeep_due) -> _ => pulses.upkeep(),
             recv(process_due) -> _ => {
                 if let Some(envelope) = process.as_mut().and_then(|(_, meter)| meter.read()) {
                     pulses.queue.push(envelope, Overflow::DropNewest);

@@ -18,6 +18,10 @@ pub(crate) struct CounterSeries {
     tags: Vec<(String, String)>,
     /// Added since the last report, plus deltas the queue gave back.
     pending: AtomicU64,
+    /// The envelope's source and instance ids, when the series names its
+    /// own; otherwise the client's default source applies.
+    source_id: Option<String>,
+    instance_id: Option<String>,
 }
 
 impl CounterSeries {
@@ -26,7 +30,22 @@ impl CounterSeries {
             name,
             tags,
             pending: AtomicU64::new(0),
+            source_id: None,
+            instance_id: None,
         }
+    }
+
+    /// The series' envelopes name these ids instead of leaving them to the
+    /// client's default source.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn with_source(
+        mut self,
+        source_id: Option<String>,
+        instance_id: Option<String>,
+    ) -> CounterSeries {
+        self.source_id = source_id;
+        self.instance_id = instance_id;
+        self
     }
 
     /// One atomic add: the whole cost of counting on the caller's thread.
@@ -47,6 +66,12 @@ impl CounterSeries {
         let mut counter = Envelope::counter(self.name.as_str()).delta(delta);
         for (key, value) in &self.tags {
             counter = counter.tag(key.as_str(), value.as_str());
+        }
+        if let Some(source_id) = &self.source_id {
+            counter = counter.source_id(source_id);
+        }
+        if let Some(instance_id) = &self.instance_id {
+            counter = counter.instance_id(instance_id);
         }
         let carried = Carried {
             series: self.clone(),

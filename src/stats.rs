@@ -56,6 +56,14 @@ pub struct Stats {
     /// assert_eq!(loggregator::Stats::default().values_cut, 0);
     /// ```
     pub values_cut: u64,
+    /// New series the metrics recorder (feature `metrics`) refused because
+    /// it already held `max_series` live ones; what was recorded on them was
+    /// not sent.
+    ///
+    /// ```
+    /// assert_eq!(loggregator::Stats::default().series_dropped, 0);
+    /// ```
+    pub series_dropped: u64,
     /// The last error seen, if any.
     pub last_error: Option<String>,
 }
@@ -195,6 +203,7 @@ pub(crate) struct Counters {
     pub undeliverable: AtomicU64,
     pub tags_dropped: AtomicU64,
     pub values_cut: AtomicU64,
+    pub series_dropped: AtomicU64,
     /// Emitting threads count these, on their own shards.
     dropped_queue_full: Sharded,
     dropped_too_large: AtomicU64,
@@ -291,6 +300,7 @@ impl Counters {
             in_flight: self.in_flight.load(Relaxed),
             tags_dropped: self.tags_dropped.load(Relaxed),
             values_cut: self.values_cut.load(Relaxed),
+            series_dropped: self.series_dropped.load(Relaxed),
             last_error: self.last_error.lock().clone(),
         }
     }

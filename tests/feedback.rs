@@ -5,7 +5,7 @@
 //! writing to a full pipe does. `emit` must never wait on it, and the
 //! client must never wait on itself through it.
 
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, bounded};
@@ -30,6 +30,9 @@ struct Feedback {
     /// When set, every record is also relayed as a `tracing` event of
     /// another target, as a logger bridging into `tracing` would.
     relay: Mutex<Option<tracing::Dispatch>>,
+    /// When set, every record is also counted through this `metrics`
+    /// recorder, as a program counting its log lines would.
+    count: Mutex<Option<Arc<loggregator::MetricsRecorder>>>,
     seen: Mutex<Vec<Seen>>,
 }
 
@@ -55,6 +58,12 @@ impl log::Log for Feedback {
                 tracing::warn!(target: "relayed", "{message}");
             });
         }
+        let count = self.count.lock().unwrap().clone();
+        if let Some(recorder) = count {
+            metrics::with_local_recorder(&*recorder, || {
+                metrics::counter!("records_counted").increment(1);
+            });
+        }
         let client = self.client.lock().unwrap().clone();
         if let Some(client) = client {
             client.emit(Envelope::log(message));
@@ -78,6 +87,7 @@ fn logger() -> (MutexGuard<'static, ()>, &'static Feedback) {
     *logger.client.lock().unwrap() = None;
     *logger.blocked.lock().unwrap() = None;
     *logger.relay.lock().unwrap() = None;
+    *logger.count.lock().unwrap() = None;
     logger.seen.lock().unwrap().clear();
     (turn, logger)
 }
@@ -308,4 +318,61 @@ fn the_tracing_layer_sends_nothing_recorded_on_the_clients_threads_but_a_user_th
         payloads,
         vec!["from a program thread named like the client's".to_string()]
     );
+}
+
+#[test]
+fn the_metrics_recorder_keeps_nothing_recorded_on_the_clients_threads_but_a_user_thread_of_the_same_name_is_sent()
+ {
+    let (_turn, logger) = logger();
+    let certs = TestCerts::generate().unwrap();
+    let agent = SpyAgent::start(&certs).unwrap();
+    let counted = IngressClient::builder()
+        .addr(agent.addr())
+        .tls(certs.client_tls().unwrap())
+        .pulse_interval(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let recorder = Arc::new(loggregator::MetricsRecorder::new(counted.clone()));
+    // Another client's sender thread warns that it cannot deliver; the
+    // logger counts the record on that thread.
+    let away = IngressClient::builder()
+        .addr(unused_addr())
+        .tls(certs.client_tls().unwrap())
+        .build()
+        .unwrap();
+    *logger.count.lock().unwrap() = Some(recorder.clone());
+    away.emit(Envelope::log("undeliverable"));
+    let deadline = Instant::now() + WAIT;
+    let warned = |seen: &Seen| {
+        seen.message.starts_with("cannot deliver envelopes") && seen.thread == "loggregator-sender"
+    };
+    while !logger.seen.lock().unwrap().iter().any(warned) {
+        assert!(
+            Instant::now() < deadline,
+            "{:?}",
+            logger.seen.lock().unwrap()
+        );
+        std::thread::yield_now();
+    }
+    *logger.count.lock().unwrap() = None;
+    // A thread of the program's that only shares the client's prefix.
+    let impostor = recorder.clone();
+    std::thread::Builder::new()
+        .name("loggregator-sender".to_string())
+        .spawn(move || {
+            metrics::with_local_recorder(&*impostor, || {
+                metrics::counter!("from_a_program_thread").increment(1);
+            })
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    let _ = away.close(Duration::from_millis(100));
+    counted.close(WAIT).unwrap();
+    let names: Vec<String> = agent
+        .envelopes()
+        .iter()
+        .map(|e| e.counter().name.clone())
+        .collect();
+    assert_eq!(names, vec!["from_a_program_thread".to_string()]);
 }

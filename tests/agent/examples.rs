@@ -124,3 +124,33 @@ fn the_agent_example_sends_logs_and_metrics_until_its_duration_ends() {
     );
     assert!(stats_line.contains("dropped 0"), "{stats_line}");
 }
+
+#[test]
+fn the_metrics_example_sends_counters_gauges_and_both_histogram_shapes() {
+    let output = example("metrics").output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for line in [
+        "  counter worker/0 jobs_total delta=16 total=0 {outcome=ok}",
+        "  counter worker/0 jobs_total delta=4 total=0 {outcome=empty}",
+        "  counter worker/0 job_duration_count delta=20 total=0",
+        "  counter worker/0 job_payload_bytes_bucket delta=4 total=0 {le=1024}",
+        "  counter worker/0 job_payload_bytes_bucket delta=16 total=0 {le=65536}",
+        "  counter worker/0 job_payload_bytes_bucket delta=20 total=0 {le=+Inf}",
+    ] {
+        assert!(stdout.lines().any(|l| l == line), "{line:?} in {stdout}");
+    }
+    assert_eq!(stdout.matches("{quantile=").count(), 3, "{stdout}");
+    assert!(
+        stdout.contains("worker_backlog=0[count] worker_threads=1[]"),
+        "one gauge envelope for the unlabelled gauges: {stdout}"
+    );
+    assert_eq!(
+        stdout.lines().last(),
+        Some("received 11 envelopes; dropped 0")
+    );
+}

@@ -10,6 +10,7 @@ mod examples;
 mod fault_proxy;
 mod faults;
 mod metrics;
+mod metrics_recorder;
 mod pipe;
 mod properties;
 mod round_trip;

@@ -61,13 +61,13 @@ fn a_counter_pulses_its_delta_with_total_0_and_stays_silent_when_idle() {
 }
 
 /// A counter's identity in the agent: name, source id, sorted tags.
-type CounterKey = (String, String, Vec<(String, String)>);
+pub(crate) type CounterKey = (String, String, Vec<(String, String)>);
 
 /// What the agents keep as a counter's total, one per name, source id and
 /// tags (not instance id), from the counters they receive in order: a
 /// counter with total 0 and a delta adds the delta; any other replaces the
 /// total with its own (Forwarder Agent, `CounterAggregator`).
-fn agent_totals(envelopes: &[pb::Envelope]) -> HashMap<CounterKey, u64> {
+pub(crate) fn agent_totals(envelopes: &[pb::Envelope]) -> HashMap<CounterKey, u64> {
     let mut totals = HashMap::new();
     for envelope in envelopes.iter().filter(|e| e.has_counter()) {
         let counter = envelope.counter();
@@ -276,7 +276,7 @@ fn outage_client(certs: &TestCerts, source: &str, overflow: Overflow) -> (String
 /// Emits logs until the queue refuses one (or, `DropOldest`, evicts one,
 /// after evicting everything queued before): the next envelope finds it
 /// full. Returns how many it emitted.
-fn fill_queue(client: &IngressClient, overflow: Overflow) -> u64 {
+pub(crate) fn fill_queue(client: &IngressClient, overflow: Overflow) -> u64 {
     let mut emitted = 0;
     if overflow == Overflow::DropOldest {
         // Each evicts one: whatever was queued, a pulse's counter among it, goes.
@@ -295,7 +295,7 @@ fn fill_queue(client: &IngressClient, overflow: Overflow) -> u64 {
 }
 
 /// Emitted and not yet placed anywhere: emitters waiting for room.
-fn waiting_emitters(stats: &Stats) -> u64 {
+pub(crate) fn waiting_emitters(stats: &Stats) -> u64 {
     stats.emitted - (stats.sent + stats.dropped.total() + stats.queued + stats.in_flight)
 }
 
