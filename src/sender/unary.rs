@@ -23,7 +23,20 @@ struct Pending<C> {
     call: C,
     reply: Sender<Result<()>>,
     deadline: Instant,
-    _held: Reservation,
+    held: Reservation,
+}
+
+impl<C> Pending<C> {
+    /// Ends the call (gRPC lets go of its batch) and gives its bytes back
+    /// before its caller hears, so what the caller sees next is settled.
+    fn answer(self, outcome: Result<()>) {
+        let Pending {
+            call, reply, held, ..
+        } = self;
+        drop(call);
+        drop(held);
+        let _ = reply.send(outcome);
+    }
 }
 
 pub(crate) struct Unary<C> {
@@ -64,7 +77,7 @@ impl<C: UnaryCall> Unary<C> {
                     call,
                     reply,
                     deadline: deadline + OVERDUE,
-                    _held: reservation,
+                    held: reservation,
                 });
                 // A first poll asks to be woken when the answer comes.
                 self.poll(Instant::now());
@@ -78,18 +91,22 @@ impl<C: UnaryCall> Unary<C> {
     /// Answers the calls that ended, and cancels those long overdue.
     pub(crate) fn poll(&mut self, now: Instant) {
         let mut context = Context::from_waker(&self.waker);
-        self.calls.retain_mut(|pending| {
+        let mut index = 0;
+        while index < self.calls.len() {
+            let pending = &mut self.calls[index];
             let outcome = match pending.call.poll_done(&mut context) {
                 Poll::Ready(outcome) => outcome,
                 Poll::Pending if now >= pending.deadline => Err(Error::Timeout {
                     waited: Duration::ZERO,
                     undelivered: 0,
                 }),
-                Poll::Pending => return true,
+                Poll::Pending => {
+                    index += 1;
+                    continue;
+                }
             };
-            let _ = pending.reply.send(outcome);
-            false
-        });
+            self.calls.swap_remove(index).answer(outcome);
+        }
     }
 
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
@@ -103,8 +120,8 @@ impl<C: UnaryCall> Unary<C> {
     /// Close's deadline: the calls left are cancelled, and their callers
     /// told.
     pub(crate) fn give_up_all(&mut self) {
-        for pending in self.calls.drain(..) {
-            let _ = pending.reply.send(Err(Error::Timeout {
+        for pending in std::mem::take(&mut self.calls) {
+            pending.answer(Err(Error::Timeout {
                 waited: Duration::ZERO,
                 undelivered: 0,
             }));
