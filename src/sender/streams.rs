@@ -379,8 +379,10 @@ impl<T: Transport> Streams<T> {
                 self.back_off();
                 continue;
             }
-            let (Some(open), Some(batch)) = (self.slots[slot].as_mut(), self.outbox.pop_front())
-            else {
+            let Some(open) = self.slots[slot].as_mut() else {
+                return;
+            };
+            let Some(batch) = self.outbox.pop_front() else {
                 return;
             };
             match open.stream.start_write(&batch.bytes) {
@@ -451,6 +453,8 @@ impl<T: Transport> Streams<T> {
         reused: bool,
     ) {
         let Some(open) = self.slots[slot].take() else {
+            // No stream to ask: the write goes back to be written again.
+            self.put_back(batch);
             return;
         };
         self.ends.await_status(Ending {
@@ -584,6 +588,9 @@ impl<T: Transport> Streams<T> {
             return;
         }
         let Some(stream) = self.slots[slot].as_mut() else {
+            // No stream left to confirm it: written again, as a replay.
+            self.counters.replayed.fetch_add(batch.len(), Relaxed);
+            self.put_back(batch);
             return;
         };
         let isolate = batch.isolate;
