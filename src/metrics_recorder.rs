@@ -995,18 +995,7 @@ mod tests {
         State::new(settings, Arc::new(Counters::default()))
     }
 
-    /// What the sender thread does: takes every envelope.
-    fn sent(report: Vec<(Envelope, Option<Carried>)>) -> Vec<Envelope> {
-        report
-            .into_iter()
-            .map(|(envelope, carried)| {
-                if let Some(carried) = carried {
-                    carried.taken();
-                }
-                envelope
-            })
-            .collect()
-    }
+    use crate::series::all_taken as sent;
 
     fn record(state: &State, key: &Key) -> Option<Arc<HistogramCell>> {
         if let Some(cell) = state.registry.get_histogram(key) {

@@ -97,6 +97,23 @@ fn unused_addr() -> String {
     listener.local_addr().unwrap().to_string()
 }
 
+/// Waits (bounded) until a client's sender thread has logged that it cannot
+/// deliver.
+fn wait_for_sender_warning(logger: &Feedback) {
+    let deadline = Instant::now() + WAIT;
+    let warned = |seen: &Seen| {
+        seen.message.starts_with("cannot deliver envelopes") && seen.thread == "loggregator-sender"
+    };
+    while !logger.seen.lock().unwrap().iter().any(warned) {
+        assert!(
+            Instant::now() < deadline,
+            "{:?}",
+            logger.seen.lock().unwrap()
+        );
+        std::thread::yield_now();
+    }
+}
+
 /// Runs `work` on a thread of its own and fails if it has not returned
 /// within `limit`: a deadlock shows as a failure, not a hung test.
 fn within<T: Send + 'static>(limit: Duration, work: impl FnOnce() -> T + Send + 'static) -> T {
@@ -282,18 +299,7 @@ fn the_tracing_layer_sends_nothing_recorded_on_the_clients_threads_but_a_user_th
         .build()
         .unwrap();
     away.emit(Envelope::log("undeliverable"));
-    let deadline = Instant::now() + WAIT;
-    let warned = |seen: &Seen| {
-        seen.message.starts_with("cannot deliver envelopes") && seen.thread == "loggregator-sender"
-    };
-    while !logger.seen.lock().unwrap().iter().any(warned) {
-        assert!(
-            Instant::now() < deadline,
-            "{:?}",
-            logger.seen.lock().unwrap()
-        );
-        std::thread::yield_now();
-    }
+    wait_for_sender_warning(logger);
     *logger.relay.lock().unwrap() = None;
     // A thread of the program's that only shares the client's prefix.
     let impostor = dispatch.clone();
@@ -342,18 +348,7 @@ fn the_metrics_recorder_keeps_nothing_recorded_on_the_clients_threads_but_a_user
         .unwrap();
     *logger.count.lock().unwrap() = Some(recorder.clone());
     away.emit(Envelope::log("undeliverable"));
-    let deadline = Instant::now() + WAIT;
-    let warned = |seen: &Seen| {
-        seen.message.starts_with("cannot deliver envelopes") && seen.thread == "loggregator-sender"
-    };
-    while !logger.seen.lock().unwrap().iter().any(warned) {
-        assert!(
-            Instant::now() < deadline,
-            "{:?}",
-            logger.seen.lock().unwrap()
-        );
-        std::thread::yield_now();
-    }
+    wait_for_sender_warning(logger);
     *logger.count.lock().unwrap() = None;
     // A thread of the program's that only shares the client's prefix.
     let impostor = recorder.clone();
