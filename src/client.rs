@@ -414,7 +414,10 @@ impl IngressClient {
     /// agent to confirm them, at most `timeout`. Client-wide tags are added.
     ///
     /// It does not wait for envelopes queued by `emit`, and it is not part of
-    /// emit's counts in [`Stats`]; a failure counts in `errors`.
+    /// emit's counts in [`Stats`]; a failure counts in `errors`. It returns
+    /// within `timeout` plus [`CLOSE_MARGIN`]: past its deadline it waits
+    /// that much more for gRPC to let go of the batch, so the bytes it held
+    /// are back in `queued_bytes` when it returns.
     ///
     /// ```no_run
     /// # let client: loggregator::IngressClient = unimplemented!();
@@ -467,8 +470,16 @@ impl IngressClient {
             .map_err(|_| Error::Closed)?;
         // The sender thread answers when the agent does; the call carries
         // the same deadline.
-        let result = match replied.recv_deadline(deadline) {
+        // Past the deadline the sender thread ends the call (it carries the
+        // same deadline) and gives its bytes back before it answers: waiting
+        // for that answer a little longer leaves nothing held on return.
+        let answer = replied
+            .recv_deadline(deadline)
+            .or_else(|_| replied.recv_timeout(CLOSE_MARGIN));
+        let result = match answer {
             Ok(Err(Error::Timeout { .. })) => Err(timed_out()),
+            // gRPC's own deadline, the same: said as the caller's timeout.
+            Ok(Err(_)) if Instant::now() >= deadline => Err(timed_out()),
             Ok(answer) => answer,
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => Err(timed_out()),
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return Err(Error::Closed),

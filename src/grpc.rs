@@ -7,7 +7,7 @@ use std::io::Read;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::Sink;
 use grpcio::{
@@ -18,7 +18,7 @@ use grpcio::{
 
 use crate::error::{Error, Result};
 use crate::proto::ingress::{BatchSenderResponse, SendResponse};
-use crate::sender::{BatchStream, Closing, LONGEST_WAIT, Transport, UnaryCall, WriteError};
+use crate::sender::{BatchStream, Closing, LONGEST_WAIT, Stall, Transport, UnaryCall, WriteError};
 use crate::tls::TlsConfig;
 
 /// Requests are `EnvelopeBatch` messages the sender thread has already
@@ -77,8 +77,12 @@ pub(crate) struct ChannelSettings {
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 pub(crate) struct GrpcTransport {
-    settings: ChannelSettings,
+    /// Shared with every stream and call, which need them for their errors.
+    settings: Arc<ChannelSettings>,
     channel: Channel,
+    /// When the channel in use was built, and how many were left before it.
+    channel_built: Instant,
+    channels_left: u64,
     client: Client,
     // Declared last so it is dropped after the channels that use it.
     env: Arc<Environment>,
@@ -96,9 +100,11 @@ impl GrpcTransport {
         );
         let channel = build_channel(&env, settings);
         GrpcTransport {
-            settings: settings.clone(),
+            settings: Arc::new(settings.clone()),
             client: Client::new(channel.clone()),
             channel,
+            channel_built: Instant::now(),
+            channels_left: 0,
             env,
         }
     }
@@ -172,24 +178,58 @@ impl Transport for GrpcTransport {
         // loop ends them, and its connection closes with the last one.
         self.channel = build_channel(&self.env, &self.settings);
         self.client = Client::new(self.channel.clone());
+        self.channel_built = Instant::now();
+        self.channels_left += 1;
     }
 
-    fn stalled(&self, waited: Duration) -> Error {
+    fn stalled(&self, stall: Stall) -> Error {
         let addr = &self.settings.addr;
-        match self.channel.check_connectivity_state(false) {
-            ConnectivityState::GRPC_CHANNEL_READY => Error::Agent {
-                addr: addr.clone(),
-                status: format!("write not accepted within {waited:?}"),
-                hint: Some("the agent is not reading; it may be overloaded or stuck".to_string()),
-            },
-            _ => Error::Agent {
-                addr: addr.clone(),
-                status: format!("no TLS handshake from {addr} within {waited:?}"),
-                hint: Some(format!(
+        // Named by how old it is, and whether it replaced one that was
+        // left: a wait on a fresh connection says little about the agent.
+        let age = self.channel_built.elapsed();
+        let connection = match self.channels_left {
+            0 => format!("the connection to {addr} ({age:.0?} old)"),
+            _ => format!(
+                "the connection to {addr} ({age:.0?} old, made after the one before stopped answering)"
+            ),
+        };
+        let ready =
+            self.channel.check_connectivity_state(false) == ConnectivityState::GRPC_CHANNEL_READY;
+        let not_reading =
+            || Some("the agent is not reading; it may be overloaded or stuck".to_string());
+        let (status, hint) = match stall {
+            Stall::Write(waited) if ready => (
+                format!("write not accepted within {waited:?} on {connection}"),
+                not_reading(),
+            ),
+            Stall::Confirmation(waited) if ready => (
+                format!(
+                    "the agent did not end a half-closed stream within {waited:?} on {connection}"
+                ),
+                not_reading(),
+            ),
+            Stall::Close { waited } if ready => (
+                format!(
+                    "close's deadline passed with a write not yet accepted after {waited:?} on {connection}"
+                ),
+                not_reading(),
+            ),
+            Stall::Close { .. } => (
+                format!("close's deadline passed with no TLS handshake yet on {connection}"),
+                None,
+            ),
+            Stall::Write(_) | Stall::Confirmation(_) => (
+                format!("no TLS handshake from {addr} within {age:.0?} on {connection}"),
+                Some(format!(
                     "the connection was never established: whatever listens at {addr} does not \
                      complete a TLS handshake (not the agent's gRPC port, or a stuck agent)"
                 )),
-            },
+            ),
+        };
+        Error::Agent {
+            addr: addr.clone(),
+            status,
+            hint,
         }
     }
 }
@@ -197,7 +237,7 @@ impl Transport for GrpcTransport {
 /// A unary `Send` under way; it carries its own deadline.
 pub(crate) struct GrpcCall {
     response: ClientUnaryReceiver<SendResponse>,
-    settings: ChannelSettings,
+    settings: Arc<ChannelSettings>,
 }
 
 impl UnaryCall for GrpcCall {
@@ -213,7 +253,7 @@ impl UnaryCall for GrpcCall {
 pub(crate) struct GrpcStream {
     sink: ClientCStreamSender<GrpcSlice>,
     response: ClientCStreamReceiver<BatchSenderResponse>,
-    settings: ChannelSettings,
+    settings: Arc<ChannelSettings>,
 }
 
 impl GrpcStream {

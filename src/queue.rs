@@ -73,6 +73,10 @@ pub(crate) struct Room {
     /// not yet accepted by gRPC), as of its last pass: evicting queued
     /// envelopes cannot make this room.
     held_by_sender: AtomicUsize,
+    /// Of `bytes`, those unary sends hold, from the moment their caller
+    /// reserves them until their call ends: evicting cannot make this room
+    /// either.
+    held_for_sends: AtomicUsize,
     /// Set when bytes are given back, cleared when waiters are woken: a
     /// waiter that still does not fit is not woken again until more is freed.
     released: AtomicBool,
@@ -88,6 +92,7 @@ impl Room {
             bytes: CachePadded::new(AtomicUsize::new(0)),
             max_bytes,
             held_by_sender: AtomicUsize::new(0),
+            held_for_sends: AtomicUsize::new(0),
             released: AtomicBool::new(false),
             waiting: AtomicUsize::new(0),
             lock: Mutex::new(()),
@@ -120,7 +125,9 @@ impl Room {
 
     /// Whether evicting queued envelopes could ever make room for `bytes`.
     fn evicting_can_fit(&self, bytes: usize) -> bool {
-        self.held_by_sender.load(Ordering::Relaxed) + bytes <= self.max_bytes
+        let unevictable = self.held_by_sender.load(Ordering::Relaxed)
+            + self.held_for_sends.load(Ordering::Relaxed);
+        unevictable + bytes <= self.max_bytes
     }
 
     /// The bytes reserved now.
@@ -411,9 +418,12 @@ impl Queue {
                 Attempt::Full
             }
         });
-        matches!(waited, Waited::Done).then(|| Reservation {
-            bytes,
-            room: self.room.clone(),
+        matches!(waited, Waited::Done).then(|| {
+            self.room.held_for_sends.fetch_add(bytes, Ordering::Relaxed);
+            Reservation {
+                bytes,
+                room: self.room.clone(),
+            }
         })
     }
 
@@ -519,14 +529,23 @@ impl Queue {
 }
 
 /// Bytes taken from the budget outside the queue (a unary send's batch),
-/// given back when this is dropped.
+/// beyond `DropOldest`'s reach, given back when this is dropped.
 pub(crate) struct Reservation {
     bytes: usize,
     room: Arc<Room>,
 }
 
+impl Reservation {
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
 impl Drop for Reservation {
     fn drop(&mut self) {
+        self.room
+            .held_for_sends
+            .fetch_sub(self.bytes, Ordering::Relaxed);
         self.room.release(self.bytes);
         self.room.wake_all();
     }

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use openssl::pkey::{PKey, Private};
 use openssl::x509::X509;
+use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
 
@@ -37,7 +38,8 @@ pub const DEFAULT_SERVER_NAME: &str = "metron";
 pub struct TlsConfig {
     ca_pem: Vec<u8>,
     cert_pem: Vec<u8>,
-    key_pem: Vec<u8>,
+    /// Zeroed when dropped, like every copy of the key the client makes.
+    key_pem: Zeroizing<Vec<u8>>,
     server_name: String,
 }
 
@@ -69,7 +71,8 @@ impl TlsConfig {
                 source,
             })
         };
-        let (ca_pem, cert_pem, key_pem) = (read(ca)?, read(cert)?, read(key)?);
+        let (ca_pem, cert_pem) = (read(ca)?, read(cert)?);
+        let key_pem = read(key)?;
         Self::validated(
             Pem::new(ca_pem, ca.display().to_string()),
             Pem::new(cert_pem, cert.display().to_string()),
@@ -137,22 +140,22 @@ impl TlsConfig {
         &self.key_pem
     }
 
-    fn validated(ca: Pem, cert: Pem, key: Pem) -> Result<TlsConfig> {
+    fn validated(mut ca: Pem, mut cert: Pem, mut key: Pem) -> Result<TlsConfig> {
         let roots = ca.certificates()?;
         let chain = cert.certificates()?;
         let private_key = key.private_key()?;
         let leaf_key = chain[0].public_key().map_err(|e| cert.problem(e))?;
         if !leaf_key.public_eq(&private_key) {
             return Err(Error::KeyMismatch {
-                certificate: cert.origin,
-                key: key.origin,
+                certificate: cert.origin.clone(),
+                key: key.origin.clone(),
             });
         }
         check_with_tls_library(&roots, &cert.bytes, &private_key)?;
         Ok(TlsConfig {
-            ca_pem: ca.bytes,
-            cert_pem: cert.bytes,
-            key_pem: key.bytes,
+            ca_pem: std::mem::take(&mut ca.bytes),
+            cert_pem: std::mem::take(&mut cert.bytes),
+            key_pem: Zeroizing::new(std::mem::take(&mut key.bytes)),
             server_name: DEFAULT_SERVER_NAME.to_string(),
         })
     }
@@ -173,6 +176,13 @@ impl fmt::Debug for TlsConfig {
 struct Pem {
     bytes: Vec<u8>,
     origin: String,
+}
+
+impl Drop for Pem {
+    /// A key that failed validation is zeroed too.
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.bytes);
+    }
 }
 
 impl Pem {
@@ -226,7 +236,7 @@ impl Pem {
 /// anything it would refuse later is refused now.
 fn check_with_tls_library(roots: &[X509], cert_pem: &[u8], key: &PKey<Private>) -> Result<()> {
     let tls_error = |e: &dyn fmt::Display| Error::Tls(e.to_string());
-    let pkcs8 = key.private_key_to_pem_pkcs8().map_err(|e| tls_error(&e))?;
+    let pkcs8 = Zeroizing::new(key.private_key_to_pem_pkcs8().map_err(|e| tls_error(&e))?);
     let identity = native_tls::Identity::from_pkcs8(cert_pem, &pkcs8).map_err(|e| tls_error(&e))?;
     let mut builder = native_tls::TlsConnector::builder();
     builder.identity(identity);

@@ -81,55 +81,39 @@ impl<C: Closing> Ends<C> {
     /// call with an error) or was waited for long enough (without).
     pub(super) fn poll_statuses(&mut self, now: Instant) -> Vec<(Ending<C>, Option<WriteError>)> {
         let mut context = Context::from_waker(&self.waker);
-        let mut settled = Vec::new();
-        let mut index = 0;
-        while index < self.ending.len() {
-            let status = match self.ending[index].closing.poll_end(&mut context) {
-                Poll::Ready(Err(status)) => Some(status),
-                Poll::Ready(Ok(())) => None,
-                Poll::Pending if now >= self.ending[index].deadline => None,
-                Poll::Pending => {
-                    index += 1;
-                    continue;
-                }
-            };
-            settled.push((self.ending.remove(index), status));
-        }
-        settled
+        take_settled(&mut self.ending, |ending| {
+            match ending.closing.poll_end(&mut context) {
+                Poll::Ready(Err(status)) => Some(Some(status)),
+                Poll::Ready(Ok(())) => Some(None),
+                Poll::Pending if now >= ending.deadline => Some(None),
+                Poll::Pending => None,
+            }
+        })
     }
 
     /// Half-closed streams that ended, or passed their deadline (dropping
     /// one cancels its call).
     pub(super) fn poll_confirmations(&mut self, now: Instant) -> Vec<Confirmation> {
         let mut context = Context::from_waker(&self.waker);
-        let mut settled = Vec::new();
-        let mut index = 0;
-        while index < self.confirming.len() {
-            let outcome = match self.confirming[index].closing.poll_end(&mut context) {
-                Poll::Ready(outcome) => Some(outcome),
-                Poll::Pending if now >= self.confirming[index].deadline => None,
-                Poll::Pending => {
-                    index += 1;
-                    continue;
-                }
-            };
-            let done = self.confirming.remove(index);
-            let failure = match outcome {
-                Some(Ok(())) => {
-                    settled.push(Confirmation::Confirmed(done.batches));
-                    continue;
-                }
-                Some(Err(failure)) => Some(failure),
-                None => None,
-            };
-            settled.push(Confirmation::Failed {
-                batches: done.batches,
-                last: done.last,
-                connection: done.connection,
-                failure,
-            });
-        }
+        let settled = take_settled(&mut self.confirming, |confirming| {
+            match confirming.closing.poll_end(&mut context) {
+                Poll::Ready(outcome) => Some(Some(outcome)),
+                Poll::Pending if now >= confirming.deadline => Some(None),
+                Poll::Pending => None,
+            }
+        });
         settled
+            .into_iter()
+            .map(|(done, outcome)| match outcome {
+                Some(Ok(())) => Confirmation::Confirmed(done.batches),
+                failed => Confirmation::Failed {
+                    batches: done.batches,
+                    last: done.last,
+                    connection: done.connection,
+                    failure: failed.and_then(|outcome| outcome.err()),
+                },
+            })
+            .collect()
     }
 
     /// Takes the half-closed streams that rode `connection`.
@@ -168,4 +152,21 @@ impl<C: Closing> Ends<C> {
     pub(super) fn is_idle(&self) -> bool {
         self.confirming.is_empty() && self.ending.is_empty()
     }
+}
+
+/// Takes out, in order, the entries that `settled` finds done, each with
+/// what it found; the others stay, in order.
+fn take_settled<E, R>(
+    entries: &mut Vec<E>,
+    mut settled: impl FnMut(&mut E) -> Option<R>,
+) -> Vec<(E, R)> {
+    let mut done = Vec::new();
+    let mut index = 0;
+    while index < entries.len() {
+        match settled(&mut entries[index]) {
+            Some(found) => done.push((entries.remove(index), found)),
+            None => index += 1,
+        }
+    }
+    done
 }

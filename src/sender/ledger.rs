@@ -9,6 +9,9 @@
 //! - emitted = sent + dropped + queued + in flight;
 //! - the bytes the sender holds in the budget are at most what the budget
 //!   has reserved, which is at most `queue_max_bytes`;
+//! - a unary send's bytes stay in the budget from its caller's
+//!   reservation until its call ends, and `DropOldest` knows they cannot
+//!   be evicted ([`Ledger::send_started`], [`Ledger::send_ended`]);
 //! - the replay buffer holds at most `replay_buffer_bytes` (the stream
 //!   side writes nothing fresh that would overfill it, see
 //!   [`Ledger::replay_has_room`]).
@@ -18,7 +21,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use crate::batch::Batch;
 use crate::policy::Delivery;
-use crate::queue::Room;
+use crate::queue::{Reservation, Room};
 use crate::stats::{Counters, DropReason};
 
 pub(crate) struct Ledger {
@@ -33,7 +36,13 @@ pub(crate) struct Ledger {
     /// given up.
     replay_bytes: usize,
     replay_max_bytes: usize,
+    /// Bytes of unary calls under way.
+    sends: usize,
 }
+
+/// The bytes of a unary call under way, reserved in the budget; only
+/// [`Ledger::send_ended`] gives them back.
+pub(crate) struct SendBytes(Reservation);
 
 /// What became of a batch gRPC accepted.
 #[derive(Debug, PartialEq)]
@@ -58,6 +67,7 @@ impl Ledger {
             held: 0,
             replay_bytes: 0,
             replay_max_bytes,
+            sends: 0,
         }
     }
 
@@ -114,6 +124,20 @@ impl Ledger {
         count
     }
 
+    /// A unary call started with the bytes its caller reserved.
+    pub(crate) fn send_started(&mut self, reservation: Reservation) -> SendBytes {
+        self.sends += reservation.bytes();
+        SendBytes(reservation)
+    }
+
+    /// A unary call ended (or never started): its bytes go back to the
+    /// budget, before its caller hears, so what the caller reads next is
+    /// settled.
+    pub(crate) fn send_ended(&mut self, bytes: SendBytes) {
+        self.sends -= bytes.0.bytes();
+        drop(bytes);
+    }
+
     /// At least once: whether `fresh` more bytes written now would still
     /// fit the replay buffer, counting `unsettled` fresh bytes already in
     /// writes that gRPC has not accepted yet. A buffer with nothing in it
@@ -138,10 +162,16 @@ impl Ledger {
         self.room.set_held_by_sender(self.held);
     }
 
-    /// Bytes held in the budget by the sender, and in the replay buffer.
+    /// Bytes held in the budget by the stream side, and in the replay buffer.
     #[cfg(test)]
     pub(crate) fn bytes(&self) -> (usize, usize) {
         (self.held, self.replay_bytes)
+    }
+
+    /// Bytes held in the budget by unary calls under way.
+    #[cfg(test)]
+    pub(crate) fn send_bytes(&self) -> usize {
+        self.sends
     }
 
     fn leave_budget(&mut self, bytes: usize) {
@@ -158,62 +188,80 @@ impl Ledger {
 mod tests {
     use super::*;
     use crate::batch::{BatchBuilder, Stamp};
+    use crate::policy::Overflow;
+    use crate::queue::{Queue, QueueReceiver, QueueSettings};
 
-    /// A ledger, its budget and counts, and a queue side that reserves
-    /// and counts as `emit` does.
+    const MAX_BYTES: usize = 1 << 16;
+    const REPLAY_BYTES: usize = 1 << 12;
+
+    /// A ledger behind a real queue: envelopes are emitted and taken as the
+    /// client does, so the invariants are read from the queue's own counts.
     struct Books {
         ledger: Ledger,
-        room: Arc<Room>,
-        counters: Arc<Counters>,
-        queued: u64,
-        max_bytes: usize,
+        queue: Queue,
+        receiver: QueueReceiver,
     }
 
     impl Books {
         fn new(delivery: Delivery) -> Books {
-            let max_bytes = 1 << 16;
-            let room = Arc::new(Room::new(max_bytes));
+            Books::with(delivery, Overflow::DropNewest)
+        }
+
+        fn with(delivery: Delivery, overflow: Overflow) -> Books {
+            let settings = QueueSettings {
+                capacity: 64,
+                max_bytes: MAX_BYTES,
+                nudge_at: 64,
+                batch_max_bytes: MAX_BYTES,
+                overflow,
+            };
             let counters = Arc::new(Counters::default());
+            let (wake, _) = crossbeam_channel::unbounded();
+            let (queue, receiver) = Queue::new(settings, Arc::default(), counters.clone(), wake);
             Books {
-                ledger: Ledger::new(room.clone(), counters.clone(), delivery, 1 << 12),
-                room,
-                counters,
-                queued: 0,
-                max_bytes,
+                ledger: Ledger::new(receiver.room.clone(), counters, delivery, REPLAY_BYTES),
+                queue,
+                receiver,
             }
         }
 
-        /// Emits `count` logs and takes them into one batch.
+        /// Emits `count` logs, then takes them into one batch as the
+        /// batcher does, checking the books after every move.
         fn batch(&mut self, count: i64) -> Batch {
-            let mut builder = BatchBuilder::default();
             for n in 0..count {
-                let envelope = crate::Envelope::log(format!("{n}")).build().into_encoded();
-                let framed = crate::wire::framed_len(envelope.bytes.len());
-                self.counters.emitted.add(1);
-                assert!(self.room.reserve(framed));
-                self.queued += 1;
+                self.queue
+                    .emit(crate::Envelope::log(format!("{n}")).build());
                 self.check();
-                self.queued -= 1;
-                self.ledger.taken(framed);
+            }
+            let mut builder = BatchBuilder::default();
+            for queued in self.receiver.data.try_iter().take(count as usize) {
+                self.ledger.taken(queued.framed());
+                builder.push(&queued.envelope, &Stamp::default(), 0);
                 self.check();
-                builder.push(&envelope, &Stamp::default(), 0);
             }
             builder.seal(1_000)
         }
 
-        /// The invariants, between any two moves.
+        /// The invariants, as `stats()` reads them, between any two moves.
         fn check(&self) {
-            let stats = self
-                .counters
-                .snapshot(self.queued as usize, self.room.bytes());
+            let stats = self.queue.stats();
             assert_eq!(
                 stats.emitted,
                 stats.sent + stats.dropped.total() + stats.queued + stats.in_flight,
                 "{stats:?}"
             );
             let (held, replay) = self.ledger.bytes();
-            assert!(held <= self.room.bytes() && self.room.bytes() <= self.max_bytes);
-            assert!(replay <= 1 << 12);
+            let reserved = self.receiver.room.bytes();
+            assert!(
+                held + self.ledger.send_bytes() <= reserved,
+                "{held} of {reserved}"
+            );
+            assert!(reserved <= MAX_BYTES);
+            assert!(replay <= REPLAY_BYTES);
+        }
+
+        fn stats(&self) -> crate::Stats {
+            self.queue.stats()
         }
     }
 
@@ -222,11 +270,12 @@ mod tests {
         let mut books = Books::new(Delivery::AtMostOnce);
         let mut batch = books.batch(3);
         assert_eq!(books.ledger.bytes().0, batch.bytes.len());
+        assert_eq!(books.stats().queued_bytes, batch.bytes.len() as u64);
         assert_eq!(books.ledger.accepted(&mut batch), Accepted::Sent);
         books.check();
-        let stats = books.counters.snapshot(0, 0);
+        let stats = books.stats();
         assert_eq!((stats.sent, stats.in_flight, stats.batches), (3, 0, 1));
-        assert_eq!((books.room.bytes(), books.ledger.bytes()), (0, (0, 0)));
+        assert_eq!((stats.queued_bytes, books.ledger.bytes()), (0, (0, 0)));
     }
 
     #[test]
@@ -236,15 +285,18 @@ mod tests {
         let len = batch.bytes.len();
         assert_eq!(books.ledger.accepted(&mut batch), Accepted::Unconfirmed);
         books.check();
-        assert_eq!((books.room.bytes(), books.ledger.bytes()), (0, (0, len)));
-        assert_eq!(books.counters.snapshot(0, 0).sent, 0);
+        assert_eq!(
+            (books.stats().queued_bytes, books.ledger.bytes()),
+            (0, (0, len))
+        );
+        assert_eq!(books.stats().sent, 0);
         // Written again after its stream failed: counted once.
         books.ledger.accepted(&mut batch);
         assert_eq!(books.ledger.bytes(), (0, len));
         books.ledger.confirmed(batch);
         books.check();
         assert_eq!(books.ledger.bytes(), (0, 0));
-        assert_eq!(books.counters.snapshot(0, 0).sent, 3);
+        assert_eq!(books.stats().sent, 3);
     }
 
     #[test]
@@ -260,22 +312,63 @@ mod tests {
         books.check();
         books.ledger.confirmed(second);
         books.check();
-        let stats = books.counters.snapshot(0, 0);
+        let stats = books.stats();
         assert_eq!((stats.sent, stats.dropped.total()), (1, 3));
-        assert_eq!((books.room.bytes(), books.ledger.bytes()), (0, (0, 0)));
+        assert_eq!((stats.queued_bytes, books.ledger.bytes()), (0, (0, 0)));
     }
 
     #[test]
     fn the_replay_buffer_takes_a_batch_only_while_it_fits() {
         let mut books = Books::new(Delivery::AtLeastOnce);
-        assert!(books.ledger.replay_has_room(0, Some(1 << 12)));
+        assert!(books.ledger.replay_has_room(0, Some(REPLAY_BYTES)));
         let mut batch = books.batch(10);
         let len = batch.bytes.len();
         books.ledger.accepted(&mut batch);
-        assert!(books.ledger.replay_has_room(0, Some((1 << 12) - len)));
-        assert!(!books.ledger.replay_has_room(0, Some((1 << 12) - len + 1)));
-        assert!(!books.ledger.replay_has_room((1 << 12) - len, None));
+        assert!(books.ledger.replay_has_room(0, Some(REPLAY_BYTES - len)));
+        assert!(
+            !books
+                .ledger
+                .replay_has_room(0, Some(REPLAY_BYTES - len + 1))
+        );
+        assert!(!books.ledger.replay_has_room(REPLAY_BYTES - len, None));
         let at_most_once = Books::new(Delivery::AtMostOnce);
         assert!(at_most_once.ledger.replay_has_room(usize::MAX / 2, Some(1)));
+    }
+
+    #[test]
+    fn a_unary_send_holds_its_bytes_until_it_ends_and_drop_oldest_knows() {
+        let mut books = Books::with(Delivery::AtMostOnce, Overflow::DropOldest);
+        let send_bytes = MAX_BYTES - 4_096;
+        let reservation = books
+            .queue
+            .reserve_until(send_bytes, std::time::Instant::now())
+            .unwrap();
+        let held = books.ledger.send_started(reservation);
+        books.check();
+        for n in 0..10 {
+            books
+                .queue
+                .emit(crate::Envelope::log(format!("{n}")).build());
+        }
+        books.check();
+        // Evicting the ten queued logs cannot make the room the send
+        // holds: the log that does not fit drops itself alone.
+        books
+            .queue
+            .emit(crate::Envelope::log(vec![b'x'; 8_192]).build());
+        books.check();
+        let stats = books.stats();
+        assert_eq!(
+            (stats.dropped.queue_full, stats.queued),
+            (1, 10),
+            "{stats:?}"
+        );
+        books.ledger.send_ended(held);
+        books.check();
+        assert_eq!(books.ledger.send_bytes(), 0);
+        books
+            .queue
+            .emit(crate::Envelope::log(vec![b'x'; 8_192]).build());
+        assert_eq!(books.stats().queued, 11);
     }
 }

@@ -43,7 +43,9 @@ use crate::stats::Counters;
 
 use batcher::Batcher;
 use streams::Streams;
-pub(crate) use transport::{BatchStream, ChannelWaker, Closing, Transport, UnaryCall, WriteError};
+pub(crate) use transport::{
+    BatchStream, ChannelWaker, Closing, Stall, Transport, UnaryCall, WriteError,
+};
 use unary::Unary;
 
 /// Requests from the handle.
@@ -163,7 +165,7 @@ impl<T: Transport> SenderLoop<T> {
             self.take_for_flushes();
             self.streams
                 .step(now, self.closing.is_some() && self.batcher.is_empty());
-            self.unary.poll(now);
+            self.unary.poll(self.streams.ledger(), now);
             self.answer_flushes();
             if self.finish_close_if_done() {
                 return;
@@ -263,13 +265,11 @@ impl<T: Transport> SenderLoop<T> {
                 reservation,
                 deadline,
                 reply,
-            } => self.unary.start(
-                self.streams.transport(),
-                batch,
-                reservation,
-                deadline,
-                reply,
-            ),
+            } => {
+                let (transport, ledger) = self.streams.transport_and_ledger();
+                self.unary
+                    .start(transport, ledger, batch, reservation, deadline, reply);
+            }
         }
     }
 
@@ -348,7 +348,7 @@ impl<T: Transport> SenderLoop<T> {
         }
         self.batcher.seal(&mut self.streams.intake());
         let (undelivered, close_error) = self.streams.give_up_all();
-        self.unary.give_up_all();
+        self.unary.give_up_all(self.streams.ledger());
         self.answer_flushes();
         let result = match close_error {
             _ if undelivered > 0 => Err(Error::Timeout {

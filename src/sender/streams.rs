@@ -26,7 +26,7 @@ use super::batcher::{Intake, Outbox};
 use super::ends::{Confirmation, Confirming, Ending, Ends};
 use super::health::Health;
 use super::ledger::{Accepted, Ledger};
-use super::transport::{BatchStream, Transport, WriteError};
+use super::transport::{BatchStream, Stall, Transport, WriteError};
 use super::{LONGEST_WAIT, Settings, deadline_after};
 
 /// A stream that has carried writes this long is working: when it ends, a
@@ -205,9 +205,14 @@ impl<T: Transport> Streams<T> {
         self.poll_confirmations(now);
     }
 
-    /// The transport, for unary sends to share the channel.
-    pub(crate) fn transport(&mut self) -> &mut T {
-        &mut self.transport
+    /// The books, which unary sends keep their bytes in too.
+    pub(crate) fn ledger(&mut self) -> &mut Ledger {
+        &mut self.ledger
+    }
+
+    /// The transport, for unary sends to share the channel, and the books.
+    pub(crate) fn transport_and_ledger(&mut self) -> (&mut T, &mut Ledger) {
+        (&mut self.transport, &mut self.ledger)
     }
 
     /// Close's deadline: gives up on everything left, and says how many
@@ -225,7 +230,7 @@ impl<T: Transport> Streams<T> {
                         .saturating_sub(deadline.saturating_duration_since(now))
                 });
         if let Some(waited) = longest_write {
-            let error = self.transport.stalled(waited);
+            let error = self.transport.stalled(Stall::Close { waited });
             self.health.record(&error);
         }
         let mut undelivered = 0;
@@ -401,45 +406,53 @@ impl<T: Transport> Streams<T> {
     /// Settles the write in flight on a slot once the transport accepted
     /// it, failed it, or kept it past the write timeout.
     fn poll_write(&mut self, slot: usize, now: Instant) {
+        if self.settle_if_done(slot) {
+            return;
+        }
         let Some(open) = self.slots[slot].as_mut() else {
             return;
         };
-        let Some(deadline) = open.writing.as_ref().map(|w| w.deadline) else {
+        if open.writing.as_ref().is_none_or(|w| now < w.deadline) {
             return;
-        };
+        }
         let connection = open.connection;
-        let mut context = Context::from_waker(&self.waker);
-        let outcome = match open.stream.poll_written(&mut context) {
-            Poll::Ready(outcome) => outcome,
-            Poll::Pending if now >= deadline => {
-                let Some(writing) = open.writing.take() else {
-                    return;
-                };
-                let error = self.transport.stalled(self.write_timeout);
-                self.health.failed(&error);
-                let (unconfirmed, proven) = self.take_stream(slot);
-                self.settle_failure(
-                    WriteError::Uncertain(error),
-                    writing.reused,
-                    Some(writing.batch),
-                    unconfirmed,
-                    proven,
-                );
-                self.abandon_connection(connection);
-                return;
-            }
-            Poll::Pending => return,
-        };
-        let Some(writing) = self.slots[slot]
-            .as_mut()
-            .and_then(|open| open.writing.take())
-        else {
+        let Some(writing) = open.writing.take() else {
             return;
+        };
+        let error = self.transport.stalled(Stall::Write(self.write_timeout));
+        self.health.failed(&error);
+        let (unconfirmed, proven) = self.take_stream(slot);
+        self.settle_failure(
+            WriteError::Uncertain(error),
+            writing.reused,
+            Some(writing.batch),
+            unconfirmed,
+            proven,
+        );
+        self.abandon_connection(connection);
+    }
+
+    /// Settles the write in flight on a slot if the transport has accepted
+    /// or failed it, whatever its deadline; whether it did.
+    fn settle_if_done(&mut self, slot: usize) -> bool {
+        let Some(open) = self.slots[slot].as_mut() else {
+            return false;
+        };
+        if open.writing.is_none() {
+            return false;
+        }
+        let mut context = Context::from_waker(&self.waker);
+        let Poll::Ready(outcome) = open.stream.poll_written(&mut context) else {
+            return false;
+        };
+        let Some(writing) = open.writing.take() else {
+            return false;
         };
         match outcome {
             Ok(()) => self.written(slot, writing.batch),
             Err(failure) => self.begin_ending(slot, failure, writing.batch, true, writing.reused),
         }
+        true
     }
 
     /// A write failed: the stream leaves its slot and waits, polled, for
@@ -514,6 +527,16 @@ impl<T: Transport> Streams<T> {
         if connection != self.connection {
             // Already left.
             return;
+        }
+        // Writes gRPC accepted before the loop polled them are not lost
+        // with the connection: settled first, they count as accepted.
+        for slot in 0..self.slots.len() {
+            if self.slots[slot]
+                .as_ref()
+                .is_some_and(|open| open.connection == connection)
+            {
+                self.settle_if_done(slot);
+            }
         }
         self.transport.abandon_connection();
         self.connection += 1;
@@ -801,7 +824,10 @@ impl<T: Transport> Streams<T> {
                 } => {
                     let timed_out = failure.is_none();
                     let failure = failure.unwrap_or_else(|| {
-                        WriteError::Uncertain(self.transport.stalled(self.confirm_timeout))
+                        WriteError::Uncertain(
+                            self.transport
+                                .stalled(Stall::Confirmation(self.confirm_timeout)),
+                        )
                     });
                     self.confirmation_failed(batches, last, failure, true);
                     if timed_out {

@@ -43,6 +43,10 @@ struct Script {
     hold_ends: Option<Arc<Mutex<Hold>>>,
     /// Writes in flight on every stream now, and the most there ever were.
     in_flight: Arc<Mutex<(usize, usize)>>,
+    /// When set, the writes of the stream opened at this index (from 0)
+    /// are accepted from this instant on, hold or not, and nothing wakes
+    /// the loop for it: as gRPC accepts a write the loop has not polled.
+    accepted_from: Option<(usize, Instant)>,
 }
 
 /// Writes (or stream ends) held pending, and the worker's waker to call on
@@ -97,11 +101,14 @@ impl Script {
 struct FakeTransport {
     seen: Sender<Seen>,
     script: Script,
+    opened: usize,
 }
 
 struct FakeStream {
     seen: Sender<Seen>,
     script: Script,
+    /// How many streams were opened before this one.
+    index: usize,
     /// How the write in flight ends.
     writing: Option<Outcome>,
 }
@@ -126,9 +133,11 @@ impl Transport for FakeTransport {
 
     fn open(&mut self) -> Result<FakeStream> {
         self.seen.send(Seen::Opened).unwrap();
+        self.opened += 1;
         Ok(FakeStream {
             seen: self.seen.clone(),
             script: self.script.clone(),
+            index: self.opened - 1,
             writing: None,
         })
     }
@@ -141,10 +150,10 @@ impl Transport for FakeTransport {
         self.seen.send(Seen::Abandoned).unwrap();
     }
 
-    fn stalled(&self, waited: Duration) -> Error {
+    fn stalled(&self, stall: Stall) -> Error {
         Error::Agent {
             addr: "fake".to_string(),
-            status: format!("stalled for {waited:?}"),
+            status: format!("stalled: {stall:?}"),
             hint: None,
         }
     }
@@ -173,7 +182,11 @@ impl BatchStream for FakeStream {
     }
 
     fn poll_written(&mut self, context: &mut Context<'_>) -> Poll<Outcome> {
-        if let Some(hold) = &self.script.hold {
+        let accepted = self
+            .script
+            .accepted_from
+            .is_some_and(|(index, from)| index == self.index && Instant::now() >= from);
+        if let (Some(hold), false) = (&self.script.hold, accepted) {
             if !Hold::passes(hold, context) {
                 return Poll::Pending;
             }
@@ -257,6 +270,7 @@ fn start(settings: Settings, script: Script) -> Harness {
     let transport = FakeTransport {
         seen: seen_tx,
         script,
+        opened: 0,
     };
     let queue = QueueReceiver {
         data: data_rx,
@@ -828,6 +842,51 @@ fn at_most_once_with_two_streams_a_write_held_past_its_timeout_is_given_up_and_t
 }
 
 #[test]
+fn leaving_a_connection_counts_a_write_grpc_had_accepted_on_another_stream_as_sent() {
+    let (hold, mut script) = held();
+    let write_timeout = Duration::from_millis(300);
+    // The second stream's write is accepted well before the first one's
+    // times out, and nothing wakes the loop for it: it learns of it only
+    // when it leaves the connection.
+    script.accepted_from = Some((1, Instant::now() + write_timeout / 3));
+    let settings = Settings {
+        streams: 2,
+        write_timeout,
+        ..settings()
+    };
+    let harness = start(settings, script);
+    for n in 0..6 {
+        harness.emit(n);
+    }
+    let seen = harness.until_writes(2);
+    assert_eq!(batches(&seen), vec![vec![0, 1, 2], vec![3, 4, 5]]);
+    while !matches!(harness.seen.recv_timeout(WAIT).unwrap(), Seen::Abandoned) {}
+    Hold::release(&hold);
+    let (_, stats) = harness.close();
+    assert_eq!((stats.sent, stats.dropped.gave_up), (3, 3), "{stats:?}");
+}
+
+#[test]
+fn close_names_its_own_deadline_for_a_write_that_had_not_yet_timed_out() {
+    let (_hold, script) = held();
+    let harness = start(settings(), script);
+    harness.emit(0);
+    harness.emit(1);
+    harness.emit(2);
+    harness.until_writes(1);
+    let counters = harness.counters.clone();
+    let (result, _, stats) = harness.close_within(Duration::from_millis(50));
+    assert!(
+        matches!(result, Err(Error::Timeout { undelivered: 3, .. })),
+        "{result:?}"
+    );
+    assert_eq!(stats.dropped.gave_up, 3);
+    let last_error = counters.snapshot(0, 0).last_error.unwrap_or_default();
+    // The write waited about 50 ms of its 10 s: close ran out, not the write.
+    assert!(last_error.contains("stalled: Close"), "{last_error}");
+}
+
+#[test]
 fn at_least_once_writes_in_flight_on_several_streams_count_against_the_replay_buffer() {
     let (hold, script) = held();
     let settings = Settings {
@@ -1107,6 +1166,7 @@ fn what_the_real_queue_hands_over_keeps_its_bytes_counted_until_the_write_is_acc
         FakeTransport {
             seen: seen_tx,
             script,
+            opened: 0,
         },
         receiver,
         control_rx,
@@ -1116,11 +1176,13 @@ fn what_the_real_queue_hands_over_keeps_its_bytes_counted_until_the_write_is_acc
         wake,
         wakeups,
     );
-    let thread = std::thread::spawn(move || sender.run());
     let emit = |n: i64| queue.emit(crate::Envelope::log(format!("{n}")).timestamp(n).build());
+    // Queued before the loop starts, so it takes all three at once: one
+    // taken alone would open a batch that waits for its interval (an hour).
     for n in 1..=3 {
         emit(n);
     }
+    let thread = std::thread::spawn(move || sender.run());
     let next_batch = || loop {
         if let Seen::Batch(batch) = seen.recv_timeout(WAIT).unwrap() {
             return batch;

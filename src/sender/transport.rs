@@ -32,9 +32,21 @@ pub(crate) trait Transport {
     /// (a peer that vanished, lost NAT state) would carry every new stream.
     fn abandon_connection(&mut self);
 
-    /// What a write (or a stream's end) that waited `waited` in vain says
-    /// about the connection, for the operator.
-    fn stalled(&self, waited: Duration) -> Error;
+    /// What a wait that ran out says about the connection in use, for the
+    /// operator: which wait it was, and the connection it waited on.
+    fn stalled(&self, stall: Stall) -> Error;
+}
+
+/// A wait on the agent that ran out.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Stall {
+    /// A write was not accepted within the write timeout.
+    Write(Duration),
+    /// A half-closed stream did not end within the confirm timeout.
+    Confirmation(Duration),
+    /// Close's deadline came while a write had waited this long, less
+    /// than the write timeout: the write did not fail, close ran out.
+    Close { waited: Duration },
 }
 
 /// Why a write (or a stream's end) failed, which decides what happens to

@@ -1,7 +1,9 @@
 //! Unary `Send` calls: started by the loop for a caller of
 //! `IngressClient::send`, polled with everything else the loop waits on,
 //! and answered to that caller when the agent does. Each call's bytes stay
-//! reserved in the byte budget until it ends, since gRPC holds its copy.
+//! reserved in the byte budget until it ends, since gRPC holds its copy;
+//! the [`Ledger`] holds them meanwhile, and gives them back before the
+//! caller hears, whichever way the call ends.
 
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -11,6 +13,7 @@ use crossbeam_channel::Sender;
 use crate::error::{Error, Result};
 use crate::queue::Reservation;
 
+use super::ledger::{Ledger, SendBytes};
 use super::transport::{Transport, UnaryCall};
 
 /// How long past its caller's deadline a call may stay unanswered before
@@ -23,20 +26,25 @@ struct Pending<C> {
     call: C,
     reply: Sender<Result<()>>,
     deadline: Instant,
-    held: Reservation,
+    held: SendBytes,
 }
 
 impl<C> Pending<C> {
     /// Ends the call (gRPC lets go of its batch) and gives its bytes back
     /// before its caller hears, so what the caller sees next is settled.
-    fn answer(self, outcome: Result<()>) {
+    fn answer(self, ledger: &mut Ledger, outcome: Result<()>) {
         let Pending {
             call, reply, held, ..
         } = self;
         drop(call);
-        drop(held);
-        let _ = reply.send(outcome);
+        answer(ledger, held, &reply, outcome);
     }
+}
+
+/// Gives a call's bytes back, then tells its caller.
+fn answer(ledger: &mut Ledger, held: SendBytes, reply: &Sender<Result<()>>, outcome: Result<()>) {
+    ledger.send_ended(held);
+    let _ = reply.send(outcome);
 }
 
 pub(crate) struct Unary<C> {
@@ -54,21 +62,25 @@ impl<C: UnaryCall> Unary<C> {
 
     /// Starts a call of an encoded `EnvelopeBatch` unless `deadline` has
     /// passed; `reply` gets its outcome.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn start<T: Transport<Call = C>>(
         &mut self,
         transport: &mut T,
+        ledger: &mut Ledger,
         batch: Vec<u8>,
         reservation: Reservation,
         deadline: Instant,
         reply: Sender<Result<()>>,
     ) {
+        let held = ledger.send_started(reservation);
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             // Its caller has stopped waiting, and counts its own timeout.
-            let _ = reply.send(Err(Error::Timeout {
+            let timeout = Error::Timeout {
                 waited: Duration::ZERO,
                 undelivered: 0,
-            }));
+            };
+            answer(ledger, held, &reply, Err(timeout));
             return;
         }
         match transport.send(batch, left) {
@@ -77,19 +89,17 @@ impl<C: UnaryCall> Unary<C> {
                     call,
                     reply,
                     deadline: deadline + OVERDUE,
-                    held: reservation,
+                    held,
                 });
                 // A first poll asks to be woken when the answer comes.
-                self.poll(Instant::now());
+                self.poll(ledger, Instant::now());
             }
-            Err(error) => {
-                let _ = reply.send(Err(error));
-            }
+            Err(error) => answer(ledger, held, &reply, Err(error)),
         }
     }
 
     /// Answers the calls that ended, and cancels those long overdue.
-    pub(crate) fn poll(&mut self, now: Instant) {
+    pub(crate) fn poll(&mut self, ledger: &mut Ledger, now: Instant) {
         let mut context = Context::from_waker(&self.waker);
         let mut index = 0;
         while index < self.calls.len() {
@@ -105,7 +115,7 @@ impl<C: UnaryCall> Unary<C> {
                     continue;
                 }
             };
-            self.calls.swap_remove(index).answer(outcome);
+            self.calls.swap_remove(index).answer(ledger, outcome);
         }
     }
 
@@ -119,12 +129,15 @@ impl<C: UnaryCall> Unary<C> {
 
     /// Close's deadline: the calls left are cancelled, and their callers
     /// told.
-    pub(crate) fn give_up_all(&mut self) {
+    pub(crate) fn give_up_all(&mut self, ledger: &mut Ledger) {
         for pending in std::mem::take(&mut self.calls) {
-            pending.answer(Err(Error::Timeout {
-                waited: Duration::ZERO,
-                undelivered: 0,
-            }));
+            pending.answer(
+                ledger,
+                Err(Error::Timeout {
+                    waited: Duration::ZERO,
+                    undelivered: 0,
+                }),
+            );
         }
     }
 }

@@ -8,6 +8,7 @@ use loggregator::spy::{SpyAgent, TestCerts};
 use loggregator::{Envelope, Error, IngressClient, Overflow, Stats};
 
 use crate::common::{WAIT, absent_agent, assert_closed_accounting, start_agent, wait_for_stats};
+use crate::fault_proxy::{FaultProxy, Mode};
 
 const MIB: usize = 1024 * 1024;
 
@@ -285,4 +286,103 @@ fn block_waits_on_a_program_thread_whatever_its_name() {
     let stats = client.stats();
     assert_eq!(stats.dropped.queue_full, 0, "{stats:?}");
     assert_closed_accounting(&stats);
+}
+
+/// A client through a proxy that can stall the connection, with a 1 MiB
+/// budget, at most once and a write timeout long enough that it never
+/// leaves the connection during a test.
+fn stalling(overflow: Overflow) -> (SpyAgent, FaultProxy, IngressClient) {
+    let certs = TestCerts::generate().unwrap();
+    let agent = SpyAgent::start(&certs).unwrap();
+    let proxy = FaultProxy::start(agent.addr());
+    let client = IngressClient::builder()
+        .addr(proxy.addr())
+        .tls(certs.client_tls().unwrap())
+        .queue_max_bytes(MIB)
+        .batch_max_bytes(MIB)
+        .batch_max_envelopes(1)
+        .write_timeout(WAIT)
+        .overflow(overflow)
+        .build()
+        .unwrap();
+    // Connected before the stall.
+    client.emit(Envelope::log("hello"));
+    client.flush(WAIT).unwrap();
+    (agent, proxy, client)
+}
+
+#[test]
+fn drop_oldest_does_not_evict_in_vain_for_bytes_a_stalled_send_holds() {
+    let (agent, proxy, client) = stalling(Overflow::DropOldest);
+    proxy.set_mode(Mode::Stall);
+    let sending = {
+        let client = client.clone();
+        std::thread::spawn(move || {
+            client.send(vec![Envelope::log(vec![b's'; 900 * 1024]).build()], WAIT)
+        })
+    };
+    wait_for_stats(&client, |stats| stats.queued_bytes >= 900 * 1024);
+    // Until the stream's write is held too: then envelopes stay queued.
+    let started = Instant::now();
+    loop {
+        client.emit(Envelope::log(vec![b'w'; 8 * 1024]));
+        if client.flush(Duration::from_millis(50)).is_err() {
+            break;
+        }
+        assert!(started.elapsed() < WAIT, "{:?}", client.stats());
+    }
+    let before = client.stats();
+    // The sender thread takes one more batch at most, to write next.
+    for n in 0..11 {
+        client.emit(Envelope::log(format!("small {n}")));
+    }
+    wait_for_stats(&client, |stats| stats.queued >= 10);
+    let before_large = client.stats();
+    assert_eq!(
+        before_large.dropped.total(),
+        before.dropped.total(),
+        "{before_large:?}"
+    );
+    // The send's 900 KiB cannot be evicted: the large log cannot fit,
+    // whatever leaves the queue, and it alone is dropped.
+    client.emit(Envelope::log(vec![b'l'; 200 * 1024]));
+    let after = client.stats();
+    assert_eq!(
+        after.dropped.queue_full,
+        before_large.dropped.queue_full + 1,
+        "{after:?}"
+    );
+    // Nothing was evicted: what the client holds is what it held.
+    assert_eq!(
+        after.queued + after.in_flight,
+        before_large.queued + before_large.in_flight,
+        "{after:?}"
+    );
+    proxy.set_mode(Mode::Pass);
+    sending.join().unwrap().unwrap();
+    client.close(WAIT).unwrap();
+    assert_closed_accounting(&client.stats());
+    drop(agent);
+}
+
+#[test]
+fn a_send_that_times_out_has_given_its_bytes_back_when_it_returns() {
+    let (_agent, proxy, client) = stalling(Overflow::DropNewest);
+    let log = || vec![Envelope::log(vec![b't'; 100 * 1024]).build()];
+    // Its deadline passed before the sender thread started it.
+    for _ in 0..20 {
+        let _ = client.send(log(), Duration::ZERO);
+        assert_eq!(client.stats().queued_bytes, 0);
+    }
+    // The agent does not answer before the deadline.
+    proxy.set_mode(Mode::Stall);
+    for _ in 0..3 {
+        match client.send(log(), Duration::from_millis(200)) {
+            Err(Error::Timeout { .. }) => {}
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(client.stats().queued_bytes, 0, "{:?}", client.stats());
+    }
+    proxy.set_mode(Mode::Pass);
+    client.close(WAIT).unwrap();
 }

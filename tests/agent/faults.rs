@@ -205,14 +205,18 @@ fn a_stalled_agent_never_blocks_emit_and_flush_and_close_keep_their_timeouts() {
     agent.pause_reading();
     let payload = vec![b'x'; 10_000];
     // Emit until HTTP/2 flow control holds the sender's write: then a flush
-    // cannot finish.
+    // cannot finish, and nothing more is accepted, flush after flush (a
+    // busy machine can make one flush time out while writes still go on).
     let mut rounds = 0;
-    loop {
+    let mut held_for = 0;
+    while held_for < 3 {
         for _ in 0..100 {
             client.emit(Envelope::log(payload.clone()));
         }
+        let sent = client.stats().sent;
         match client.flush(Duration::from_millis(100)) {
-            Err(Error::Timeout { .. }) => break,
+            Err(Error::Timeout { .. }) if client.stats().sent == sent => held_for += 1,
+            Err(Error::Timeout { .. }) => held_for = 0,
             other => other.unwrap(),
         }
         rounds += 1;
