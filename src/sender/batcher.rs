@@ -9,20 +9,17 @@
 //! is away or slow the envelopes stay in the queue, under its bounds. Their
 //! bytes stay reserved in the byte budget until the stream side releases them.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 
-use crate::batch::{Batch, BatchBuilder, Stamp};
+use crate::batch::{BatchBuilder, Stamp};
 use crate::queue::Queued;
 
 use super::LONGEST_WAIT;
 use super::ledger::Ledger;
-
-/// Sealed batches waiting to be written, oldest first.
-pub(crate) type Outbox = VecDeque<Batch>;
+use super::outbox::Outbox;
 
 /// Where what the batcher takes goes: sealed batches to the outbox, and
 /// every envelope taken into the books, in flight.
@@ -111,7 +108,9 @@ impl Batcher {
         if !self.building.is_empty() && self.building.encoded_len() + framed > self.batch_max_bytes
         {
             // The new envelope is counted in `taken` but not in this batch.
-            intake.outbox.push_back(self.building.seal(self.taken - 1));
+            intake
+                .outbox
+                .push_sealed(self.building.seal(self.taken - 1));
         }
         self.building
             .push(&queued.envelope, &self.stamp, queued.added);
@@ -171,7 +170,7 @@ impl Batcher {
 
     pub(crate) fn seal(&mut self, intake: &mut Intake<'_>) {
         if !self.building.is_empty() {
-            intake.outbox.push_back(self.building.seal(self.taken));
+            intake.outbox.push_sealed(self.building.seal(self.taken));
         }
     }
 
@@ -235,7 +234,7 @@ mod tests {
     impl Sink {
         fn new() -> Sink {
             Sink {
-                outbox: Outbox::new(),
+                outbox: Outbox::default(),
                 ledger: Ledger::new(
                     Arc::new(crate::queue::Room::new(1 << 20)),
                     Arc::default(),

@@ -3,24 +3,35 @@
 //! - [`Batcher`] (batcher.rs): takes envelopes from the queue and seals
 //!   them into batches;
 //! - [`Streams`] (streams.rs): writes sealed batches on `BatchSender`
-//!   streams, confirms and replays them, leaves a connection that stopped
-//!   answering, and backs off while the agent is away; it keeps the
-//!   [`Ledger`](ledger::Ledger) (ledger.rs), the one place where envelopes
-//!   and bytes move between in flight, sent and dropped, and
-//!   [`Health`](health::Health) (health.rs), what the operator is told;
-//! - [`Unary`] (unary.rs): the unary `Send` calls of `IngressClient::send`;
+//!   streams and settles each write. It drives parts of its own: the
+//!   outbox of sealed batches (outbox.rs), the open streams and whose turn
+//!   it is (slots.rs), streams waiting for their end (ends.rs), the
+//!   backoff (retry.rs), the [`Ledger`](ledger::Ledger) (ledger.rs), the
+//!   one place where envelopes and bytes move between in flight, sent and
+//!   dropped, and [`Health`](health::Health) (health.rs), what the
+//!   operator is told; and its work is split by job: a failed write
+//!   (failures.rs), rotation and confirmation (rotation.rs), leaving a
+//!   connection and close's give-up (leaving.rs);
+//! - [`Unary`] (unary.rs): the unary `Send` calls of `IngressClient::send`,
+//!   whose bytes it keeps in the same ledger;
 //!
 //! and owns only what the handle asked of it: flushes waiting for their
 //! envelopes to be written, and close. Requests come on a control channel
 //! of their own, so a full queue never holds them up.
 //!
 //! Nothing here knows gRPC: a [`Transport`] (transport.rs) opens streams and
-//! starts unary calls, so the loop is tested with in-memory fakes (tests.rs).
+//! starts unary calls, so the loop is tested with in-memory fakes (tests/).
 
 mod batcher;
 mod ends;
+mod failures;
 mod health;
+mod leaving;
 mod ledger;
+mod outbox;
+mod retry;
+mod rotation;
+mod slots;
 mod streams;
 mod transport;
 mod unary;

@@ -1,6 +1,8 @@
 //! The queue between `emit` and the sender thread, and what `emit` does
 //! when it is full. This file owns the emitting side; the sender thread
-//! holds the other end ([`QueueReceiver`]).
+//! holds the other end ([`QueueReceiver`]). room.rs is the byte budget and
+//! where emitters wait; overflow.rs is what `DropOldest`, `Block` and
+//! `BlockFor` do when the queue is full.
 //!
 //! Two bounds hold at once: `queue_capacity` envelopes waiting in the
 //! channel, and `queue_max_bytes` encoded bytes anywhere from `emit` until
@@ -16,13 +18,13 @@
 //! (a logger that feeds records back into the client runs there too) `emit`
 //! never waits, whatever the policy.
 
+mod overflow;
+mod room;
+
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering, fence};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, Ordering, fence};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
-use crossbeam_utils::CachePadded;
-use parking_lot::{Condvar, Mutex};
 
 use crate::batch::Stamp;
 use crate::envelope::{Encoded, Envelope};
@@ -31,10 +33,8 @@ use crate::series::Carried;
 use crate::stats::{Counters, DropReason};
 use crate::wire::framed_len;
 
-/// How many envelopes one `DropOldest` emit evicts, beyond the bytes it
-/// needs, before it drops its own (other emitters may keep taking the room
-/// it makes).
-const MAX_EVICTIONS: usize = 8;
+pub(crate) use room::{Reservation, Room};
+
 /// How often (in emits counted on one shard of the emit counter) `emit` checks whether a batch's worth is
 /// waiting for the sender thread: often enough that a full batch waits for
 /// a few dozen more emits at most, rarely enough to cost nothing.
@@ -56,105 +56,6 @@ impl Queued {
     /// What it takes in a batch, and in the byte budget.
     pub(crate) fn framed(&self) -> usize {
         framed_len(self.envelope.bytes.len() + self.added)
-    }
-}
-
-/// Room for more: the byte budget, and where emitters wait for room
-/// (`Overflow::Block` and `BlockFor`). The sender thread wakes waiting
-/// emitters once the queue is down to half full in envelopes and in bytes,
-/// not once per envelope it takes, which would cost a wake-up (a system
-/// call) per envelope, and per emitting thread, just when the client is
-/// busiest.
-pub(crate) struct Room {
-    /// Encoded bytes reserved by emitters and not yet given back.
-    bytes: CachePadded<AtomicUsize>,
-    max_bytes: usize,
-    /// Of `bytes`, those the sender thread holds (taken from the channel,
-    /// not yet accepted by gRPC), as of its last pass: evicting queued
-    /// envelopes cannot make this room.
-    held_by_sender: AtomicUsize,
-    /// Of `bytes`, those unary sends hold, from the moment their caller
-    /// reserves them until their call ends: evicting cannot make this room
-    /// either.
-    held_for_sends: AtomicUsize,
-    /// Set when bytes are given back, cleared when waiters are woken: a
-    /// waiter that still does not fit is not woken again until more is freed.
-    released: AtomicBool,
-    /// Emitters waiting, or about to; read by the sender thread without the lock.
-    waiting: AtomicUsize,
-    lock: Mutex<()>,
-    freed: Condvar,
-}
-
-impl Room {
-    pub(crate) fn new(max_bytes: usize) -> Room {
-        Room {
-            bytes: CachePadded::new(AtomicUsize::new(0)),
-            max_bytes,
-            held_by_sender: AtomicUsize::new(0),
-            held_for_sends: AtomicUsize::new(0),
-            released: AtomicBool::new(false),
-            waiting: AtomicUsize::new(0),
-            lock: Mutex::new(()),
-            freed: Condvar::new(),
-        }
-    }
-
-    /// Takes `bytes` from the budget if they fit. Never over the bound,
-    /// even for a moment, so a reservation that fits is never refused.
-    pub(crate) fn reserve(&self, bytes: usize) -> bool {
-        self.bytes
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
-                (held + bytes <= self.max_bytes).then_some(held + bytes)
-            })
-            .is_ok()
-    }
-
-    /// Gives back what a reservation took.
-    pub(crate) fn release(&self, bytes: usize) {
-        self.bytes.fetch_sub(bytes, Ordering::Relaxed);
-        if !self.released.load(Ordering::Relaxed) {
-            self.released.store(true, Ordering::Relaxed);
-        }
-    }
-
-    /// The sender thread says how many of the reserved bytes it holds.
-    pub(crate) fn set_held_by_sender(&self, bytes: usize) {
-        self.held_by_sender.store(bytes, Ordering::Relaxed);
-    }
-
-    /// Whether evicting queued envelopes could ever make room for `bytes`.
-    fn evicting_can_fit(&self, bytes: usize) -> bool {
-        let unevictable = self.held_by_sender.load(Ordering::Relaxed)
-            + self.held_for_sends.load(Ordering::Relaxed);
-        unevictable + bytes <= self.max_bytes
-    }
-
-    /// The bytes reserved now.
-    pub(crate) fn bytes(&self) -> usize {
-        self.bytes.load(Ordering::Relaxed)
-    }
-
-    /// Wakes waiting emitters, if any, once `queued` of `capacity` envelopes
-    /// and the bytes are both down to half, and bytes were given back since
-    /// they were last woken (one that needs more than half the budget
-    /// would otherwise be woken, and nudge back, in a loop).
-    pub(crate) fn wake_if_half_free(&self, queued: usize, capacity: usize) {
-        if queued <= capacity / 2
-            && self.bytes() <= self.max_bytes / 2
-            && self.waiting.load(Ordering::SeqCst) > 0
-            && self.released.swap(false, Ordering::Relaxed)
-        {
-            self.wake_all();
-        }
-    }
-
-    /// Wakes every waiting emitter, if any.
-    pub(crate) fn wake_all(&self) {
-        if self.waiting.load(Ordering::SeqCst) > 0 {
-            let _locked = self.lock.lock();
-            self.freed.notify_all();
-        }
     }
 }
 
@@ -356,126 +257,6 @@ impl Queue {
         }
     }
 
-    /// Makes room by dropping the oldest queued envelopes: as many as the
-    /// new one needs, in bytes, and a few more if other emitters take the
-    /// room first. Envelopes the sender thread already holds cannot be
-    /// evicted: when they alone leave no room, or none is left in the
-    /// queue, the new one is dropped instead.
-    fn evict_oldest_for(&self, mut queued: Queued) {
-        let needed = queued.framed();
-        if !self.room.evicting_can_fit(needed) {
-            return self.drop_envelopes(DropReason::QueueFull, 1);
-        }
-        let mut evicted_bytes = 0;
-        let mut evictions = 0;
-        loop {
-            let Ok(oldest) = self.leftovers.try_recv() else {
-                return self.drop_envelopes(DropReason::QueueFull, 1);
-            };
-            evicted_bytes += oldest.framed();
-            self.room.release(oldest.framed());
-            self.drop_envelopes(DropReason::QueueFull, 1);
-            queued = match self.try_push(queued) {
-                Ok(()) => return self.queued(),
-                Err(Refused::Full(queued)) => queued,
-                Err(Refused::Closed) => return self.drop_envelopes(DropReason::Closed, 1),
-            };
-            evictions += 1;
-            if evictions >= MAX_EVICTIONS && evicted_bytes >= needed {
-                return self.drop_envelopes(DropReason::QueueFull, 1);
-            }
-        }
-    }
-
-    /// Waits for room, at most `wait`, and never past the start of close.
-    fn block_for(&self, queued: Queued, wait: Option<Duration>) {
-        let mut queued = Some(queued);
-        let outcome = self.wait_for_room(wait.map(crate::policy::deadline_after), || match queued
-            .take()
-            .map(|q| self.try_push(q))
-        {
-            Some(Ok(())) | None => Attempt::Done,
-            Some(Err(Refused::Full(again))) => {
-                queued = Some(again);
-                Attempt::Full
-            }
-            Some(Err(Refused::Closed)) => Attempt::Closed,
-        });
-        match outcome {
-            Waited::Done => self.queued(),
-            Waited::Closed => self.drop_envelopes(DropReason::Closed, 1),
-            Waited::TimedOut => self.drop_envelopes(DropReason::QueueFull, 1),
-        }
-    }
-
-    /// Takes `bytes` from the budget for a unary send, waiting for room
-    /// until `deadline`; `None` if there was none by then, or the client closed.
-    pub(crate) fn reserve_until(&self, bytes: usize, deadline: Instant) -> Option<Reservation> {
-        let waited = self.wait_for_room(Some(deadline), || {
-            if self.room.reserve(bytes) {
-                Attempt::Done
-            } else {
-                Attempt::Full
-            }
-        });
-        matches!(waited, Waited::Done).then(|| {
-            self.room.held_for_sends.fetch_add(bytes, Ordering::Relaxed);
-            Reservation {
-                bytes,
-                room: self.room.clone(),
-            }
-        })
-    }
-
-    /// Tries `attempt` until it succeeds, the client closes, or `deadline`
-    /// passes, sleeping between tries until the sender thread makes room.
-    fn wait_for_room(
-        &self,
-        deadline: Option<Instant>,
-        mut attempt: impl FnMut() -> Attempt,
-    ) -> Waited {
-        let room = &*self.room;
-        let mut locked = room.lock.lock();
-        loop {
-            // Counted as waiting before the last look at the queue, so the
-            // sender thread's next pass cannot miss this thread.
-            room.waiting.fetch_add(1, Ordering::SeqCst);
-            let outcome = match attempt() {
-                Attempt::Full if self.closed.load(Ordering::SeqCst) => Attempt::Closed,
-                other => other,
-            };
-            let timed_out = match outcome {
-                Attempt::Full => {
-                    let _ = self.nudge.try_send(());
-                    match deadline {
-                        Some(deadline) => room.freed.wait_until(&mut locked, deadline).timed_out(),
-                        None => {
-                            room.freed.wait(&mut locked);
-                            false
-                        }
-                    }
-                }
-                _ => false,
-            };
-            room.waiting.fetch_sub(1, Ordering::SeqCst);
-            let waited = match outcome {
-                Attempt::Done => Waited::Done,
-                Attempt::Closed => Waited::Closed,
-                // No wake-up says so, but there may be room by now.
-                Attempt::Full if timed_out => match attempt() {
-                    Attempt::Done => Waited::Done,
-                    Attempt::Closed => Waited::Closed,
-                    Attempt::Full if self.closed.load(Ordering::SeqCst) => Waited::Closed,
-                    Attempt::Full => Waited::TimedOut,
-                },
-                Attempt::Full => continue,
-            };
-            // Let go of the lock before the caller counts a drop.
-            drop(locked);
-            return waited;
-        }
-    }
-
     /// Refuses later emits and releases waiting emitters.
     pub(crate) fn close(&self) {
         // SeqCst, paired with `wait_for_room`: a waiting emitter either sees
@@ -526,43 +307,6 @@ impl Queue {
     pub(crate) fn undelivered(&self) -> u64 {
         self.len() as u64 + self.counters.in_flight.load(Ordering::Relaxed)
     }
-}
-
-/// Bytes taken from the budget outside the queue (a unary send's batch),
-/// beyond `DropOldest`'s reach, given back when this is dropped.
-pub(crate) struct Reservation {
-    bytes: usize,
-    room: Arc<Room>,
-}
-
-impl Reservation {
-    pub(crate) fn bytes(&self) -> usize {
-        self.bytes
-    }
-}
-
-impl Drop for Reservation {
-    fn drop(&mut self) {
-        self.room
-            .held_for_sends
-            .fetch_sub(self.bytes, Ordering::Relaxed);
-        self.room.release(self.bytes);
-        self.room.wake_all();
-    }
-}
-
-/// One try at getting room.
-enum Attempt {
-    Done,
-    Full,
-    Closed,
-}
-
-/// How a wait for room ended.
-enum Waited {
-    Done,
-    Closed,
-    TimedOut,
 }
 
 #[cfg(test)]

@@ -1,0 +1,152 @@
+//! What `emit` does when the queue is full, beyond dropping the new
+//! envelope: evicting the oldest (`DropOldest`), or waiting for room
+//! (`Block`, `BlockFor`, and unary sends reserving their bytes).
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crate::stats::DropReason;
+
+use super::room::Reservation;
+use super::{Queue, Queued, Refused};
+
+/// How many envelopes one `DropOldest` emit evicts, beyond the bytes it
+/// needs, before it drops its own (other emitters may keep taking the room
+/// it makes).
+const MAX_EVICTIONS: usize = 8;
+
+impl Queue {
+    /// Makes room by dropping the oldest queued envelopes: as many as the
+    /// new one needs, in bytes, and a few more if other emitters take the
+    /// room first. Envelopes the sender thread already holds cannot be
+    /// evicted: when they alone leave no room, or none is left in the
+    /// queue, the new one is dropped instead.
+    pub(super) fn evict_oldest_for(&self, mut queued: Queued) {
+        let needed = queued.framed();
+        if !self.room.evicting_can_fit(needed) {
+            return self.drop_envelopes(DropReason::QueueFull, 1);
+        }
+        let mut evicted_bytes = 0;
+        let mut evictions = 0;
+        loop {
+            let Ok(oldest) = self.leftovers.try_recv() else {
+                return self.drop_envelopes(DropReason::QueueFull, 1);
+            };
+            evicted_bytes += oldest.framed();
+            self.room.release(oldest.framed());
+            self.drop_envelopes(DropReason::QueueFull, 1);
+            queued = match self.try_push(queued) {
+                Ok(()) => return self.queued(),
+                Err(Refused::Full(queued)) => queued,
+                Err(Refused::Closed) => return self.drop_envelopes(DropReason::Closed, 1),
+            };
+            evictions += 1;
+            if evictions >= MAX_EVICTIONS && evicted_bytes >= needed {
+                return self.drop_envelopes(DropReason::QueueFull, 1);
+            }
+        }
+    }
+
+    /// Waits for room, at most `wait`, and never past the start of close.
+    pub(super) fn block_for(&self, queued: Queued, wait: Option<Duration>) {
+        let mut queued = Some(queued);
+        let outcome = self.wait_for_room(wait.map(crate::policy::deadline_after), || match queued
+            .take()
+            .map(|q| self.try_push(q))
+        {
+            Some(Ok(())) | None => Attempt::Done,
+            Some(Err(Refused::Full(again))) => {
+                queued = Some(again);
+                Attempt::Full
+            }
+            Some(Err(Refused::Closed)) => Attempt::Closed,
+        });
+        match outcome {
+            Waited::Done => self.queued(),
+            Waited::Closed => self.drop_envelopes(DropReason::Closed, 1),
+            Waited::TimedOut => self.drop_envelopes(DropReason::QueueFull, 1),
+        }
+    }
+
+    /// Takes `bytes` from the budget for a unary send, waiting for room
+    /// until `deadline`; `None` if there was none by then, or the client closed.
+    pub(crate) fn reserve_until(&self, bytes: usize, deadline: Instant) -> Option<Reservation> {
+        let waited = self.wait_for_room(Some(deadline), || {
+            if self.room.reserve(bytes) {
+                Attempt::Done
+            } else {
+                Attempt::Full
+            }
+        });
+        matches!(waited, Waited::Done).then(|| {
+            self.room.held_for_sends.fetch_add(bytes, Ordering::Relaxed);
+            Reservation {
+                bytes,
+                room: self.room.clone(),
+            }
+        })
+    }
+
+    /// Tries `attempt` until it succeeds, the client closes, or `deadline`
+    /// passes, sleeping between tries until the sender thread makes room.
+    fn wait_for_room(
+        &self,
+        deadline: Option<Instant>,
+        mut attempt: impl FnMut() -> Attempt,
+    ) -> Waited {
+        let room = &*self.room;
+        let mut locked = room.lock.lock();
+        loop {
+            // Counted as waiting before the last look at the queue, so the
+            // sender thread's next pass cannot miss this thread.
+            room.waiting.fetch_add(1, Ordering::SeqCst);
+            let outcome = match attempt() {
+                Attempt::Full if self.closed.load(Ordering::SeqCst) => Attempt::Closed,
+                other => other,
+            };
+            let timed_out = match outcome {
+                Attempt::Full => {
+                    let _ = self.nudge.try_send(());
+                    match deadline {
+                        Some(deadline) => room.freed.wait_until(&mut locked, deadline).timed_out(),
+                        None => {
+                            room.freed.wait(&mut locked);
+                            false
+                        }
+                    }
+                }
+                _ => false,
+            };
+            room.waiting.fetch_sub(1, Ordering::SeqCst);
+            let waited = match outcome {
+                Attempt::Done => Waited::Done,
+                Attempt::Closed => Waited::Closed,
+                // No wake-up says so, but there may be room by now.
+                Attempt::Full if timed_out => match attempt() {
+                    Attempt::Done => Waited::Done,
+                    Attempt::Closed => Waited::Closed,
+                    Attempt::Full if self.closed.load(Ordering::SeqCst) => Waited::Closed,
+                    Attempt::Full => Waited::TimedOut,
+                },
+                Attempt::Full => continue,
+            };
+            // Let go of the lock before the caller counts a drop.
+            drop(locked);
+            return waited;
+        }
+    }
+}
+
+/// One try at getting room.
+enum Attempt {
+    Done,
+    Full,
+    Closed,
+}
+
+/// How a wait for room ended.
+enum Waited {
+    Done,
+    Closed,
+    TimedOut,
+}
