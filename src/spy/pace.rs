@@ -6,12 +6,83 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, unbounded};
+use parking_lot::Mutex;
+
+/// The rates in force, the whole agent's and each stream's, which every
+/// call reads.
+#[derive(Default)]
+pub(super) struct Pacing {
+    pacer: Mutex<Option<Pacer>>,
+    /// Each stream reads at most this many envelopes a second.
+    stream_rate: Mutex<Option<u64>>,
+    /// Wakes streams held to their rate; started with the first.
+    timer: OnceLock<Timer>,
+}
+
+impl Pacing {
+    /// Holds every reader, together, to `per_second` from now on; `None`
+    /// (or 0) reads as fast as it can.
+    pub(super) fn set_rate(&self, per_second: Option<u64>) {
+        *self.pacer.lock() = per_second.filter(|&rate| rate > 0).map(Pacer::new);
+    }
+
+    /// Holds each stream to `per_second` of its own; `None` (or 0) reads as
+    /// fast as it can.
+    pub(super) fn set_stream_rate(&self, per_second: Option<u64>) {
+        *self.stream_rate.lock() = per_second.filter(|&rate| rate > 0);
+        // Streams waiting at the old rate read on at the new one.
+        self.release_delayed();
+    }
+
+    /// Holds the reader (and with it the server's one thread) until reading
+    /// `envelopes` more keeps to the read rate, if one is set.
+    pub(super) fn pace(&self, envelopes: u64) {
+        let wake_at = {
+            let mut pacer = self.pacer.lock();
+            let Some(pacer) = pacer.as_mut() else { return };
+            pacer.due(envelopes)
+        };
+        let now = Instant::now();
+        if wake_at > now {
+            std::thread::sleep(wake_at - now);
+        }
+    }
+
+    /// Holds a stream that has just read `envelopes` more until it may read
+    /// again, if streams are held to a rate of their own.
+    pub(super) async fn stream_pace(&self, pace: &mut StreamPace, envelopes: u64) {
+        if self.stream_rate.lock().is_none() {
+            return;
+        }
+        // Read before the rate: a change of rate made after this releases
+        // the delay below, and one made before is seen in the rate.
+        let generation = self.timer().generation();
+        let Some(per_second) = *self.stream_rate.lock() else {
+            return;
+        };
+        let due = pace.due(envelopes, per_second);
+        if due > Instant::now() {
+            self.timer().delay(due, generation).await;
+        }
+    }
+
+    fn timer(&self) -> &Timer {
+        self.timer.get_or_init(Timer::start)
+    }
+
+    /// Ends the wait of every stream held to its rate.
+    pub(super) fn release_delayed(&self) {
+        if let Some(timer) = self.timer.get() {
+            timer.release_all();
+        }
+    }
+}
 
 /// Holds readers back to a number of envelopes per second, in all.
 pub(super) struct Pacer {

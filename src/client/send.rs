@@ -1,0 +1,129 @@
+//! `send`: a unary `Send` call beside the queue, held within the same byte
+//! budget, encoded on the caller's thread and answered through the sender
+//! thread.
+
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::bounded;
+use protobuf::Message;
+
+use crate::batch::merge_global_tags;
+use crate::envelope::Envelope;
+use crate::error::{Error, Result};
+use crate::proto::envelope as pb;
+use crate::sender::{Control, deadline_after};
+use crate::stats::DropReason;
+
+use super::CLOSE_MARGIN;
+use super::handle::IngressClient;
+use super::start::Inner;
+// Named in the docs of `send`.
+#[cfg(doc)]
+use crate::stats::Stats;
+
+impl IngressClient {
+    /// Sends envelopes at once with the unary `Send` call and waits for the
+    /// agent to confirm them, at most `timeout`. Client-wide tags are added.
+    ///
+    /// It does not wait for envelopes queued by `emit`, and it is not part of
+    /// emit's counts in [`Stats`]; a failure counts in `errors`. It returns
+    /// within `timeout` plus [`CLOSE_MARGIN`]: past its deadline it waits
+    /// that much more for gRPC to let go of the batch, so the bytes it held
+    /// are back in `queued_bytes` when it returns.
+    ///
+    /// ```no_run
+    /// # let client: loggregator::IngressClient = unimplemented!();
+    /// use loggregator::Envelope;
+    /// use std::time::Duration;
+    ///
+    /// client.send(vec![Envelope::event("deploy", "v42").into()], Duration::from_secs(2))?;
+    /// # Ok::<(), loggregator::Error>(())
+    /// ```
+    pub fn send(&self, envelopes: Vec<Envelope>, timeout: Duration) -> Result<()> {
+        let inner = &*self.inner;
+        let started = Instant::now();
+        let deadline = deadline_after(timeout);
+        if inner.queue.is_closed() {
+            return Err(Error::Closed);
+        }
+        let count = envelopes.len() as u64;
+        let timed_out = || Error::Timeout {
+            waited: started.elapsed(),
+            undelivered: count,
+        };
+        let (batch, size) = inner.prepare_batch(envelopes)?;
+        // Held within the byte budget, like emitted envelopes, from before
+        // it is encoded until the call ends: concurrent sends cannot grow
+        // memory past it.
+        let Some(reservation) = inner.queue.reserve_until(size, deadline) else {
+            let error = if inner.queue.is_closed() {
+                Error::Closed
+            } else {
+                timed_out()
+            };
+            inner.counters.record_error(&error);
+            return Err(error);
+        };
+        let encoded = batch.write_to_bytes();
+        // The envelopes are encoded: the caller holds them no longer while
+        // it waits for the agent.
+        drop(batch);
+        let batch =
+            encoded.map_err(|e| Error::Rejected(format!("cannot encode the batch: {e}")))?;
+        let (reply, replied) = bounded(1);
+        inner
+            .control
+            .send(Control::Send {
+                batch,
+                reservation,
+                deadline,
+                reply,
+            })
+            .map_err(|_| Error::Closed)?;
+        // The sender thread answers when the agent does; the call carries
+        // the same deadline. Past it the sender thread ends the call and
+        // gives its bytes back before it answers: waiting for that answer a
+        // little longer leaves nothing held on return.
+        let answer = replied
+            .recv_deadline(deadline)
+            .or_else(|_| replied.recv_timeout(CLOSE_MARGIN));
+        let result = match answer {
+            Ok(Err(Error::Timeout { .. })) => Err(timed_out()),
+            // gRPC's own deadline, the same: said as the caller's timeout.
+            Ok(Err(_)) if Instant::now() >= deadline => Err(timed_out()),
+            Ok(answer) => answer,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => Err(timed_out()),
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return Err(Error::Closed),
+        };
+        result.inspect_err(|error| inner.counters.record_error(error))
+    }
+}
+
+impl Inner {
+    /// Encodes envelopes for a unary send, with the global tags merged.
+    /// The `EnvelopeBatch` a unary send writes, and its encoded size.
+    fn prepare_batch(&self, envelopes: Vec<Envelope>) -> Result<(pb::EnvelopeBatch, usize)> {
+        let mut batch = pb::EnvelopeBatch::new();
+        for envelope in envelopes {
+            if envelope.is_accidental_reset() {
+                return Err(Error::Rejected(
+                    DropReason::ZeroCounter.describe().to_string(),
+                ));
+            }
+            let mut envelope = envelope.into_proto();
+            if let Some(source) = &self.source {
+                source.stamp(&mut envelope);
+            }
+            merge_global_tags(&mut envelope, &self.global_tags);
+            batch.batch.push(envelope);
+        }
+        let size = batch.compute_size() as usize;
+        if size > self.batch_max_bytes {
+            return Err(Error::Rejected(format!(
+                "the batch encodes to {size} bytes, more than batch_max_bytes ({})",
+                self.batch_max_bytes
+            )));
+        }
+        Ok((batch, size))
+    }
+}

@@ -1,0 +1,235 @@
+//! One constructor a kind (log, counter, gauge, timer, event), the marker
+//! types that name the kinds, and the setters only one kind has.
+
+use crate::proto::envelope as pb;
+
+use super::builder::EnvelopeBuilder;
+use super::{Envelope, UnixNanos};
+// Named in the docs of `Envelope::timer`.
+#[cfg(doc)]
+use std::time::SystemTime;
+
+/// Marker types naming the kind an [`EnvelopeBuilder`] builds.
+pub mod kind {
+    /// A log line.
+    #[derive(Debug, Clone, Copy)]
+    pub enum Log {}
+    /// A counter increment or total.
+    #[derive(Debug, Clone, Copy)]
+    pub enum Counter {}
+    /// A set of gauge metrics.
+    #[derive(Debug, Clone, Copy)]
+    pub enum Gauge {}
+    /// A timed span.
+    #[derive(Debug, Clone, Copy)]
+    pub enum Timer {}
+    /// A titled event.
+    #[derive(Debug, Clone, Copy)]
+    pub enum Event {}
+}
+
+/// Builds a log envelope; see [`Envelope::log`].
+pub type LogEnvelope = EnvelopeBuilder<kind::Log>;
+/// Builds a counter envelope; see [`Envelope::counter`].
+pub type CounterEnvelope = EnvelopeBuilder<kind::Counter>;
+/// Builds a gauge envelope; see [`Envelope::gauge`].
+pub type GaugeEnvelope = EnvelopeBuilder<kind::Gauge>;
+/// Builds a timer envelope; see [`Envelope::timer`].
+pub type TimerEnvelope = EnvelopeBuilder<kind::Timer>;
+/// Builds an event envelope; see [`Envelope::event`].
+pub type EventEnvelope = EnvelopeBuilder<kind::Event>;
+
+impl Envelope {
+    /// A log line; `payload` may be any bytes. It goes to stderr (`ERR`) like
+    /// the Go client's logs, unless [`stdout`](LogEnvelope::stdout) is called.
+    ///
+    /// ```
+    /// use loggregator::Envelope;
+    ///
+    /// let env = Envelope::log(&b"\xff raw bytes"[..]).stdout().build();
+    /// assert_eq!(env.as_proto().log().payload, b"\xff raw bytes");
+    /// ```
+    pub fn log(payload: impl Into<Vec<u8>>) -> LogEnvelope {
+        let mut log = pb::Log::new();
+        log.payload = payload.into();
+        log.type_ = pb::log::Type::ERR.into();
+        EnvelopeBuilder::new(pb::envelope::Message::Log(log))
+    }
+
+    /// A counter named `name` with a delta of 1; the agent adds deltas up into
+    /// a total per name, source and tags.
+    ///
+    /// ```
+    /// let env = loggregator::Envelope::counter("requests").delta(5).build();
+    /// assert_eq!(env.as_proto().counter().delta, 5);
+    /// ```
+    pub fn counter(name: impl Into<String>) -> CounterEnvelope {
+        let mut counter = pb::Counter::new();
+        counter.name = name.into();
+        counter.delta = 1;
+        EnvelopeBuilder::new(pb::envelope::Message::Counter(counter))
+    }
+
+    /// A gauge with no metrics yet; add them with
+    /// [`metric`](GaugeEnvelope::metric).
+    ///
+    /// ```
+    /// let env = loggregator::Envelope::gauge().metric("cpu", 35.5, "percentage").build();
+    /// assert_eq!(env.as_proto().gauge().metrics["cpu"].value, 35.5);
+    /// ```
+    pub fn gauge() -> GaugeEnvelope {
+        EnvelopeBuilder::new(pb::envelope::Message::Gauge(pb::Gauge::new()))
+    }
+
+    /// A timer from `start` to `stop`, each a [`SystemTime`] or Unix nanoseconds.
+    ///
+    /// ```
+    /// use std::time::SystemTime;
+    ///
+    /// let start = SystemTime::now();
+    /// let env = loggregator::Envelope::timer("db_query", start, SystemTime::now()).build();
+    /// assert!(env.as_proto().timer().stop >= env.as_proto().timer().start);
+    /// ```
+    pub fn timer(
+        name: impl Into<String>,
+        start: impl Into<UnixNanos>,
+        stop: impl Into<UnixNanos>,
+    ) -> TimerEnvelope {
+        let mut timer = pb::Timer::new();
+        timer.name = name.into();
+        timer.start = start.into().as_i64();
+        timer.stop = stop.into().as_i64();
+        EnvelopeBuilder::new(pb::envelope::Message::Timer(timer))
+    }
+
+    /// An event with a title and a body.
+    ///
+    /// ```
+    /// let env = loggregator::Envelope::event("Application Status", "healthy").build();
+    /// assert_eq!(env.as_proto().event().title, "Application Status");
+    /// ```
+    pub fn event(title: impl Into<String>, body: impl Into<String>) -> EventEnvelope {
+        let mut event = pb::Event::new();
+        event.title = title.into();
+        event.body = body.into();
+        EnvelopeBuilder::new(pb::envelope::Message::Event(event))
+    }
+}
+
+impl EnvelopeBuilder<kind::Log> {
+    /// Marks the log as written to stdout (`OUT`).
+    ///
+    /// ```
+    /// use loggregator::proto::envelope::log::Type;
+    ///
+    /// let env = loggregator::Envelope::log("x").stdout().build();
+    /// assert_eq!(env.as_proto().log().type_.enum_value(), Ok(Type::OUT));
+    /// ```
+    pub fn stdout(self) -> Self {
+        self.log_type(pb::log::Type::OUT)
+    }
+
+    /// Marks the log as written to stderr (`ERR`), the default.
+    ///
+    /// ```
+    /// use loggregator::proto::envelope::log::Type;
+    ///
+    /// let env = loggregator::Envelope::log("x").stdout().stderr().build();
+    /// assert_eq!(env.as_proto().log().type_.enum_value(), Ok(Type::ERR));
+    /// ```
+    pub fn stderr(self) -> Self {
+        self.log_type(pb::log::Type::ERR)
+    }
+
+    fn log_type(mut self, log_type: pb::log::Type) -> Self {
+        if let pb::envelope::Message::Log(log) = &mut self.message {
+            log.type_ = log_type.into();
+        }
+        self
+    }
+}
+
+impl EnvelopeBuilder<kind::Counter> {
+    /// Sets the increment since the last envelope for this counter.
+    ///
+    /// A counter with both delta and total 0 makes the agent reset its total,
+    /// so the client refuses to send one (counted as dropped, reason
+    /// `zero_counter`) unless it was made with [`reset`](Self::reset).
+    ///
+    /// ```
+    /// let env = loggregator::Envelope::counter("bytes").delta(1024).build();
+    /// assert_eq!(env.as_proto().counter().delta, 1024);
+    /// ```
+    pub fn delta(mut self, delta: u64) -> Self {
+        self.with_counter(|counter| counter.delta = delta);
+        self
+    }
+
+    /// Reports an absolute total instead of an increment: sets `total` and,
+    /// like the Go client's total helper, a delta of 0.
+    ///
+    /// The agent keeps one running total per counter name, source id and
+    /// tags (instance id aside) and adds every sender's deltas to it; a
+    /// counter with a total *replaces* it, for every sender of that name,
+    /// source and tags. Use it only for a counter this process alone
+    /// reports; [`delta`](Self::delta) (or [`IngressClient::counter`](crate::IngressClient::counter))
+    /// adds up across processes and instances.
+    ///
+    /// ```
+    /// let env = loggregator::Envelope::counter("restarts").total(3).build();
+    /// let counter = env.as_proto().counter();
+    /// assert_eq!((counter.delta, counter.total), (0, 3));
+    /// ```
+    pub fn total(mut self, total: u64) -> Self {
+        self.with_counter(|counter| {
+            counter.total = total;
+            counter.delta = 0;
+        });
+        self
+    }
+
+    /// Asks the agent to reset this counter's total to 0 (`delta == 0 &&
+    /// total == 0`), the one way to send that combination on purpose.
+    ///
+    /// ```
+    /// let env = loggregator::Envelope::counter("requests").reset().build();
+    /// let counter = env.as_proto().counter();
+    /// assert_eq!((counter.delta, counter.total), (0, 0));
+    /// ```
+    pub fn reset(mut self) -> Self {
+        self.with_counter(|counter| {
+            counter.total = 0;
+            counter.delta = 0;
+        });
+        self.reset = true;
+        self
+    }
+
+    fn with_counter(&mut self, change: impl FnOnce(&mut pb::Counter)) {
+        if let pb::envelope::Message::Counter(counter) = &mut self.message {
+            change(counter);
+        }
+    }
+}
+
+impl EnvelopeBuilder<kind::Gauge> {
+    /// Adds (or replaces) a metric: its value and unit, for example
+    /// `("memory", 1.0e8, "bytes")`.
+    ///
+    /// ```
+    /// let env = loggregator::Envelope::gauge()
+    ///     .metric("cpu", 35.5, "percentage")
+    ///     .metric("memory", 1.0e8, "bytes")
+    ///     .build();
+    /// assert_eq!(env.as_proto().gauge().metrics["memory"].unit, "bytes");
+    /// ```
+    pub fn metric(mut self, name: impl Into<String>, value: f64, unit: impl Into<String>) -> Self {
+        if let pb::envelope::Message::Gauge(gauge) = &mut self.message {
+            let mut metric = pb::GaugeValue::new();
+            metric.value = value;
+            metric.unit = unit.into();
+            gauge.metrics.insert(name.into(), metric);
+        }
+        self
+    }
+}
