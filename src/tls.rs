@@ -21,7 +21,8 @@ pub const DEFAULT_SERVER_NAME: &str = "metron";
 ///
 /// Everything is checked when the config is made: the files exist, hold PEM,
 /// the CA holds at least one certificate, and the key belongs to the
-/// certificate. `Debug` never prints the key.
+/// certificate. `Debug` never prints the key, and the bytes of every copy
+/// of it the client holds are zeroed when dropped.
 ///
 /// ```no_run
 /// use loggregator::TlsConfig;
