@@ -72,10 +72,12 @@ mod builder;
 mod client;
 mod envelope;
 mod error;
+mod field_tags;
 mod grpc;
 mod log_bridge;
 #[cfg(feature = "metrics")]
 mod metrics_recorder;
+mod panic_hook;
 mod policy;
 mod process;
 pub mod proto;
@@ -109,18 +111,20 @@ pub use envelope::{
     LogEnvelope, TimerEnvelope, UnixNanos, kind,
 };
 pub use error::{Error, Result};
+pub use field_tags::{MAX_FIELD_BYTES, MAX_FIELD_TAGS};
 pub use log_bridge::LogBridge;
 #[cfg(feature = "metrics")]
 pub use metrics_recorder::{
     DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_SERIES, DEFAULT_QUANTILES, MetricsRecorder,
 };
+pub use panic_hook::{DEFAULT_PANIC_FLUSH_TIMEOUT, MAX_PANIC_LOG_BYTES, PANIC_COUNTER, PanicHook};
 pub use policy::{Delivery, Overflow};
 pub use pulse::{Counter, Gauge};
 pub use source::SourceInfo;
 pub use stats::{Dropped, Stats};
 pub use tls::{DEFAULT_SERVER_NAME, TlsConfig};
 #[cfg(feature = "tracing")]
-pub use tracing_layer::{MAX_FIELD_BYTES, MAX_FIELD_TAGS, TracingLayer, current_traceparent};
+pub use tracing_layer::{TracingLayer, current_traceparent};
 
 /// Internals exposed for the fuzz targets and property tests; not a stable API.
 #[cfg(feature = "testing")]
