@@ -4,6 +4,7 @@
 
 use std::backtrace::Backtrace;
 use std::cell::Cell;
+use std::fmt::Write as _;
 use std::panic::PanicHookInfo;
 use std::time::{Duration, Instant};
 
@@ -176,8 +177,8 @@ impl PanicHook {
             self.send(&Panic {
                 thread: thread.name().unwrap_or("<unnamed>"),
                 location: &location,
-                message: info.payload_as_str().unwrap_or("Box<dyn Any>"),
-                backtrace: Backtrace::force_capture().to_string(),
+                message: message(info),
+                backtrace: below_the_panic_machinery(&Backtrace::force_capture().to_string()),
             });
         });
     }
@@ -230,6 +231,17 @@ impl PanicHook {
             builder = builder.source(source.source_id(), source.instance_id());
         }
         builder
+    }
+}
+
+/// The panic's message, as Rust's own hook prints it.
+fn message<'a>(info: &'a PanicHookInfo<'_>) -> &'a str {
+    let payload = info.payload();
+    match payload.downcast_ref::<&str>() {
+        Some(text) => text,
+        None => payload
+            .downcast_ref::<String>()
+            .map_or("Box<dyn Any>", String::as_str),
     }
 }
 
@@ -306,6 +318,42 @@ impl Panic<'_> {
         payload.truncate(fit);
         (payload, true)
     }
+}
+
+/// The frames of a backtrace (as `Backtrace` displays it) below Rust's
+/// panic machinery, numbered from 0. Rust marks where that machinery ends
+/// with a frame `__rust_end_short_backtrace`; what comes before it (this
+/// hook among them) is the same in every panic, and Rust's own hook leaves
+/// it out too. Without the marker (no symbols) every frame is kept.
+fn below_the_panic_machinery(backtrace: &str) -> String {
+    fn frame(line: &str) -> Option<&str> {
+        let (number, name) = line.trim_start().split_once(": ")?;
+        (!number.is_empty() && number.bytes().all(|b| b.is_ascii_digit())).then_some(name)
+    }
+    let lines: Vec<&str> = backtrace.lines().collect();
+    let marker = lines.iter().position(|line| {
+        frame(line).is_some_and(|name| name.contains("__rust_end_short_backtrace"))
+    });
+    let Some(marker) = marker else {
+        return backtrace.to_string();
+    };
+    let mut kept = String::with_capacity(backtrace.len());
+    let mut number = 0;
+    for line in &lines[marker + 1..] {
+        match frame(line) {
+            Some(name) => {
+                let _ = writeln!(kept, "{number:>4}: {name}");
+                number += 1;
+            }
+            // The marker's own source lines.
+            None if number == 0 => {}
+            None => {
+                kept.push_str(line);
+                kept.push('\n');
+            }
+        }
+    }
+    kept
 }
 
 /// The largest index at most `index` that is a character boundary of `text`.
@@ -393,6 +441,30 @@ mod tests {
             "{payload}"
         );
         assert!(!payload.contains("frame_"));
+    }
+
+    #[test]
+    fn the_backtrace_starts_below_the_panic_machinery_numbered_from_zero() {
+        let captured = "   0: loggregator::panic_hook::PanicHook::report
+             at ./src/panic_hook.rs:180:28
+   1: std::panicking::panic_with_hook
+   2: std::sys::backtrace::__rust_end_short_backtrace::<F, !>
+             at /rustc/library/std/src/sys/backtrace.rs:176:18
+   3: core::panicking::panic_fmt
+             at /rustc/library/core/src/panicking.rs:80:14
+   4: app::handle
+             at ./src/main.rs:7:5
+";
+        assert_eq!(
+            below_the_panic_machinery(captured),
+            "   0: core::panicking::panic_fmt
+             at /rustc/library/core/src/panicking.rs:80:14
+   1: app::handle
+             at ./src/main.rs:7:5
+"
+        );
+        let unmarked = "   0: <unknown>\n   1: <unknown>\n";
+        assert_eq!(below_the_panic_machinery(unmarked), unmarked);
     }
 
     #[test]

@@ -438,7 +438,7 @@ fn catch_unwind_pool() {
     let agent = Agent::start();
     let child = agent.child("pool");
     assert_eq!(child.status.code(), Some(0), "{}", child.describe());
-    for round in ["waiting", "queueing"] {
+    for round in ["queueing", "waiting"] {
         let logs = child
             .logs()
             .iter()
@@ -616,27 +616,43 @@ mod child {
     fn pool() {
         // Rust's own hook would print every panic: the test reads stdout.
         std::panic::set_hook(Box::new(|_| {}));
-        // The first backtrace resolves the binary's symbols, once per process.
-        let _ = std::backtrace::Backtrace::force_capture().to_string();
+        // Measured from the second on: the first resolves the symbols of
+        // frames not seen before, once per process.
+        let per_panic = |work: &(dyn Fn() + Sync)| {
+            std::thread::scope(|scope| {
+                scope
+                    .spawn(|| {
+                        work();
+                        let started = Instant::now();
+                        (1..POOL_PANICS).for_each(|_| work());
+                        started.elapsed() / (POOL_PANICS - 1) as u32
+                    })
+                    .join()
+                    .unwrap()
+            })
+        };
+        let caught = per_panic(&|| {
+            let _ = std::panic::catch_unwind(|| panic!("no hook"));
+        });
+        println!("child: no hook of ours: {caught:?} per panic");
+        let backtrace = per_panic(&|| {
+            let _ = std::backtrace::Backtrace::force_capture().to_string();
+        });
+        println!("child: a backtrace alone: {backtrace:?} per panic");
+        // Queueing first: each later hook also calls the earlier ones.
         for (round, timeout) in [
-            ("waiting", loggregator::DEFAULT_PANIC_FLUSH_TIMEOUT),
             ("queueing", Duration::ZERO),
+            ("waiting", loggregator::DEFAULT_PANIC_FLUSH_TIMEOUT),
         ] {
             let client = client_with(|b| b.tag("round", round));
             PanicHook::new(client.clone())
                 .flush_timeout(timeout)
                 .install()
                 .unwrap();
-            let started = Instant::now();
-            std::thread::spawn(|| {
-                for n in 0..POOL_PANICS {
-                    let _ = std::panic::catch_unwind(|| panic!("job {n} failed"));
-                }
-            })
-            .join()
-            .unwrap();
-            let per_panic = started.elapsed() / POOL_PANICS as u32;
-            println!("child: {round} (flush_timeout {timeout:?}): {per_panic:?} per panic");
+            let cost = per_panic(&|| {
+                let _ = std::panic::catch_unwind(|| panic!("job failed"));
+            });
+            println!("child: {round} (flush_timeout {timeout:?}): {cost:?} per panic");
             client.close(WAIT).unwrap();
             // Later rounds' hooks chain to this one, whose client is closed.
         }

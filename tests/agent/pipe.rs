@@ -115,7 +115,8 @@ fn in_cloud_foundry_the_source_comes_from_the_environment_and_stderr_is_marked()
 #[test]
 fn outside_cloud_foundry_a_source_id_is_required() {
     let setup = setup();
-    let output = pipe(&setup, &[], b"x\n", &[]);
+    // No input: the program exits before it would read any.
+    let output = pipe(&setup, &[], b"", &[]);
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -311,10 +312,11 @@ fn multiline_flags_are_checked() {
             "is not a number of bytes from 1 to 1000000",
         ),
     ] {
+        // No input: the program exits before it would read any.
         let output = pipe(
             &setup,
             &[&["--source-id", "s"][..], args].concat(),
-            b"x\n",
+            b"",
             &[],
         );
         let stderr = String::from_utf8_lossy(&output.stderr);
