@@ -27,7 +27,10 @@
 //! # Features
 //!
 //! None is on by default; the client, the envelope builders, pulse
-//! counters and gauges, process metrics and [`LogBridge`] need none.
+//! counters and gauges, process metrics, [`LogBridge`] (which sends `log`
+//! records, their key-values as tags) and [`PanicHook`] (which sends a
+//! panic's message and backtrace and waits for the agent to have them
+//! before the process can die) need none.
 //!
 //! - `tracing`: [`TracingLayer`], a `tracing-subscriber` layer that sends
 //!   each closed span as a Timer envelope carrying W3C trace ids (which a
@@ -42,7 +45,8 @@
 //!   that records what it reads, and throwaway certificates for it and the
 //!   client, for integration tests without a Cloud Foundry.
 //! - `cli`: the `loggregator-pipe` program, which sends each line of its
-//!   standard input as a log; with `testing` too, the
+//!   standard input as a log (or joins a stack trace's lines into one,
+//!   `--multiline-start`); with `testing` too, the
 //!   `loggregator-spy-agent` program, the spy agent on its own.
 //!
 //! On docs.rs, which is built with every feature, each item that needs one

@@ -36,9 +36,11 @@ use crate::source::SourceInfo;
 ///   and WARN to stderr (`ERR`), the rest `OUT`, tagged `level`, `target`,
 ///   each field, and its span's `trace_id` and `span_id`.
 /// - Field tags are capped: [`MAX_FIELD_TAGS`](crate::MAX_FIELD_TAGS) per
-///   envelope and [`MAX_FIELD_BYTES`](crate::MAX_FIELD_BYTES) per value; what is left off or cut is counted in
+///   envelope and [`MAX_FIELD_BYTES`](crate::MAX_FIELD_BYTES) per value;
+///   what is left off or cut is counted in
 ///   [`Stats::tags_dropped`](crate::Stats::tags_dropped) and
-///   [`Stats::values_cut`](crate::Stats::values_cut).
+///   [`Stats::values_cut`](crate::Stats::values_cut), as the `log`
+///   bridge's key-values are.
 ///
 /// Any number of layers can share one registry: layers of several clients,
 /// or copies of one (a clone is a layer of its own), each with its own
