@@ -81,12 +81,36 @@ fn main() {
             agent_away,
         ),
     ];
-    let mut failed = Vec::new();
+    // The few libtest flags tools pass: the list, exact names, ignored
+    // tests (there are none).
+    let flag = |name: &str| std::env::args().any(|arg| arg == name);
+    let exact = flag("--exact");
     let chosen: Vec<_> = tests
         .iter()
-        .filter(|(name, _)| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str())))
+        .filter(|(name, _)| {
+            filters.is_empty()
+                || filters.iter().any(|f| {
+                    if exact {
+                        name == f
+                    } else {
+                        name.contains(f.as_str())
+                    }
+                })
+        })
+        .filter(|_| !flag("--ignored"))
         .collect();
-    println!("running {} tests", chosen.len());
+    if flag("--list") {
+        for (name, _) in &chosen {
+            println!("{name}: test");
+        }
+        return;
+    }
+    let mut failed = Vec::new();
+    println!(
+        "running {} test{}",
+        chosen.len(),
+        if chosen.len() == 1 { "" } else { "s" }
+    );
     for (name, test) in chosen {
         let started = Instant::now();
         let outcome = std::panic::catch_unwind(test);
