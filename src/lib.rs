@@ -27,7 +27,10 @@
 //! # Features
 //!
 //! None is on by default; the client, the envelope builders, pulse
-//! counters and gauges, process metrics and [`LogBridge`] need none.
+//! counters and gauges, process metrics, [`LogBridge`] (which sends `log`
+//! records, their key-values as tags) and [`PanicHook`] (which sends a
+//! panic's message and backtrace and waits for the agent to have them
+//! before the process can die) need none.
 //!
 //! - `tracing`: [`TracingLayer`], a `tracing-subscriber` layer that sends
 //!   each closed span as a Timer envelope carrying W3C trace ids (which a
@@ -42,7 +45,8 @@
 //!   that records what it reads, and throwaway certificates for it and the
 //!   client, for integration tests without a Cloud Foundry.
 //! - `cli`: the `loggregator-pipe` program, which sends each line of its
-//!   standard input as a log; with `testing` too, the
+//!   standard input as a log (or joins a stack trace's lines into one,
+//!   `--multiline-start`); with `testing` too, the
 //!   `loggregator-spy-agent` program, the spy agent on its own.
 //!
 //! On docs.rs, which is built with every feature, each item that needs one
@@ -72,10 +76,12 @@ mod builder;
 mod client;
 mod envelope;
 mod error;
+mod field_tags;
 mod grpc;
 mod log_bridge;
 #[cfg(feature = "metrics")]
 mod metrics_recorder;
+mod panic_hook;
 mod policy;
 mod process;
 pub mod proto;
@@ -109,18 +115,20 @@ pub use envelope::{
     LogEnvelope, TimerEnvelope, UnixNanos, kind,
 };
 pub use error::{Error, Result};
+pub use field_tags::{MAX_FIELD_BYTES, MAX_FIELD_TAGS};
 pub use log_bridge::LogBridge;
 #[cfg(feature = "metrics")]
 pub use metrics_recorder::{
     DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_SERIES, DEFAULT_QUANTILES, MetricsRecorder,
 };
+pub use panic_hook::{DEFAULT_PANIC_FLUSH_TIMEOUT, MAX_PANIC_LOG_BYTES, PANIC_COUNTER, PanicHook};
 pub use policy::{Delivery, Overflow};
 pub use pulse::{Counter, Gauge};
 pub use source::SourceInfo;
 pub use stats::{Dropped, Stats};
 pub use tls::{DEFAULT_SERVER_NAME, TlsConfig};
 #[cfg(feature = "tracing")]
-pub use tracing_layer::{MAX_FIELD_BYTES, MAX_FIELD_TAGS, TracingLayer, current_traceparent};
+pub use tracing_layer::{TracingLayer, current_traceparent};
 
 /// Internals exposed for the fuzz targets and property tests; not a stable API.
 #[cfg(feature = "testing")]

@@ -1,16 +1,39 @@
-//! A `log::Log` implementation that sends every record as a Log envelope.
+//! A `log::Log` implementation that sends every record as a Log envelope,
+//! its key-values as tags.
 
+use std::borrow::Cow;
 use std::io::Write;
 
+use log::kv::{Key, Value, VisitSource};
 use log::{Level, LevelFilter, Log, Metadata, Record};
 
 use crate::client::IngressClient;
 use crate::envelope::Envelope;
+use crate::field_tags::FieldTags;
 use crate::source::SourceInfo;
+
+/// The tags the bridge sets itself; with [`LogBridge::with_location`], also
+/// [`LOCATION_TAGS`].
+const OWN_TAGS: [&str; 2] = ["level", "target"];
+const LOCATION_TAGS: [&str; 3] = ["module", "file", "line"];
 
 /// Sends `log` records to Loggregator: error and warn go to stderr (`ERR`),
 /// the rest to stdout (`OUT`), each tagged with its `level` and `target`
 /// (and `module`, `file` and `line` when asked).
+///
+/// A record's key-values (`log::info!(user = id, ok = true; "login")`)
+/// become tags, as OpenTelemetry's log appender makes them attributes:
+/// strings as they are, numbers and booleans formatted (`42`, `1.5`,
+/// `true`), anything else by its `Display` (or `Debug`, captured with
+/// `:?`). They are capped as the tracing layer's fields are: at most
+/// [`MAX_FIELD_TAGS`](crate::MAX_FIELD_TAGS) per record, values cut to
+/// [`MAX_FIELD_BYTES`](crate::MAX_FIELD_BYTES), counted in
+/// [`Stats::tags_dropped`](crate::Stats::tags_dropped) and
+/// [`Stats::values_cut`](crate::Stats::values_cut). A key-value named like
+/// a tag the bridge sets (`level`, `target`, and `module`, `file`, `line`
+/// with [`with_location`](Self::with_location)) is left off and counted in
+/// `tags_dropped`: those tags always say what the record's metadata says,
+/// so filters on them can be trusted.
 ///
 /// Records from this crate itself, and anything logged on the client's own
 /// threads (the sender, gRPC's, the pulse), are never sent: they could loop
@@ -120,7 +143,7 @@ impl LogBridge {
         Ok(())
     }
 
-    /// The envelope for a record.
+    /// The envelope for a record; what its key-values lost is counted.
     fn envelope(&self, record: &Record<'_>) -> Envelope {
         let log = Envelope::log(record.args().to_string());
         let log = match record.level() {
@@ -144,6 +167,16 @@ impl LogBridge {
                 log = log.tag("line", line.to_string());
             }
         }
+        let mut key_values = KeyValues {
+            tags: FieldTags::default(),
+            location: self.location,
+        };
+        // The visitor never fails: a source that does is sent with what it gave.
+        let _ = record.key_values().visit(&mut key_values);
+        for (key, value) in key_values.tags.iter() {
+            log = log.tag(key, value);
+        }
+        key_values.tags.count_losses(&self.client);
         log.build()
     }
 }
@@ -172,4 +205,32 @@ impl Log for LogBridge {
     }
 
     fn flush(&self) {}
+}
+
+/// A record's key-values as capped tags.
+struct KeyValues<'kvs> {
+    tags: FieldTags<Cow<'kvs, str>>,
+    /// Whether the location tags are the bridge's own.
+    location: bool,
+}
+
+impl<'kvs> VisitSource<'kvs> for KeyValues<'kvs> {
+    fn visit_pair(&mut self, key: Key<'kvs>, value: Value<'kvs>) -> Result<(), log::kv::Error> {
+        let key = match key.to_borrowed_str() {
+            Some(key) => Cow::Borrowed(key),
+            None => Cow::Owned(key.as_str().to_string()),
+        };
+        let own = OWN_TAGS.contains(&key.as_ref())
+            || (self.location && LOCATION_TAGS.contains(&key.as_ref()));
+        if own {
+            self.tags.refuse();
+            return Ok(());
+        }
+        let text = match value.to_borrowed_str() {
+            Some(text) => text.to_string(),
+            None => value.to_string(),
+        };
+        self.tags.put(key, text);
+        Ok(())
+    }
 }

@@ -45,12 +45,15 @@ pub struct Stats {
     pub queued_bytes: u64,
     /// Envelopes taken from the queue by the sender thread and not yet sent or dropped.
     pub in_flight: u64,
-    /// Tags the tracing layer left off envelopes: fields beyond
-    /// `MAX_FIELD_TAGS` on one span or event. The envelopes themselves were sent.
+    /// Tags the tracing layer and the `log` bridge left off envelopes:
+    /// fields or key-values beyond `MAX_FIELD_TAGS` on one span, event or
+    /// record, and key-values named like a tag the bridge sets itself
+    /// (`level`, `target`). The envelopes themselves were sent.
     pub tags_dropped: u64,
-    /// Field values the tracing layer cut to `MAX_FIELD_BYTES` (they end
-    /// with `…`). An event's message is never cut. The envelopes themselves
-    /// were emitted.
+    /// Field values and key-values the tracing layer and the `log` bridge
+    /// cut to `MAX_FIELD_BYTES` (they end with `…`), and panic logs the
+    /// panic hook cut to fit an envelope (they say so). An event's or a
+    /// record's message is never cut. The envelopes themselves were emitted.
     ///
     /// ```
     /// assert_eq!(loggregator::Stats::default().values_cut, 0);

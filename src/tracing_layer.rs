@@ -15,19 +15,8 @@ use tracing_subscriber::registry::LookupSpan;
 
 use crate::client::IngressClient;
 use crate::envelope::{Envelope, EnvelopeBuilder};
+use crate::field_tags::FieldTags;
 use crate::source::SourceInfo;
-
-/// The most tags a span's or an event's fields add to one envelope; the
-/// rest are left off and counted in [`Stats::tags_dropped`](crate::Stats::tags_dropped).
-/// The ids, `level` and `target` the layer adds itself are not counted.
-#[cfg_attr(docsrs, doc(cfg(feature = "tracing")))]
-pub const MAX_FIELD_TAGS: usize = 16;
-/// The longest field value kept as a tag, in bytes; longer ones are cut at
-/// a character boundary, end with `…` and are counted in
-/// [`Stats::values_cut`](crate::Stats::values_cut). An event's message is
-/// not a tag but the log's payload, and is sent whole.
-#[cfg_attr(docsrs, doc(cfg(feature = "tracing")))]
-pub const MAX_FIELD_BYTES: usize = 1024;
 
 /// Sends spans and events recorded with `tracing` to Loggregator.
 ///
@@ -46,10 +35,12 @@ pub const MAX_FIELD_BYTES: usize = 1024;
 ///   [`Dropped::too_large`](crate::Dropped::too_large), as any log), ERROR
 ///   and WARN to stderr (`ERR`), the rest `OUT`, tagged `level`, `target`,
 ///   each field, and its span's `trace_id` and `span_id`.
-/// - Field tags are capped: [`MAX_FIELD_TAGS`] per envelope and
-///   [`MAX_FIELD_BYTES`] per value; what is left off or cut is counted in
+/// - Field tags are capped: [`MAX_FIELD_TAGS`](crate::MAX_FIELD_TAGS) per
+///   envelope and [`MAX_FIELD_BYTES`](crate::MAX_FIELD_BYTES) per value;
+///   what is left off or cut is counted in
 ///   [`Stats::tags_dropped`](crate::Stats::tags_dropped) and
-///   [`Stats::values_cut`](crate::Stats::values_cut).
+///   [`Stats::values_cut`](crate::Stats::values_cut), as the `log`
+///   bridge's key-values are.
 ///
 /// Any number of layers can share one registry: layers of several clients,
 /// or copies of one (a clone is a layer of its own), each with its own
@@ -219,14 +210,10 @@ impl SpanState {
 /// Field values as text, capped in number and length.
 #[derive(Default)]
 struct Fields {
-    tags: Vec<(&'static str, String)>,
+    tags: FieldTags<&'static str>,
     /// The event's `message`, kept apart from the tags and whole: it is the
     /// log's payload.
     message: Option<String>,
-    /// Fields left off, beyond [`MAX_FIELD_TAGS`].
-    dropped: u64,
-    /// Values cut to [`MAX_FIELD_BYTES`].
-    cut: u64,
     keep_message: bool,
 }
 
@@ -238,36 +225,21 @@ impl Fields {
         }
     }
 
-    fn put(&mut self, name: &'static str, mut value: String) {
+    fn put(&mut self, name: &'static str, value: String) {
         if self.keep_message && name == "message" {
             self.message = Some(value);
             return;
         }
-        let slot = self.tags.iter().position(|(key, _)| *key == name);
-        if slot.is_none() && self.tags.len() >= MAX_FIELD_TAGS {
-            self.dropped += 1;
-            return;
-        }
-        if truncate(&mut value) {
-            self.cut += 1;
-        }
-        match slot {
-            Some(at) => self.tags[at].1 = value,
-            None => self.tags.push((name, value)),
-        }
+        self.tags.put(name, value);
     }
 
     /// Counts in the client's stats what was left off or cut.
     fn count_losses(&self, client: &IngressClient) {
-        client.count_dropped_tags(self.dropped);
-        client.count_cut_values(self.cut);
+        self.tags.count_losses(client);
     }
 
     fn value(&self, name: &str) -> Option<&str> {
-        self.tags
-            .iter()
-            .find(|(key, _)| *key == name)
-            .map(|(_, value)| value.as_str())
+        self.tags.value(name)
     }
 }
 
@@ -281,21 +253,6 @@ impl Visit for Fields {
         let _ = write!(text, "{value:?}");
         self.put(field.name(), text);
     }
-}
-
-/// Cuts `value` to [`MAX_FIELD_BYTES`] at a character boundary; true if
-/// it was longer.
-fn truncate(value: &mut String) -> bool {
-    if value.len() <= MAX_FIELD_BYTES {
-        return false;
-    }
-    let mut cut = MAX_FIELD_BYTES - '…'.len_utf8();
-    while !value.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    value.truncate(cut);
-    value.push('…');
-    true
 }
 
 /// An id in lowercase hex, on the stack: ids are written on every span and
@@ -447,7 +404,7 @@ where
             .stamp(log)
             .tag("level", level_name(metadata.level()))
             .tag("target", metadata.target());
-        for (key, value) in &fields.tags {
+        for (key, value) in fields.tags.iter() {
             log = log.tag(key, value);
         }
         if let Some(ids) = ids {
@@ -478,8 +435,8 @@ where
         if let Some(parent) = &ids.parent_span_id {
             timer = timer.tag("parent_span_id", Hex::new(parent).as_str());
         }
-        for (key, value) in &fields.tags {
-            if !matches!(*key, "trace_id" | "span_id" | "parent_span_id") {
+        for (key, value) in fields.tags.iter() {
+            if !matches!(key, "trace_id" | "span_id" | "parent_span_id") {
                 timer = timer.tag(key, value);
             }
         }
@@ -517,6 +474,7 @@ pub fn current_traceparent() -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::field_tags::MAX_FIELD_BYTES;
 
     #[test]
     fn traceparent_headers_are_read_strictly() {
@@ -545,46 +503,15 @@ mod tests {
     }
 
     #[test]
-    fn long_values_are_cut_at_a_character_boundary() {
-        let mut value = "é".repeat(MAX_FIELD_BYTES);
-        truncate(&mut value);
-        assert!(value.len() <= MAX_FIELD_BYTES);
-        assert!(value.ends_with('…'));
-        let mut short = "short".to_string();
-        truncate(&mut short);
-        assert_eq!(short, "short");
-    }
-
-    #[test]
-    fn fields_beyond_the_cap_are_counted() {
-        let mut fields = Fields::default();
-        for n in 0..MAX_FIELD_TAGS + 5 {
-            fields.put(Box::leak(format!("f{n}").into_boxed_str()), "v".into());
-        }
-        fields.put("f0", "again".into());
-        assert_eq!((fields.tags.len(), fields.dropped), (MAX_FIELD_TAGS, 5));
-        assert_eq!(fields.value("f0"), Some("again"));
-    }
-
-    #[test]
-    fn long_tag_values_are_counted_as_cut_only_when_kept_and_a_message_is_kept_whole() {
+    fn an_events_message_is_its_payload_kept_whole_and_a_spans_is_a_tag() {
         let long = "x".repeat(MAX_FIELD_BYTES + 1);
-        let mut fields = Fields::for_event();
-        fields.put("message", long.repeat(8));
-        fields.put("long", long.clone());
-        fields.put("long", long.clone());
-        for n in 1..MAX_FIELD_TAGS {
-            fields.put(Box::leak(format!("f{n}").into_boxed_str()), "v".into());
-        }
-        fields.put("left_off", long.clone());
-        assert_eq!(fields.message.as_deref(), Some(long.repeat(8).as_str()));
-        assert_eq!((fields.cut, fields.dropped), (2, 1));
+        let mut event = Fields::for_event();
+        event.put("message", long.repeat(8));
+        assert_eq!(event.message.as_deref(), Some(long.repeat(8).as_str()));
+        assert_eq!(event.value("message"), None);
         let mut span = Fields::default();
         span.put("message", long);
-        assert_eq!(
-            (span.cut, span.value("message").map(str::len)),
-            (1, Some(MAX_FIELD_BYTES))
-        );
+        assert_eq!(span.value("message").map(str::len), Some(MAX_FIELD_BYTES));
     }
 
     #[test]

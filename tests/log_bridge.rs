@@ -31,6 +31,20 @@ fn records_become_log_envelopes_and_the_clients_own_never_feed_back() {
     log::warn!("disk at {}%", 91);
     log::info!("started");
     log::debug!("below the level: not sent");
+    let peer = std::net::Ipv4Addr::new(10, 0, 0, 7);
+    log::info!(
+        user = "alice", attempts = 3, ratio = 0.5, admin = true, peer:% = peer, last:? = Some("x");
+        "login"
+    );
+    // The bridge's own tags say what the record's metadata says.
+    log::warn!(level = "spoofed", target = "spoofed", line = 1, kept = "yes"; "own tags win");
+    let long = "é".repeat(1000);
+    log::info!(
+        k00 = 0, k01 = 1, k02 = 2, k03 = 3, k04 = 4, k05 = 5, k06 = 6, k07 = 7, k08 = 8,
+        k09 = 9, k10 = 10, k11 = 11, k12 = 12, k13 = 13, k14 = 14, long = long.as_str(),
+        k16 = 16, k17 = 17, k18 = 18;
+        "many"
+    );
 
     // The client's own warnings (a dropped envelope, logged on this thread)
     // and a sender thread's warnings (an agent that is down) must not come back.
@@ -55,19 +69,66 @@ fn records_become_log_envelopes_and_the_clients_own_never_feed_back() {
         .collect();
     assert_eq!(
         payloads,
-        vec!["connection lost", "disk at 91%", "started"],
+        vec![
+            "connection lost",
+            "disk at 91%",
+            "started",
+            "login",
+            "own tags win",
+            "many"
+        ],
         "{received:?}"
     );
     let types: Vec<Type> = received
         .iter()
         .map(|e| e.log().type_.enum_value().unwrap())
         .collect();
-    assert_eq!(types, vec![Type::ERR, Type::ERR, Type::OUT]);
+    assert_eq!(types[..3], [Type::ERR, Type::ERR, Type::OUT]);
     assert_eq!(received[0].tags["level"], "error");
     assert_eq!(received[0].tags["target"], "app::db");
     assert_eq!(received[2].tags["level"], "info");
     assert!(received[2].tags["file"].ends_with("log_bridge.rs"));
     assert!(received[2].tags["line"].parse::<u32>().is_ok());
     assert!(received.iter().all(|e| e.source_id == "bridge-test"));
-    assert_eq!(client.stats().dropped.too_large, 1);
+
+    let login = &received[3].tags;
+    for (key, value) in [
+        ("user", "alice"),
+        ("attempts", "3"),
+        ("ratio", "0.5"),
+        ("admin", "true"),
+        ("peer", "10.0.0.7"),
+        ("last", "Some(\"x\")"),
+        ("level", "info"),
+    ] {
+        assert_eq!(
+            login.get(key).map(String::as_str),
+            Some(value),
+            "{key}: {login:?}"
+        );
+    }
+    let own = &received[4].tags;
+    assert_eq!(
+        (
+            own["level"].as_str(),
+            own["target"].as_str(),
+            own["kept"].as_str()
+        ),
+        ("warn", "log_bridge", "yes")
+    );
+    assert_ne!(own["line"], "1", "{own:?}");
+    let many = &received[5].tags;
+    let keys = many.keys().filter(|k| k.starts_with('k') || *k == "long");
+    assert_eq!(keys.count(), loggregator::MAX_FIELD_TAGS, "{many:?}");
+    assert!(
+        !many.contains_key("k16") && many.contains_key("k14"),
+        "{many:?}"
+    );
+    assert!(many["long"].len() <= loggregator::MAX_FIELD_BYTES);
+    assert!(many["long"].ends_with('…'));
+
+    let stats = client.stats();
+    assert_eq!(stats.dropped.too_large, 1);
+    // level, target and line of "own tags win"; k16, k17 and k18 of "many".
+    assert_eq!((stats.tags_dropped, stats.values_cut), (6, 1), "{stats:?}");
 }

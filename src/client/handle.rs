@@ -117,8 +117,7 @@ impl IngressClient {
         self.inner.counters.clone()
     }
 
-    /// Counts tags the tracing layer left off an envelope.
-    #[cfg(feature = "tracing")]
+    /// Counts tags a bridge (tracing, log) left off an envelope.
     pub(crate) fn count_dropped_tags(&self, count: u64) {
         if count > 0 {
             self.inner
@@ -128,8 +127,7 @@ impl IngressClient {
         }
     }
 
-    /// Counts field values the tracing layer cut to `MAX_FIELD_BYTES`.
-    #[cfg(feature = "tracing")]
+    /// Counts values a bridge cut to `MAX_FIELD_BYTES`, and panic logs cut to fit.
     pub(crate) fn count_cut_values(&self, count: u64) {
         if count > 0 {
             self.inner
@@ -137,6 +135,25 @@ impl IngressClient {
                 .values_cut
                 .fetch_add(count, std::sync::atomic::Ordering::Relaxed);
         }
+    }
+
+    /// Queues an envelope as `overflow` says, whatever the client's policy
+    /// (the panic hook waits for room within its own time limit).
+    pub(crate) fn emit_as(&self, envelope: Envelope, overflow: crate::policy::Overflow) {
+        self.inner.queue.push(envelope, overflow);
+    }
+
+    /// The bytes `envelope` takes in a batch once the client's tags and
+    /// source are added, and the most a batch may take (`batch_max_bytes`).
+    pub(crate) fn batch_room(&self, envelope: &Envelope) -> (usize, usize) {
+        let inner = &*self.inner;
+        let mut proto = envelope.as_proto().clone();
+        if let Some(source) = &inner.source {
+            source.stamp(&mut proto);
+        }
+        crate::batch::merge_global_tags(&mut proto, &inner.global_tags);
+        let framed = crate::wire::framed_len(protobuf::Message::compute_size(&proto) as usize);
+        (framed, inner.batch_max_bytes)
     }
 
     /// A counter handle for `name`; see [`Counter`]. Its first use starts

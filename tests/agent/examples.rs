@@ -154,3 +154,31 @@ fn the_metrics_example_sends_counters_gauges_and_both_histogram_shapes() {
         Some("received 11 envelopes; dropped 0")
     );
 }
+
+#[test]
+fn the_panic_example_finds_the_panic_at_the_agent_as_soon_as_it_is_over() {
+    let output = example("panic").output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for line in [
+        "  log panic-example/0:",
+        "    | index out of bounds: the len is 0 but the index is 3",
+        "    | stack backtrace:",
+        "  counter panic-example/0 panics delta=1 total=0",
+    ] {
+        assert!(stdout.lines().any(|l| l == line), "{line:?} in {stdout}");
+    }
+    assert!(
+        stdout.contains("    | thread 'order-worker' panicked at examples/panic.rs:"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("panic::main::{{closure}}"), "{stdout}");
+    assert_eq!(
+        stdout.lines().last(),
+        Some("received 2 envelopes: log=1 counter=1; dropped 0")
+    );
+}

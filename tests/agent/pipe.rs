@@ -115,7 +115,8 @@ fn in_cloud_foundry_the_source_comes_from_the_environment_and_stderr_is_marked()
 #[test]
 fn outside_cloud_foundry_a_source_id_is_required() {
     let setup = setup();
-    let output = pipe(&setup, &[], b"x\n", &[]);
+    // No input: the program exits before it would read any.
+    let output = pipe(&setup, &[], b"", &[]);
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -149,4 +150,177 @@ fn dropped_lines_make_the_exit_code_non_zero() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// What Rust's own hook prints for a panic with `RUST_BACKTRACE=1`, with a
+/// real backtrace of this test.
+fn rust_panic_trace() -> String {
+    let backtrace = std::backtrace::Backtrace::force_capture().to_string();
+    format!(
+        "thread 'main' panicked at src/main.rs:10:5:\nindex out of bounds: the len is 0 but the index is 3\nstack backtrace:\n{}\nnote: Some details are omitted, run with `RUST_BACKTRACE=full` for a verbose backtrace.",
+        backtrace.trim_end()
+    )
+}
+
+const JAVA_TRACE: &str = "\
+2024-05-01 12:00:01.123 ERROR [main] c.e.Orders - request failed
+java.lang.IllegalStateException: order 42 has no lines
+\tat com.example.Orders.place(Orders.java:42)
+\tat com.example.Api.handle(Api.java:17)
+Caused by: java.lang.NullPointerException: Cannot invoke \"List.size()\"
+\tat com.example.Orders.lines(Orders.java:88)
+\t... 2 more";
+
+#[test]
+fn with_multiline_start_a_rust_panic_and_a_java_stack_trace_each_arrive_as_one_log() {
+    let setup = setup();
+    let rust = rust_panic_trace();
+    let records = [
+        "2024-05-01 12:00:00.000 INFO  [main] c.e.Main - started".to_string(),
+        JAVA_TRACE.to_string(),
+        rust.clone(),
+        "2024-05-01 12:00:02.000 INFO  [main] c.e.Main - next\r".to_string(),
+        "2024-05-01 12:00:03.000 INFO  [main] c.e.Main - last, no newline".to_string(),
+    ];
+    let input = records.join("\n");
+    let output = pipe(
+        &setup,
+        &[
+            "--source-id",
+            "java-svc",
+            "--multiline-start",
+            r"^(\d{4}-\d{2}-\d{2} |thread '.*' panicked at )",
+            "--tee",
+        ],
+        input.as_bytes(),
+        &[],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let lines = input.lines().count();
+    assert!(
+        stderr.contains(&format!("lines {lines} records 5 split 0 sent 5 dropped 0")),
+        "{stderr}"
+    );
+    assert_eq!(
+        output.stdout,
+        input.as_bytes(),
+        "--tee copies the input unchanged"
+    );
+    let payloads: Vec<String> = setup
+        .agent
+        .envelopes()
+        .iter()
+        .map(|e| String::from_utf8(e.log().payload.clone()).unwrap())
+        .collect();
+    let mut expected = records.to_vec();
+    expected[3].pop(); // the line's \r
+    assert_eq!(payloads, expected);
+}
+
+#[test]
+fn a_joined_log_is_sent_after_the_timeout_while_the_input_stays_open() {
+    let setup = setup();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_loggregator-pipe"))
+        .args(setup.connection_args())
+        .args(["--source-id", "s", "--multiline-start", "^START"])
+        .args(["--multiline-timeout", "50ms"])
+        .env_remove("VCAP_APPLICATION")
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"START one\n  more\n").unwrap();
+    stdin.flush().unwrap();
+    // No next line comes: the record is complete after the timeout alone.
+    let received = setup.agent.wait_for_envelopes(1, crate::common::WAIT);
+    assert_eq!(received.len(), 1);
+    assert_eq!(received[0].log().payload, b"START one\n  more");
+    stdin
+        .write_all(b"  late, a record of its own\nSTART two\n")
+        .unwrap();
+    drop(stdin);
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let payloads: Vec<Vec<u8>> = setup
+        .agent
+        .envelopes()
+        .iter()
+        .map(|e| e.log().payload.clone())
+        .collect();
+    assert_eq!(
+        payloads,
+        [
+            &b"START one\n  more"[..],
+            b"  late, a record of its own",
+            b"START two"
+        ]
+    );
+}
+
+#[test]
+fn a_joined_log_stops_at_its_size_limit_and_the_split_is_counted() {
+    let setup = setup();
+    let mut input = b"START\n".to_vec();
+    for n in 0..100 {
+        input.extend(format!("\tat frame {n:03} of a very deep stack\n").as_bytes());
+    }
+    let output = pipe(
+        &setup,
+        &[
+            "--source-id",
+            "s",
+            "--multiline-start",
+            "^START",
+            "--multiline-max-bytes",
+            "1000",
+        ],
+        &input,
+        &[],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let received = setup.agent.envelopes();
+    assert!(received.len() > 1, "{}", received.len());
+    assert!(received.iter().all(|e| e.log().payload.len() <= 1000));
+    let joined: Vec<u8> = received
+        .iter()
+        .map(|e| e.log().payload.clone())
+        .collect::<Vec<_>>()
+        .join(&b'\n');
+    assert_eq!(joined, input.strip_suffix(b"\n").unwrap(), "nothing lost");
+    let split = received.len() - 1;
+    assert!(
+        stderr.contains(&format!(
+            "lines 101 records {} split {split} ",
+            received.len()
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn multiline_flags_are_checked() {
+    let setup = setup();
+    for (args, problem) in [
+        (&["--multiline-start", "("][..], "--multiline-start"),
+        (&["--multiline-timeout", "1s"][..], "--multiline-start"),
+        (
+            &["--multiline-start", "x", "--multiline-max-bytes", "0"][..],
+            "is not a number of bytes from 1 to 1000000",
+        ),
+    ] {
+        // No input: the program exits before it would read any.
+        let output = pipe(
+            &setup,
+            &[&["--source-id", "s"][..], args].concat(),
+            b"",
+            &[],
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(problem), "{args:?}: {stderr}");
+    }
 }

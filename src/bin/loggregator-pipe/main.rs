@@ -5,16 +5,34 @@
 //! legacy-daemon 2>&1 | loggregator-pipe --source-id my-svc --ca-file … --cert-file … --key-file …
 //! ```
 //!
+//! With `--multiline-start REGEX` a line that matches begins a log and the
+//! lines after it join it, so a stack trace arrives as one log.
+//!
 //! At the end of input it closes the client, prints the stats to stderr, and
 //! exits non-zero if anything was dropped.
+
+mod multiline;
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::Parser;
+use crossbeam_channel::RecvTimeoutError;
 use loggregator::{Envelope, IngressClient, Overflow, SourceInfo, TlsConfig};
+use regex::bytes::Regex;
+
+use multiline::Multiline;
+
+/// The default `--multiline-max-bytes`: the size of the largest log
+/// envelope Diego sends, which every agent and reader downstream takes.
+const DEFAULT_MULTILINE_MAX_BYTES: usize = 61_440;
+/// The largest `--multiline-max-bytes`: what fits the client's batches
+/// (1 MiB) with room left for the envelope's tags.
+const MAX_MULTILINE_MAX_BYTES: usize = 1_000_000;
+/// Lines read ahead of the sender: a bound on what the reader holds.
+const LINES_AHEAD: usize = 64;
 
 /// Sends each line of standard input to a Loggregator agent as a log.
 #[derive(Parser, Debug)]
@@ -59,12 +77,43 @@ struct Args {
     /// How long to wait at the end of input for the last lines to be delivered.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     close_timeout: Duration,
+    /// A line matching this regular expression begins a new log; every
+    /// other line joins the log before it, after a newline (for example
+    /// `'^\d{4}-\d{2}-\d{2} '` for lines that begin with a date).
+    #[arg(long, value_name = "REGEX")]
+    multiline_start: Option<Regex>,
+    /// How long a log waits for its next line before it is sent.
+    #[arg(
+        long,
+        default_value = "1s",
+        value_parser = humantime::parse_duration,
+        requires = "multiline_start"
+    )]
+    multiline_timeout: Duration,
+    /// The longest a joined log grows, in bytes; the line that would make
+    /// it longer begins the next log (counted as split at exit).
+    #[arg(
+        long,
+        default_value_t = DEFAULT_MULTILINE_MAX_BYTES,
+        value_parser = parse_max_bytes,
+        requires = "multiline_start"
+    )]
+    multiline_max_bytes: usize,
 }
 
 fn parse_tag(tag: &str) -> Result<(String, String), String> {
     match tag.split_once('=') {
         Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
         _ => Err(format!("{tag:?} is not key=value")),
+    }
+}
+
+fn parse_max_bytes(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(bytes) if (1..=MAX_MULTILINE_MAX_BYTES).contains(&bytes) => Ok(bytes),
+        _ => Err(format!(
+            "{text:?} is not a number of bytes from 1 to {MAX_MULTILINE_MAX_BYTES}"
+        )),
     }
 }
 
@@ -115,46 +164,78 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
         }
     };
 
-    let stdin = std::io::stdin();
-    let mut input = stdin.lock();
-    let mut stdout = std::io::stdout().lock();
-    let mut line = Vec::new();
-    let mut tee = args.tee;
-    let mut input_ok = true;
-    loop {
-        line.clear();
-        match input.read_until(b'\n', &mut line) {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(error) => {
-                // Still close and report: what was read is not lost.
-                eprintln!("loggregator-pipe: reading input: {error}");
-                input_ok = false;
-                break;
-            }
-        }
-        if tee && stdout.write_all(&line).is_err() {
-            // The reader downstream went away (for example `| head`): keep
-            // sending, stop copying.
-            tee = false;
-        }
-        let payload = line.strip_suffix(b"\n").unwrap_or(&line);
-        let payload = payload.strip_suffix(b"\r").unwrap_or(payload);
+    let send = |payload: &[u8]| {
         let log = Envelope::log(payload).source(source.source_id(), source.instance_id());
         client.emit(if args.stderr {
             log.stderr()
         } else {
             log.stdout()
         });
+    };
+    let mut joiner = args
+        .multiline_start
+        .clone()
+        .map(|start| Multiline::new(start, args.multiline_timeout, args.multiline_max_bytes));
+    let lines = read_lines();
+    let mut stdout = std::io::stdout().lock();
+    let mut tee = args.tee;
+    let mut input_ok = true;
+    let mut line_count: u64 = 0;
+    let mut records: u64 = 0;
+    loop {
+        let next = match joiner.as_ref().and_then(Multiline::deadline) {
+            Some(deadline) => lines.recv_deadline(deadline),
+            None => lines.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        };
+        let mut line = match next {
+            Ok(Ok(line)) => line,
+            Ok(Err(error)) => {
+                // Still close and report: what was read is not lost.
+                eprintln!("loggregator-pipe: reading input: {error}");
+                input_ok = false;
+                break;
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                if let Some(record) = joiner.as_mut().and_then(|j| j.expire(Instant::now())) {
+                    records += 1;
+                    send(&record);
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        line_count += 1;
+        if tee && stdout.write_all(&line).is_err() {
+            // The reader downstream went away (for example `| head`): keep
+            // sending, stop copying.
+            tee = false;
+        }
+        strip_line_ending(&mut line);
+        match &mut joiner {
+            Some(joiner) => {
+                if let Some(record) = joiner.push(line, Instant::now()) {
+                    records += 1;
+                    send(&record);
+                }
+            }
+            None => send(&line),
+        }
+    }
+    if let Some(record) = joiner.as_mut().and_then(Multiline::finish) {
+        records += 1;
+        send(&record);
     }
     if tee {
         let _ = stdout.flush();
     }
     let closed = client.close(args.close_timeout);
     let stats = client.stats();
+    let joined = match &joiner {
+        Some(joiner) => format!(" records {records} split {}", joiner.split),
+        None => String::new(),
+    };
     eprintln!(
-        "loggregator-pipe: lines {} sent {} dropped {} ({:?}) errors {}",
-        stats.emitted,
+        "loggregator-pipe: lines {line_count}{joined} sent {} dropped {} ({:?}) errors {}",
         stats.sent,
         stats.dropped.total(),
         stats.dropped,
@@ -164,4 +245,37 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
         eprintln!("loggregator-pipe: close: {error}");
     }
     Ok(input_ok && closed.is_ok() && stats.dropped.total() == 0)
+}
+
+/// Reads standard input on a thread of its own, so that a joined log can
+/// be sent when its time is up while no line comes. Each line keeps its
+/// line ending (for `--tee`); the channel ends with the input, after an
+/// error if reading failed.
+fn read_lines() -> crossbeam_channel::Receiver<std::io::Result<Vec<u8>>> {
+    let (lines, received) = crossbeam_channel::bounded(LINES_AHEAD);
+    std::thread::spawn(move || {
+        let stdin = std::io::stdin();
+        let mut input = stdin.lock();
+        loop {
+            let mut line = Vec::new();
+            let read = match input.read_until(b'\n', &mut line) {
+                Ok(0) => return,
+                Ok(_) => Ok(line),
+                Err(error) => Err(error),
+            };
+            let failed = read.is_err();
+            if lines.send(read).is_err() || failed {
+                return;
+            }
+        }
+    });
+    received
+}
+
+fn strip_line_ending(line: &mut Vec<u8>) {
+    for ending in [b'\n', b'\r'] {
+        if line.last() == Some(&ending) {
+            line.pop();
+        }
+    }
 }
