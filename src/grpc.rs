@@ -6,6 +6,7 @@ use std::future::Future;
 use std::io::Read;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -83,6 +84,8 @@ pub(crate) struct GrpcTransport {
     /// When the channel in use was built, and how many were left before it.
     channel_built: Instant,
     channels_left: u64,
+    /// Set once a write is accepted on the channel in use: it connected.
+    was_connected: Arc<AtomicBool>,
     client: Client,
     // Declared last so it is dropped after the channels that use it.
     env: Arc<Environment>,
@@ -105,6 +108,7 @@ impl GrpcTransport {
             channel,
             channel_built: Instant::now(),
             channels_left: 0,
+            was_connected: Arc::default(),
             env,
         }
     }
@@ -152,6 +156,7 @@ impl Transport for GrpcTransport {
             sink,
             response,
             settings: self.settings.clone(),
+            connected: self.was_connected.clone(),
         })
     }
 
@@ -180,6 +185,7 @@ impl Transport for GrpcTransport {
         self.client = Client::new(self.channel.clone());
         self.channel_built = Instant::now();
         self.channels_left += 1;
+        self.was_connected = Arc::default();
     }
 
     fn stalled(&self, stall: Stall) -> Error {
@@ -188,43 +194,42 @@ impl Transport for GrpcTransport {
         // left: a wait on a fresh connection says little about the agent.
         let age = self.channel_built.elapsed();
         let connection = match self.channels_left {
-            0 => format!("the connection to {addr} ({age:.0?} old)"),
-            _ => format!(
-                "the connection to {addr} ({age:.0?} old, made after the one before stopped answering)"
-            ),
+            0 => format!("a connection {age:.0?} old"),
+            _ => format!("a connection {age:.0?} old, made after the one before stopped answering"),
         };
         let ready =
             self.channel.check_connectivity_state(false) == ConnectivityState::GRPC_CHANNEL_READY;
-        let not_reading =
-            || Some("the agent is not reading; it may be overloaded or stuck".to_string());
-        let (status, hint) = match stall {
-            Stall::Write(waited) if ready => (
-                format!("write not accepted within {waited:?} on {connection}"),
-                not_reading(),
-            ),
-            Stall::Confirmation(waited) if ready => (
+        let (what, waited) = match stall {
+            Stall::Write(waited) => ("write not accepted", waited),
+            Stall::Confirmation(waited) => ("the agent did not end a half-closed stream", waited),
+            Stall::Close { waited } => {
+                ("close's deadline passed: a write not yet accepted", waited)
+            }
+        };
+        let (status, hint) = if ready {
+            (
+                format!("{what} within {waited:?} on {connection}"),
+                Some("the agent is not reading; it may be overloaded or stuck".to_string()),
+            )
+        } else if self.was_connected.load(Ordering::Relaxed) {
+            (
                 format!(
-                    "the agent did not end a half-closed stream within {waited:?} on {connection}"
+                    "{what} within {waited:?}: the connection to {addr} is down ({connection})"
                 ),
-                not_reading(),
-            ),
-            Stall::Close { waited } if ready => (
-                format!(
-                    "close's deadline passed with a write not yet accepted after {waited:?} on {connection}"
+                Some(
+                    "it carried writes before: the agent may have restarted, or the network \
+                     failed"
+                        .to_string(),
                 ),
-                not_reading(),
-            ),
-            Stall::Close { .. } => (
-                format!("close's deadline passed with no TLS handshake yet on {connection}"),
-                None,
-            ),
-            Stall::Write(_) | Stall::Confirmation(_) => (
-                format!("no TLS handshake from {addr} within {age:.0?} on {connection}"),
+            )
+        } else {
+            (
+                format!("{what}: no TLS handshake from {addr} within {waited:?} ({connection})"),
                 Some(format!(
                     "the connection was never established: whatever listens at {addr} does not \
                      complete a TLS handshake (not the agent's gRPC port, or a stuck agent)"
                 )),
-            ),
+            )
         };
         Error::Agent {
             addr: addr.clone(),
@@ -254,6 +259,8 @@ pub(crate) struct GrpcStream {
     sink: ClientCStreamSender<GrpcSlice>,
     response: ClientCStreamReceiver<BatchSenderResponse>,
     settings: Arc<ChannelSettings>,
+    /// Its channel's: a write accepted means the connection was made.
+    connected: Arc<AtomicBool>,
 }
 
 impl GrpcStream {
@@ -287,7 +294,10 @@ impl BatchStream for GrpcStream {
     ) -> Poll<std::result::Result<(), WriteError>> {
         match Pin::new(&mut self.sink).poll_flush(context) {
             Poll::Pending => Poll::Pending,
-            Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
+            Poll::Ready(Ok(())) => {
+                self.connected.store(true, Ordering::Relaxed);
+                Poll::Ready(Ok(()))
+            }
             Poll::Ready(Err(error)) => Poll::Ready(Err(self.failed(error))),
         }
     }

@@ -90,7 +90,9 @@ impl IngressClient {
         let result = match answer {
             Ok(Err(Error::Timeout { .. })) => Err(timed_out()),
             // gRPC's own deadline, the same: said as the caller's timeout.
-            Ok(Err(_)) if Instant::now() >= deadline => Err(timed_out()),
+            Ok(Err(Error::Agent { status, .. })) if status.starts_with("DEADLINE_EXCEEDED") => {
+                Err(timed_out())
+            }
             Ok(answer) => answer,
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => Err(timed_out()),
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return Err(Error::Closed),

@@ -71,19 +71,22 @@ impl Queue {
     /// Takes `bytes` from the budget for a unary send, waiting for room
     /// until `deadline`; `None` if there was none by then, or the client closed.
     pub(crate) fn reserve_until(&self, bytes: usize, deadline: Instant) -> Option<Reservation> {
+        let room = &self.room;
         let waited = self.wait_for_room(Some(deadline), || {
-            if self.room.reserve(bytes) {
+            // Counted as beyond eviction's reach before they are reserved
+            // (and after they are given back): a `DropOldest` emit never
+            // takes them for evictable bytes, even for a moment.
+            room.held_for_sends.fetch_add(bytes, Ordering::Relaxed);
+            if room.reserve(bytes) {
                 Attempt::Done
             } else {
+                room.held_for_sends.fetch_sub(bytes, Ordering::Relaxed);
                 Attempt::Full
             }
         });
-        matches!(waited, Waited::Done).then(|| {
-            self.room.held_for_sends.fetch_add(bytes, Ordering::Relaxed);
-            Reservation {
-                bytes,
-                room: self.room.clone(),
-            }
+        matches!(waited, Waited::Done).then(|| Reservation {
+            bytes,
+            room: room.clone(),
         })
     }
 

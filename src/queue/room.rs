@@ -122,10 +122,10 @@ impl Reservation {
 
 impl Drop for Reservation {
     fn drop(&mut self) {
+        self.room.release(self.bytes);
         self.room
             .held_for_sends
             .fetch_sub(self.bytes, Ordering::Relaxed);
-        self.room.release(self.bytes);
         self.room.wake_all();
     }
 }

@@ -21,9 +21,10 @@ impl<T: Transport> Streams<T> {
             return;
         }
         // Writes gRPC accepted before the loop polled them are not lost
-        // with the connection: settled first, they count as accepted.
+        // with the connection: settled first, they count as accepted (and,
+        // on a connection being left, as no sign of health).
         for slot in self.slots.on_connection(connection) {
-            self.settle_if_done(slot);
+            self.settle_if_done(slot, false);
         }
         self.transport.abandon_connection();
         self.slots.leave_connection();

@@ -273,7 +273,7 @@ impl<T: Transport> Streams<T> {
     /// Settles the write in flight on a slot once the transport accepted
     /// it, failed it, or kept it past the write timeout.
     fn poll_write(&mut self, slot: usize, now: Instant) {
-        if self.settle_if_done(slot) {
+        if self.settle_if_done(slot, true) {
             return;
         }
         let Some(open) = self.slots.get(slot) else {
@@ -300,8 +300,10 @@ impl<T: Transport> Streams<T> {
     }
 
     /// Settles the write in flight on a slot if the transport has accepted
-    /// or failed it, whatever its deadline; whether it did.
-    pub(super) fn settle_if_done(&mut self, slot: usize) -> bool {
+    /// or failed it, whatever its deadline; whether it did. A write settled
+    /// while its connection is being left (`says_healthy` false) is counted
+    /// but says nothing of the agent's health.
+    pub(super) fn settle_if_done(&mut self, slot: usize, says_healthy: bool) -> bool {
         let Some(open) = self.slots.get_mut(slot) else {
             return false;
         };
@@ -316,7 +318,7 @@ impl<T: Transport> Streams<T> {
             return false;
         };
         match outcome {
-            Ok(()) => self.written(slot, writing.batch),
+            Ok(()) => self.written(slot, writing.batch, says_healthy),
             Err(failure) => self.begin_ending(slot, failure, writing.batch, true, writing.reused),
         }
         true
@@ -324,12 +326,15 @@ impl<T: Transport> Streams<T> {
 
     /// gRPC accepted the batch: its bytes leave the queue's budget; at most
     /// once it is sent, at least once it waits for its stream's confirmation.
-    fn written(&mut self, slot: usize, mut batch: Batch) {
+    /// `says_healthy`: the agent is reading (the backoff starts over).
+    fn written(&mut self, slot: usize, mut batch: Batch, says_healthy: bool) {
         let proven = self.slots.get(slot).is_some_and(|open| open.proven());
-        if proven && self.delivery == Delivery::AtMostOnce {
-            self.retry.reset();
+        if says_healthy {
+            if proven && self.delivery == Delivery::AtMostOnce {
+                self.retry.reset();
+            }
+            self.health.succeeded();
         }
-        self.health.succeeded();
         if self.ledger.accepted(&mut batch) == Accepted::Sent {
             return;
         }

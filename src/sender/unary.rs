@@ -18,8 +18,10 @@ use super::transport::{Transport, UnaryCall};
 
 /// How long past its caller's deadline a call may stay unanswered before
 /// the loop cancels it: the call carries the same deadline, so this only
-/// covers an answer lost in the transport.
-const OVERDUE: Duration = Duration::from_secs(1);
+/// covers an answer lost in the transport. Shorter than the
+/// `CLOSE_MARGIN` its caller waits past the deadline, so the caller hears
+/// only once the call's bytes are back.
+const OVERDUE: Duration = Duration::from_millis(150);
 
 /// One unary call under way.
 struct Pending<C> {
