@@ -23,15 +23,21 @@ fn example(name: &str) -> Command {
     Command::new(path)
 }
 
-#[test]
-fn the_demo_receives_every_kind_and_drops_nothing() {
-    let output = example("demo").output().unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
+/// Runs an example with no arguments; what it printed, once it succeeded.
+fn successful_stdout(name: &str) -> String {
+    let output = example(name).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),
         "{stdout}{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    stdout
+}
+
+#[test]
+fn the_demo_receives_every_kind_and_drops_nothing() {
+    let stdout = successful_stdout("demo");
     assert_eq!(
         stdout.lines().last(),
         Some("received 7 envelopes: log=2 counter=1 gauge=1 timer=1 event=2; dropped 0")
@@ -40,9 +46,7 @@ fn the_demo_receives_every_kind_and_drops_nothing() {
 
 #[test]
 fn the_tracing_example_sends_its_spans_and_events() {
-    let output = example("tracing").output().unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}");
+    let stdout = successful_stdout("tracing");
     assert_eq!(stdout.matches(" timer orders/0 ").count(), 4, "{stdout}");
     assert_eq!(stdout.matches(" log orders/0 ").count(), 3, "{stdout}");
     // The second request continues its caller's trace.
@@ -127,13 +131,7 @@ fn the_agent_example_sends_logs_and_metrics_until_its_duration_ends() {
 
 #[test]
 fn the_metrics_example_sends_counters_gauges_and_both_histogram_shapes() {
-    let output = example("metrics").output().unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = successful_stdout("metrics");
     for line in [
         "  counter worker/0 jobs_total delta=16 total=0 {outcome=ok}",
         "  counter worker/0 jobs_total delta=4 total=0 {outcome=empty}",
@@ -157,13 +155,7 @@ fn the_metrics_example_sends_counters_gauges_and_both_histogram_shapes() {
 
 #[test]
 fn the_panic_example_finds_the_panic_at_the_agent_as_soon_as_it_is_over() {
-    let output = example("panic").output().unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = successful_stdout("panic");
     for line in [
         "  log panic-example/0:",
         "    | index out of bounds: the len is 0 but the index is 3",
