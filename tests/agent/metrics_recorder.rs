@@ -545,9 +545,10 @@ fn install_sets_the_global_recorder_once_and_a_second_is_refused() {
     client.close(WAIT).unwrap();
     let received = setup.agent.envelopes();
     assert_eq!(counters_named(&received, "mr_global")[0].counter().delta, 3);
-    // After close nothing is kept: were a new series kept, the cap (full
-    // with `mr_global`) would refuse it and count it.
+    // After close nothing is kept: were new series kept, the cap of one
+    // would refuse one of them and count it.
     counter!("mr_global_after_close").increment(1);
+    counter!("mr_global_after_close_too").increment(1);
     assert_eq!(client.stats().series_dropped, 0);
 }
 
@@ -563,7 +564,8 @@ fn nothing_is_recorded_once_the_client_has_closed() {
         kept.record(2.0);
     }
     ::metrics::with_local_recorder(&recorder, || {
-        counter!("mr_after_close_counter").increment(1)
+        counter!("mr_after_close_counter").increment(1);
+        gauge!("mr_after_close_gauge").set(1.0);
     });
     let received = setup.agent.envelopes();
     assert_eq!(
@@ -572,8 +574,8 @@ fn nothing_is_recorded_once_the_client_has_closed() {
             .delta,
         1
     );
-    // The cap is full with the histogram: a series kept after close would
-    // be refused and counted.
+    // Were series kept after close, the cap of one would refuse one of
+    // them and count it.
     assert_eq!(client.stats().series_dropped, 0);
     assert_eq!(
         live_series(&recorder),
