@@ -2,12 +2,12 @@
 //! thread, and the pulse thread that sends them (and process metrics) once
 //! per interval.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, Ordering::Relaxed, fence};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, never, select, tick, unbounded};
+use crossbeam_channel::{Receiver, Sender, at, select, unbounded};
 use parking_lot::Mutex;
 
 use crate::envelope::Envelope;
@@ -213,6 +213,10 @@ pub(crate) trait PulseSource: Send + Sync {
     /// Between pulses, at the interval asked with
     /// [`PulseCommand::Upkeep`]: work that bounds what the source holds.
     fn upkeep(&self);
+
+    /// True once it has nothing more to report, ever (its owner is gone and
+    /// its last deltas are delivered or counted): it leaves the pulse.
+    fn finished(&self) -> bool;
 }
 
 /// The pulse's other sources, and whether the last pulse has asked them.
@@ -223,20 +227,49 @@ struct Sources {
     asked_last: bool,
 }
 
+/// A pulse's envelopes on their way into the queue, and whether the last
+/// pulse has been sent.
+#[derive(Default)]
+struct Sending {
+    /// Gathered, not yet queued: the queue had no room for them yet.
+    waiting: VecDeque<(Envelope, Option<Carried>)>,
+    /// The client's own health is reported once the pulse's other
+    /// envelopes are queued, so it counts them.
+    report_self: bool,
+    /// Set by the last pulse.
+    over: bool,
+}
+
+impl Sending {
+    fn is_waiting(&self) -> bool {
+        !self.waiting.is_empty() || self.report_self
+    }
+}
+
 /// Sends what the counters and gauges gathered, through the queue. Shared
 /// by the pulse thread and `close`, which sends the last pulse: none
 /// follows it, so no delta is lost to a pulse racing close.
+///
+/// A pulse larger than the queue (a thousand bucketed histograms make
+/// thirteen thousand envelopes) waits on the pulse thread for room, as the
+/// sender thread makes it, rather than lose its tail; it waits until the
+/// next pulse at most, so what waits is never more than one pulse, and an
+/// absent agent costs what it did before pulses waited: at each pulse, the
+/// envelopes that find no room are dropped and counted (counter deltas
+/// come back with the next).
 pub(crate) struct Pulses {
     registry: Registry,
     queue: Arc<Queue>,
     /// The client's own health, when asked for (`self_metrics`).
     self_metrics: Option<Mutex<SelfMetrics>>,
-    /// Apart from `over`, which is held while a pulse waits for room: adding
-    /// a source must not wait behind close's last pulse.
+    /// Apart from `sending`, which is held while a pulse waits for room:
+    /// adding a source must not wait behind close's last pulse.
     #[cfg(feature = "metrics")]
     sources: Mutex<Sources>,
-    /// Set by the last pulse.
-    over: Mutex<bool>,
+    sending: Mutex<Sending>,
+    /// Set when close begins: the pulse thread stops waiting for room and
+    /// lets close's last pulse take what still waits.
+    closing: AtomicBool,
 }
 
 impl Pulses {
@@ -247,7 +280,8 @@ impl Pulses {
             self_metrics: self_metrics.map(Mutex::new),
             #[cfg(feature = "metrics")]
             sources: Mutex::new(Sources::default()),
-            over: Mutex::new(false),
+            sending: Mutex::new(Sending::default()),
+            closing: AtomicBool::new(false),
         }
     }
 
@@ -261,6 +295,12 @@ impl Pulses {
         }
         sources.list.push(source);
         true
+    }
+
+    /// The sources still asked at every pulse.
+    #[cfg(all(test, feature = "metrics"))]
+    pub(crate) fn source_count(&self) -> usize {
+        self.sources.lock().list.len()
     }
 
     pub(crate) fn counter(&self, name: &str, tags: &[(&str, &str)]) -> Counter {
@@ -280,61 +320,128 @@ impl Pulses {
     }
 
     /// Sends one pulse, unless the last has been sent. `last`, the close's
-    /// deadline, makes it the last.
+    /// deadline, makes it the last. Otherwise (the pulse thread) it only
+    /// gathers the pulse, which [`queue_waiting`](Self::queue_waiting)
+    /// then queues.
     pub(crate) fn send(&self, last: Option<Instant>) {
-        // The pulse thread does not wait behind close's last pulse, which
-        // covers what it would have sent.
-        let over = match last {
-            None => self.over.try_lock(),
-            Some(_) => Some(self.over.lock()),
-        };
-        let Some(mut over) = over else {
-            return;
-        };
-        if *over {
-            return;
-        }
-        // The pulse thread never waits for room, whatever the overflow
-        // policy: it must stay free to stop, and a delta the queue refuses
-        // comes back for the next pulse. The last pulse has no next one: it
-        // waits for room as long as close may take, and close is on the
-        // caller's thread.
-        let overflow = || match last {
-            None => Overflow::DropNewest,
-            Some(deadline) => {
-                Overflow::BlockFor(deadline.saturating_duration_since(Instant::now()))
+        let Some(deadline) = last else {
+            // The pulse thread does not wait behind close's last pulse,
+            // which covers what it would have sent.
+            let Some(mut sending) = self.sending.try_lock() else {
+                return;
+            };
+            if sending.over {
+                return;
             }
+            if sending.is_waiting() {
+                // The previous pulse found no room for a whole interval
+                // (the agent is away, or slower than a pulse an interval):
+                // what is left goes in as pulses did before they waited,
+                // dropped and counted if there is still no room, a counter's
+                // delta back in its series for the pulse gathered next.
+                self.queue_without_waiting(&mut sending);
+            }
+            let report = self.gather(false);
+            sending.waiting.extend(report);
+            sending.report_self = true;
+            return;
         };
-        for (envelope, carried) in self.registry.pulse() {
-            self.queue.push_carried(envelope, overflow(), carried);
+        // The pulse thread lets go at once, whatever it waits for.
+        self.closing.store(true, Ordering::SeqCst);
+        self.queue.wake_waiters();
+        let mut sending = self.sending.lock();
+        if sending.over {
+            return;
         }
+        // The last pulse has no next one: it waits for room as long as
+        // close may take, and close is on the caller's thread.
+        let push = |(envelope, carried): (Envelope, Option<Carried>)| {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            self.queue
+                .push_carried(envelope, Overflow::BlockFor(wait), carried);
+        };
+        // What an earlier pulse has not queued yet goes first.
+        std::mem::take(&mut sending.waiting)
+            .into_iter()
+            .for_each(push);
+        self.gather(true).into_iter().for_each(push);
+        if let Some(self_metrics) = &self.self_metrics {
+            let report = self_metrics.lock().report(self.queue.stats(), true);
+            report.into_iter().for_each(push);
+        }
+        sending.over = true;
+    }
+
+    /// Queues what a pulse gathered as the queue makes room, until `until`
+    /// or close begins; what is left waits for the next call, or the next
+    /// pulse.
+    pub(crate) fn queue_waiting(&self, until: Instant) {
+        let Some(mut sending) = self.sending.try_lock() else {
+            return;
+        };
+        let keep_waiting = || !self.closing.load(Ordering::SeqCst);
+        loop {
+            while let Some((envelope, carried)) = sending.waiting.pop_front() {
+                if !self.queue.wait_for_room_for(&envelope, until, keep_waiting) {
+                    sending.waiting.push_front((envelope, carried));
+                    return;
+                }
+                // An emitter may take the room first: the envelope is then
+                // dropped and counted, its delta carried back.
+                self.queue
+                    .push_carried(envelope, Overflow::DropNewest, carried);
+            }
+            if !std::mem::take(&mut sending.report_self) {
+                return;
+            }
+            if let Some(self_metrics) = &self.self_metrics {
+                let report = self_metrics.lock().report(self.queue.stats(), false);
+                sending.waiting.extend(report);
+            }
+        }
+    }
+
+    /// Queues what still waits, or drops and counts it, without waiting.
+    fn queue_without_waiting(&self, sending: &mut Sending) {
+        let push = |(envelope, carried): (Envelope, Option<Carried>)| {
+            self.queue
+                .push_carried(envelope, Overflow::DropNewest, carried);
+        };
+        std::mem::take(&mut sending.waiting)
+            .into_iter()
+            .for_each(push);
+        if std::mem::take(&mut sending.report_self) {
+            if let Some(self_metrics) = &self.self_metrics {
+                let report = self_metrics.lock().report(self.queue.stats(), false);
+                report.into_iter().for_each(push);
+            }
+        }
+    }
+
+    /// True while a pulse's envelopes wait for room.
+    fn is_waiting(&self) -> bool {
+        self.sending
+            .try_lock()
+            .is_some_and(|sending| sending.is_waiting())
+    }
+
+    /// One pulse's envelopes but the client's own health: the counters and
+    /// gauges, and the sources'. Sources that have finished leave.
+    fn gather(&self, last: bool) -> Vec<(Envelope, Option<Carried>)> {
+        #[cfg_attr(not(feature = "metrics"), allow(unused_mut))]
+        let mut envelopes = self.registry.pulse();
         #[cfg(feature = "metrics")]
         {
-            // Gathered under the lock, queued after it: the last pulse may
-            // wait for room.
-            let reports: Vec<_> = {
-                let mut sources = self.sources.lock();
-                sources.asked_last |= last.is_some();
-                let last = last.is_some();
-                sources
-                    .list
-                    .iter()
-                    .flat_map(|source| source.report(last))
-                    .collect()
-            };
-            for (envelope, carried) in reports {
-                self.queue.push_carried(envelope, overflow(), carried);
+            let mut sources = self.sources.lock();
+            sources.asked_last |= last;
+            for source in &sources.list {
+                envelopes.extend(source.report(last));
             }
+            sources.list.retain(|source| !source.finished());
         }
-        if let Some(self_metrics) = &self.self_metrics {
-            let report = self_metrics
-                .lock()
-                .report(self.queue.stats(), last.is_some());
-            for (envelope, carried) in report {
-                self.queue.push_carried(envelope, overflow(), carried);
-            }
-        }
-        *over = last.is_some();
+        #[cfg(not(feature = "metrics"))]
+        let _ = last;
+        envelopes
     }
 }
 
@@ -366,34 +473,82 @@ pub(crate) fn start_thread(
     Ok(commands)
 }
 
+/// Something the pulse thread does every `every`, next at `at`.
+struct Every {
+    every: Duration,
+    at: Instant,
+}
+
+impl Every {
+    fn new(every: Duration) -> Every {
+        Every {
+            every,
+            at: Instant::now() + every,
+        }
+    }
+
+    /// True if due at `now`, and then schedules the next time (skipping
+    /// the times missed while the thread was busy).
+    fn due(&mut self, now: Instant) -> bool {
+        if now < self.at {
+            return false;
+        }
+        self.at += self.every;
+        if self.at <= now {
+            self.at = now + self.every;
+        }
+        true
+    }
+}
+
 fn run(
     pulses: &Pulses,
     commands: &Receiver<PulseCommand>,
     closing: &Receiver<()>,
     interval: Duration,
 ) {
-    let pulse = tick(interval);
-    let mut process: Option<(Receiver<Instant>, ProcessMeter)> = None;
+    let mut pulse = Every::new(interval);
+    let mut process: Option<(Every, ProcessMeter)> = None;
     // Only the metrics recorder asks for upkeep.
     #[cfg_attr(not(feature = "metrics"), allow(unused_mut))]
-    let mut upkeep_due: Receiver<Instant> = never();
+    let mut upkeep: Option<Every> = None;
     loop {
-        let process_due = process.as_ref().map_or_else(never, |(due, _)| due.clone());
+        let next = [
+            Some(pulse.at),
+            upkeep.as_ref().map(|u| u.at),
+            process.as_ref().map(|(p, _)| p.at),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(pulse.at);
+        if pulses.is_waiting() {
+            pulses.queue_waiting(next);
+        }
         select! {
             recv(closing) -> _ => return,
             recv(commands) -> command => match command {
                 Ok(PulseCommand::ProcessMetrics(interval)) => {
-                    process = Some((tick(interval), ProcessMeter::new()));
+                    process = Some((Every::new(interval), ProcessMeter::new()));
                 }
                 #[cfg(feature = "metrics")]
-                Ok(PulseCommand::Upkeep(interval)) => upkeep_due = tick(interval),
+                Ok(PulseCommand::Upkeep(interval)) => upkeep = Some(Every::new(interval)),
                 Err(_) => return,
             },
-            recv(pulse) -> _ => pulses.send(None),
-            recv(upkeep_due) -> _ => pulses.upkeep(),
-            recv(process_due) -> _ => {
-                if let Some(envelope) = process.as_mut().and_then(|(_, meter)| meter.read()) {
-                    pulses.queue.push(envelope, Overflow::DropNewest);
+            recv(at(next)) -> _ => {
+                let now = Instant::now();
+                if pulse.due(now) {
+                    pulses.send(None);
+                }
+                if upkeep.as_mut().is_some_and(|u| u.due(now)) {
+                    pulses.upkeep();
+                }
+                if let Some((due, meter)) = &mut process {
+                    if due.due(now) {
+                        if let Some(envelope) = meter.read() {
+                            pulses.queue.push(envelope, Overflow::DropNewest);
+                        }
+                    }
                 }
             },
         }

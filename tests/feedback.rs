@@ -33,6 +33,9 @@ struct Feedback {
     /// When set, every record is also counted through this `metrics`
     /// recorder, as a program counting its log lines would.
     count: Mutex<Option<Arc<loggregator::MetricsRecorder>>>,
+    /// When set, every record is also counted on this handle, taken
+    /// beforehand on a program thread.
+    count_on: Mutex<Option<metrics::Counter>>,
     seen: Mutex<Vec<Seen>>,
 }
 
@@ -64,6 +67,10 @@ impl log::Log for Feedback {
                 metrics::counter!("records_counted").increment(1);
             });
         }
+        let count_on = self.count_on.lock().unwrap().clone();
+        if let Some(handle) = count_on {
+            handle.increment(1);
+        }
         let client = self.client.lock().unwrap().clone();
         if let Some(client) = client {
             client.emit(Envelope::log(message));
@@ -88,6 +95,7 @@ fn logger() -> (MutexGuard<'static, ()>, &'static Feedback) {
     *logger.blocked.lock().unwrap() = None;
     *logger.relay.lock().unwrap() = None;
     *logger.count.lock().unwrap() = None;
+    *logger.count_on.lock().unwrap() = None;
     logger.seen.lock().unwrap().clear();
     (turn, logger)
 }
@@ -370,4 +378,41 @@ fn the_metrics_recorder_keeps_nothing_recorded_on_the_clients_threads_but_a_user
         .map(|e| e.counter().name.clone())
         .collect();
     assert_eq!(names, vec!["from_a_program_thread".to_string()]);
+}
+
+#[test]
+fn a_metrics_handle_taken_on_a_program_thread_records_nothing_on_the_clients_threads() {
+    let (_turn, logger) = logger();
+    let certs = TestCerts::generate().unwrap();
+    let agent = SpyAgent::start(&certs).unwrap();
+    let counted = IngressClient::builder()
+        .addr(agent.addr())
+        .tls(certs.client_tls().unwrap())
+        .pulse_interval(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let recorder = loggregator::MetricsRecorder::new(counted.clone());
+    let handle = metrics::with_local_recorder(&recorder, || {
+        metrics::counter!("records_counted_on_a_handle")
+    });
+    handle.increment(1);
+    let away = IngressClient::builder()
+        .addr(unused_addr())
+        .tls(certs.client_tls().unwrap())
+        .build()
+        .unwrap();
+    // Another client's sender thread warns that it cannot deliver; the
+    // logger counts the record on the handle, on that thread.
+    *logger.count_on.lock().unwrap() = Some(handle.clone());
+    away.emit(Envelope::log("undeliverable"));
+    wait_for_sender_warning(logger);
+    *logger.count_on.lock().unwrap() = None;
+    let _ = away.close(Duration::from_millis(100));
+    counted.close(WAIT).unwrap();
+    let deltas: Vec<u64> = agent
+        .envelopes()
+        .iter()
+        .map(|e| e.counter().delta)
+        .collect();
+    assert_eq!(deltas, vec![1], "the program thread's increment alone");
 }

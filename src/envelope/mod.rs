@@ -142,6 +142,11 @@ impl Envelope {
         }
     }
 
+    /// Its encoding, for the queue to measure before queueing it.
+    pub(crate) fn encoded(&self) -> &Encoded {
+        &self.encoded
+    }
+
     /// What `emit` queues.
     pub(crate) fn into_encoded(self) -> Encoded {
         self.encoded

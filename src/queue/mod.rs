@@ -184,7 +184,11 @@ impl Queue {
             carried,
         };
         if queued.envelope.unencodable || queued.framed() > self.settings.batch_max_bytes {
-            // It can never fit a batch.
+            // It can never fit a batch: a counter series must not offer it
+            // again at every report.
+            if let Some(carried) = queued.carried {
+                carried.never_fits();
+            }
             return self.drop_envelopes(DropReason::TooLarge, 1);
         }
         let queued = match self.try_push(queued) {

@@ -5,7 +5,9 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use crate::envelope::Envelope;
 use crate::stats::DropReason;
+use crate::wire::framed_len;
 
 use super::room::Reservation;
 use super::{Queue, Queued, Refused};
@@ -66,6 +68,48 @@ impl Queue {
             Waited::Closed => self.drop_envelopes(DropReason::Closed, 1),
             Waited::TimedOut => self.drop_envelopes(DropReason::QueueFull, 1),
         }
+    }
+
+    /// Waits until the queue has room for `envelope`, `until` passes or
+    /// `keep_waiting` says to stop; true when there is room now (an emitter
+    /// may still take it first). For the pulse thread, which paces a pulse
+    /// larger than the queue to the sender thread rather than lose its
+    /// tail: it runs no code but the client's and the sender thread never
+    /// waits on it, so unlike an emit on the client's own threads it may
+    /// wait. An envelope no batch can hold has room at once: the push
+    /// refuses it.
+    pub(crate) fn wait_for_room_for(
+        &self,
+        envelope: &Envelope,
+        until: Instant,
+        keep_waiting: impl Fn() -> bool,
+    ) -> bool {
+        let encoded = envelope.encoded();
+        let bytes = framed_len(encoded.bytes.len() + self.stamp.added_len(encoded));
+        let fits = || {
+            bytes > self.settings.batch_max_bytes
+                || (self.data.len() < self.settings.capacity
+                    && self.room.bytes() + bytes <= self.settings.max_bytes)
+        };
+        if fits() {
+            return true;
+        }
+        let waited = self.wait_for_room(Some(until), || {
+            if fits() {
+                Attempt::Done
+            } else if keep_waiting() {
+                Attempt::Full
+            } else {
+                Attempt::Closed
+            }
+        });
+        matches!(waited, Waited::Done)
+    }
+
+    /// Wakes every thread waiting for room, to look again at whether it
+    /// should go on waiting.
+    pub(crate) fn wake_waiters(&self) {
+        self.room.wake_all();
     }
 
     /// Takes `bytes` from the budget for a unary send, waiting for room

@@ -85,7 +85,7 @@ fn two_recorders_sharing_a_counter_add_up_in_the_agent() {
 }
 
 #[test]
-fn absolute_sends_each_rise_and_a_fall_as_a_restart() {
+fn absolute_sends_each_rise_and_a_smaller_reading_changes_nothing() {
     let setup = setup();
     let client = setup
         .builder()
@@ -116,21 +116,61 @@ fn absolute_sends_each_rise_and_a_fall_as_a_restart() {
     absolute(15);
     assert_eq!(sent(2), vec![10, 5]);
     absolute(15);
-    // The source restarted and has counted 4 since.
+    // A late reading of the same external counter: the facade's "at least".
     absolute(4);
-    assert_eq!(sent(3), vec![10, 5, 4]);
-    absolute(6);
+    absolute(20);
     client.close(WAIT).unwrap();
     let received = setup.agent.envelopes();
-    assert_eq!(
-        sent(4),
-        vec![10, 5, 4, 2],
-        "an unchanged value sends nothing"
-    );
+    assert_eq!(sent(3), vec![10, 5, 5], "{received:?}");
     assert_eq!(
         agent_totals(&received).get(&key("mr_absolute", "mr-absolute", &[])),
-        Some(&21)
+        Some(&20)
     );
+}
+
+/// Readings of one external counter reported by several threads in any
+/// order, and one reported less often than `idle_timeout`: the agent's
+/// total is the highest reading.
+#[test]
+fn absolute_totals_the_highest_reading_across_threads_and_idle_forgetting() {
+    let setup = setup();
+    let client = setup
+        .builder()
+        .source(SourceInfo::new("mr-absolute-max", "0"))
+        .pulse_interval(Duration::from_millis(5))
+        .build()
+        .unwrap();
+    let recorder = MetricsRecorder::new(client.clone()).idle_timeout(Duration::from_millis(50));
+    let absolute = |name: &'static str, value: u64| {
+        ::metrics::with_local_recorder(&recorder, || counter!(name).absolute(value));
+    };
+    let total = |name: &str| {
+        agent_totals(&setup.agent.envelopes())
+            .get(&key(name, "mr-absolute-max", &[]))
+            .copied()
+    };
+    std::thread::scope(|scope| {
+        for thread in 0..4u64 {
+            let absolute = &absolute;
+            scope.spawn(move || {
+                // Each thread reads the external counter at its own moments.
+                for reading in (1..=1_000u64).filter(|r| r % 4 == thread).rev() {
+                    absolute("mr_absolute_threads", reading);
+                }
+            });
+        }
+    });
+    for reading in [10, 99, 100, 99] {
+        absolute("mr_absolute_rare", reading);
+    }
+    wait_until(|| total("mr_absolute_rare") >= Some(100));
+    // Forgotten once idle (no handle is kept) ...
+    wait_until(|| live_series(&recorder) == Some(0));
+    // ... and read again later.
+    absolute("mr_absolute_rare", 120);
+    client.close(WAIT).unwrap();
+    assert_eq!(total("mr_absolute_rare"), Some(120));
+    assert_eq!(total("mr_absolute_threads"), Some(1_000));
 }
 
 /// One report, at close: the values recorded below are all in it.
@@ -489,7 +529,10 @@ fn install_sets_the_global_recorder_once_and_a_second_is_refused() {
         .pulse_interval(Duration::from_secs(3600))
         .build()
         .unwrap();
-    MetricsRecorder::new(client.clone()).install().unwrap();
+    MetricsRecorder::new(client.clone())
+        .max_series(1)
+        .install()
+        .unwrap();
     let other = MetricsRecorder::new(client.clone()).install();
     assert!(matches!(other, Err(Error::RecorderAlreadySet)), "{other:?}");
     assert!(
@@ -502,8 +545,10 @@ fn install_sets_the_global_recorder_once_and_a_second_is_refused() {
     client.close(WAIT).unwrap();
     let received = setup.agent.envelopes();
     assert_eq!(counters_named(&received, "mr_global")[0].counter().delta, 3);
-    // After close, nothing is kept.
-    counter!("mr_global").increment(1);
+    // After close nothing is kept: were new series kept, the cap of one
+    // would refuse one of them and count it.
+    counter!("mr_global_after_close").increment(1);
+    counter!("mr_global_after_close_too").increment(1);
     assert_eq!(client.stats().series_dropped, 0);
 }
 
@@ -511,13 +556,16 @@ fn install_sets_the_global_recorder_once_and_a_second_is_refused() {
 fn nothing_is_recorded_once_the_client_has_closed() {
     let setup = setup();
     let client: IngressClient = setup.client();
-    let recorder = MetricsRecorder::new(client.clone());
+    let recorder = MetricsRecorder::new(client.clone()).max_series(1);
     let kept = ::metrics::with_local_recorder(&recorder, || histogram!("mr_after_close"));
     kept.record(1.0);
     client.close(WAIT).unwrap();
-    kept.record(2.0);
+    for _ in 0..1_000 {
+        kept.record(2.0);
+    }
     ::metrics::with_local_recorder(&recorder, || {
-        counter!("mr_after_close_counter").increment(1)
+        counter!("mr_after_close_counter").increment(1);
+        gauge!("mr_after_close_gauge").set(1.0);
     });
     let received = setup.agent.envelopes();
     assert_eq!(
@@ -526,6 +574,234 @@ fn nothing_is_recorded_once_the_client_has_closed() {
             .delta,
         1
     );
-    assert!(counters_named(&received, "mr_after_close_counter").is_empty());
+    // Were series kept after close, the cap of one would refuse one of
+    // them and count it.
     assert_eq!(client.stats().series_dropped, 0);
+    assert_eq!(
+        live_series(&recorder),
+        Some(0),
+        "nothing held: {recorder:?}"
+    );
+}
+
+/// A recorder dropped while its client lives (as tests with
+/// `with_local_recorder` do, thousands of times): what it gathered goes out
+/// with the next pulse, then it is gone, and a handle kept past it records
+/// nothing.
+#[test]
+fn a_dropped_recorder_sends_what_it_gathered_then_nothing() {
+    let setup = setup();
+    let client = setup
+        .builder()
+        .source(SourceInfo::new("mr-dropped", "0"))
+        .pulse_interval(Duration::from_millis(5))
+        .build()
+        .unwrap();
+    let beat = client.gauge("mr_dropped_beat", "");
+    beat.set(1.0);
+    let beats = || gauges_with(&setup.agent.envelopes(), "mr_dropped_beat").len();
+    for _ in 0..10_000 {
+        let recorder = MetricsRecorder::new(client.clone());
+        ::metrics::with_local_recorder(&recorder, || counter!("mr_dropped_many").increment(1));
+    }
+    let recorder = MetricsRecorder::new(client.clone());
+    let (kept, latency) = ::metrics::with_local_recorder(&recorder, || {
+        (counter!("mr_dropped"), histogram!("mr_dropped_seconds"))
+    });
+    kept.increment(2);
+    latency.record(1.0);
+    drop(recorder);
+    let total = |name: &str| {
+        agent_totals(&setup.agent.envelopes())
+            .get(&key(name, "mr-dropped", &[]))
+            .copied()
+    };
+    wait_until(|| total("mr_dropped") == Some(2) && total("mr_dropped_seconds_count") == Some(1));
+    kept.increment(5);
+    latency.record(2.0);
+    // Pulses after the recorder's last.
+    let seen = beats();
+    wait_until(|| beats() >= seen + 3);
+    client.close(WAIT).unwrap();
+    assert_eq!(total("mr_dropped"), Some(2));
+    assert_eq!(total("mr_dropped_seconds_count"), Some(1));
+    assert_eq!(total("mr_dropped_many"), Some(10_000));
+    assert_eq!(client.stats().dropped.total(), 0, "{:?}", client.stats());
+}
+
+/// About 13,000 envelopes in one pulse (a count, 11 buckets and a sum per
+/// histogram, each histogram its own label set), more than the default
+/// queue holds: the pulse waits for room instead of dropping its tail.
+/// Labels of a kilobyte make the pulse far more than gRPC takes in while
+/// the agent reads nothing, so the queue fills whatever the timing.
+#[test]
+fn a_pulse_larger_than_the_queue_arrives_whole_with_default_settings() {
+    let setup = setup();
+    let client = setup
+        .builder()
+        .source(SourceInfo::new("mr-thousand", "0"))
+        .build()
+        .unwrap();
+    let bounds: Vec<f64> = (1..=10).map(|n| f64::from(n) / 10.0).collect();
+    let recorder = MetricsRecorder::new(client.clone()).buckets(&bounds);
+    let label = |n: usize| format!("{n:0>1000}");
+    setup.agent.pause_reading();
+    ::metrics::with_local_recorder(&recorder, || {
+        for n in 0..1_000 {
+            histogram!("mr_thousand", "n" => label(n)).record(0.05);
+        }
+    });
+    // The first pulse (after the default 10 s) fills the queue while the
+    // agent reads nothing.
+    wait_for_stats(&client, |s| {
+        s.queued as usize >= loggregator::DEFAULT_QUEUE_CAPACITY || s.dropped.total() > 0
+    });
+    setup.agent.resume_reading();
+    let received = setup.agent.wait_for_envelopes(13_000, WAIT);
+    let stats = client.stats();
+    assert_eq!(stats.dropped.total(), 0, "{stats:?}");
+    let totals = agent_totals(&received);
+    for n in 0..1_000 {
+        let n = label(n);
+        let tags = [("n", n.as_str())];
+        assert_eq!(
+            totals.get(&key("mr_thousand_count", "mr-thousand", &tags)),
+            Some(&1)
+        );
+        for le in bounds
+            .iter()
+            .map(f64::to_string)
+            .chain(["+Inf".to_string()])
+        {
+            let tags = [("n", n.as_str()), ("le", le.as_str())];
+            assert_eq!(
+                totals.get(&key("mr_thousand_bucket", "mr-thousand", &tags)),
+                Some(&1),
+                "le {le}"
+            );
+        }
+        assert!(
+            gauges_with(&received, "mr_thousand_sum")
+                .iter()
+                .any(|e| e.tags["n"] == n),
+            "the sum of {n}"
+        );
+    }
+    client.close(WAIT).unwrap();
+}
+
+#[test]
+fn the_sum_runs_on_after_its_series_was_forgotten() {
+    let setup = setup();
+    let client = setup
+        .builder()
+        .pulse_interval(Duration::from_millis(5))
+        .build()
+        .unwrap();
+    let recorder = MetricsRecorder::new(client.clone()).idle_timeout(Duration::from_millis(50));
+    let record = |value: f64| {
+        ::metrics::with_local_recorder(&recorder, || histogram!("mr_forgotten").record(value));
+    };
+    let sums = || -> Vec<f64> {
+        gauges_with(&setup.agent.envelopes(), "mr_forgotten_sum")
+            .iter()
+            .map(|e| e.gauge().metrics["mr_forgotten_sum"].value)
+            .collect()
+    };
+    record(2.0);
+    wait_until(|| sums().contains(&2.0));
+    wait_until(|| live_series(&recorder) == Some(0));
+    record(3.0);
+    client.close(WAIT).unwrap();
+    let received = setup.agent.envelopes();
+    assert_eq!(sums().last(), Some(&5.0), "{:?}", sums());
+    let counts: Vec<u64> = counters_named(&received, "mr_forgotten_count")
+        .iter()
+        .map(|e| e.counter().delta)
+        .collect();
+    assert_eq!(counts, vec![1, 1]);
+}
+
+#[test]
+fn infinite_values_are_counted_but_stay_out_of_the_sum() {
+    let setup = setup();
+    let client = setup
+        .builder()
+        .source(SourceInfo::new("mr-infinite", "0"))
+        .pulse_interval(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let recorder = MetricsRecorder::new(client.clone()).buckets(&[1.0]);
+    ::metrics::with_local_recorder(&recorder, || {
+        for value in [0.5, f64::INFINITY, f64::NEG_INFINITY, f64::NAN, 2.0] {
+            histogram!("mr_infinite").record(value);
+        }
+    });
+    client.close(WAIT).unwrap();
+    let received = setup.agent.envelopes();
+    let sum = &gauges_with(&received, "mr_infinite_sum")[0].gauge().metrics["mr_infinite_sum"];
+    assert_eq!(sum.value, 2.5, "{sum:?}");
+    let totals = agent_totals(&received);
+    let total =
+        |name: &str, tags: &[(&str, &str)]| totals.get(&key(name, "mr-infinite", tags)).copied();
+    assert_eq!(
+        total("mr_infinite_count", &[]),
+        Some(4),
+        "NaN alone is ignored"
+    );
+    assert_eq!(total("mr_infinite_bucket", &[("le", "1")]), Some(2));
+    assert_eq!(total("mr_infinite_bucket", &[("le", "+Inf")]), Some(4));
+}
+
+/// A counter whose name and tags alone exceed `batch_max_bytes` can never
+/// be sent: it is counted once as too large and its series let go.
+#[test]
+fn a_counter_too_large_for_any_batch_is_counted_once_and_let_go() {
+    let setup = setup();
+    let client = setup
+        .builder()
+        .source(SourceInfo::new("mr-too-large", "0"))
+        .batch_max_bytes(1_024)
+        .pulse_interval(Duration::from_millis(5))
+        .build()
+        .unwrap();
+    let beat = client.gauge("mr_too_large_beat", "");
+    beat.set(1.0);
+    let beats = || gauges_with(&setup.agent.envelopes(), "mr_too_large_beat").len();
+    let recorder = MetricsRecorder::new(client.clone()).max_series(1);
+    let blob = "x".repeat(2_000);
+    ::metrics::with_local_recorder(&recorder, || {
+        counter!("mr_too_large", "blob" => blob.clone()).increment(1)
+    });
+    wait_for_stats(&client, |s| s.dropped.too_large > 0);
+    let seen = beats();
+    wait_until(|| beats() >= seen + 5);
+    assert_eq!(client.stats().dropped.too_large, 1, "{:?}", client.stats());
+    // Its slot under the cap is free again.
+    ::metrics::with_local_recorder(&recorder, || counter!("mr_fits").increment(1));
+    client.close(WAIT).unwrap();
+    let stats = client.stats();
+    assert_eq!(
+        (stats.dropped.too_large, stats.series_dropped),
+        (1, 0),
+        "{stats:?}"
+    );
+    let totals = agent_totals(&setup.agent.envelopes());
+    assert_eq!(totals.get(&key("mr_fits", "mr-too-large", &[])), Some(&1));
+}
+
+/// The live series a recorder holds, as its `Debug` shows them.
+fn live_series(recorder: &MetricsRecorder) -> Option<usize> {
+    let shown = format!("{recorder:?}");
+    let (_, after) = shown.split_once("live_series: Some(")?;
+    after.split(')').next()?.parse().ok()
+}
+
+/// Waits (bounded) until `ready` holds.
+fn wait_until(ready: impl Fn() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !ready() {
+        assert!(Instant::now() < deadline, "never got there");
+        std::thread::yield_now();
+    }
 }
