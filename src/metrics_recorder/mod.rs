@@ -71,9 +71,11 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 /// about 13,000 envelopes, more than the default queue holds
 /// ([`DEFAULT_QUEUE_CAPACITY`](crate::DEFAULT_QUEUE_CAPACITY), 10,000). A
 /// pulse larger than the queue waits on the pulse thread for the room the
-/// sender thread makes, so it arrives whole; while it waits no new pulse
-/// is gathered, so what waits is at most one pulse (`max_series` times
-/// the envelopes of the largest series, about 200 bytes each).
+/// sender thread makes, so it arrives whole, until the next pulse at most:
+/// what waits is one pulse (some 150 bytes an envelope with short labels,
+/// 2 MB for those 13,000), and what finds no room by then (the agent away,
+/// or reading less than a pulse an interval) is dropped and counted, a
+/// counter's delta carried to the next pulse.
 ///
 /// ```
 /// assert_eq!(loggregator::DEFAULT_MAX_SERIES, 1_000);
