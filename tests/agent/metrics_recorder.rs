@@ -632,8 +632,9 @@ fn a_dropped_recorder_sends_what_it_gathered_then_nothing() {
 /// About 13,000 envelopes in one pulse (a count, 11 buckets and a sum per
 /// histogram, each histogram its own label set), more than the default
 /// queue holds: the pulse waits for room instead of dropping its tail.
-/// Labels of a kilobyte make the pulse far more than gRPC takes in while
-/// the agent reads nothing, so the queue fills whatever the timing.
+/// Labels of 2 KB make the pulse (26 MB) more than the queue's byte budget
+/// (16 MiB) and what gRPC takes in while the agent reads nothing together,
+/// so the queue fills whatever the timing.
 #[test]
 fn a_pulse_larger_than_the_queue_arrives_whole_with_default_settings() {
     let setup = setup();
@@ -644,7 +645,7 @@ fn a_pulse_larger_than_the_queue_arrives_whole_with_default_settings() {
         .unwrap();
     let bounds: Vec<f64> = (1..=10).map(|n| f64::from(n) / 10.0).collect();
     let recorder = MetricsRecorder::new(client.clone()).buckets(&bounds);
-    let label = |n: usize| format!("{n:0>1000}");
+    let label = |n: usize| format!("{n:0>2000}");
     setup.agent.pause_reading();
     ::metrics::with_local_recorder(&recorder, || {
         for n in 0..1_000 {
@@ -653,9 +654,15 @@ fn a_pulse_larger_than_the_queue_arrives_whole_with_default_settings() {
     });
     // The first pulse (after the default 10 s) fills the queue while the
     // agent reads nothing.
-    wait_for_stats(&client, |s| {
-        s.queued as usize >= loggregator::DEFAULT_QUEUE_CAPACITY || s.dropped.total() > 0
-    });
+    let full = |s: &loggregator::Stats| {
+        s.queued as usize >= loggregator::DEFAULT_QUEUE_CAPACITY
+            || s.queued_bytes as usize + 4096 > loggregator::DEFAULT_QUEUE_MAX_BYTES
+    };
+    let deadline = Instant::now() + loggregator::DEFAULT_PULSE_INTERVAL + WAIT;
+    while !full(&client.stats()) && client.stats().dropped.total() == 0 {
+        assert!(Instant::now() < deadline, "{:?}", client.stats());
+        std::thread::yield_now();
+    }
     setup.agent.resume_reading();
     let received = setup.agent.wait_for_envelopes(13_000, WAIT);
     let stats = client.stats();
