@@ -105,6 +105,22 @@ fn unused_addr() -> String {
     listener.local_addr().unwrap().to_string()
 }
 
+/// A client whose agent is away: its sender thread warns that it cannot
+/// deliver as soon as it is given an envelope.
+fn away_client(certs: &TestCerts) -> IngressClient {
+    IngressClient::builder()
+        .addr(unused_addr())
+        .tls(certs.client_tls().unwrap())
+        .build()
+        .unwrap()
+}
+
+/// Has `away`'s sender thread log that it cannot deliver, and waits for it.
+fn warn_from_the_sender_thread(away: &IngressClient, logger: &Feedback) {
+    away.emit(Envelope::log("undeliverable"));
+    wait_for_sender_warning(logger);
+}
+
 /// Waits (bounded) until a client's sender thread has logged that it cannot
 /// deliver.
 fn wait_for_sender_warning(logger: &Feedback) {
@@ -301,13 +317,8 @@ fn the_tracing_layer_sends_nothing_recorded_on_the_clients_threads_but_a_user_th
     *logger.relay.lock().unwrap() = Some(dispatch.clone());
     // Another client's sender thread warns that it cannot deliver; the
     // logger relays it under a target of its own, on that thread.
-    let away = IngressClient::builder()
-        .addr(unused_addr())
-        .tls(certs.client_tls().unwrap())
-        .build()
-        .unwrap();
-    away.emit(Envelope::log("undeliverable"));
-    wait_for_sender_warning(logger);
+    let away = away_client(&certs);
+    warn_from_the_sender_thread(&away, logger);
     *logger.relay.lock().unwrap() = None;
     // A thread of the program's that only shares the client's prefix.
     let impostor = dispatch.clone();
@@ -349,14 +360,9 @@ fn the_metrics_recorder_keeps_nothing_recorded_on_the_clients_threads_but_a_user
     let recorder = Arc::new(loggregator::MetricsRecorder::new(counted.clone()));
     // Another client's sender thread warns that it cannot deliver; the
     // logger counts the record on that thread.
-    let away = IngressClient::builder()
-        .addr(unused_addr())
-        .tls(certs.client_tls().unwrap())
-        .build()
-        .unwrap();
+    let away = away_client(&certs);
     *logger.count.lock().unwrap() = Some(recorder.clone());
-    away.emit(Envelope::log("undeliverable"));
-    wait_for_sender_warning(logger);
+    warn_from_the_sender_thread(&away, logger);
     *logger.count.lock().unwrap() = None;
     // A thread of the program's that only shares the client's prefix.
     let impostor = recorder.clone();
@@ -396,16 +402,11 @@ fn a_metrics_handle_taken_on_a_program_thread_records_nothing_on_the_clients_thr
         metrics::counter!("records_counted_on_a_handle")
     });
     handle.increment(1);
-    let away = IngressClient::builder()
-        .addr(unused_addr())
-        .tls(certs.client_tls().unwrap())
-        .build()
-        .unwrap();
+    let away = away_client(&certs);
     // Another client's sender thread warns that it cannot deliver; the
     // logger counts the record on the handle, on that thread.
     *logger.count_on.lock().unwrap() = Some(handle.clone());
-    away.emit(Envelope::log("undeliverable"));
-    wait_for_sender_warning(logger);
+    warn_from_the_sender_thread(&away, logger);
     *logger.count_on.lock().unwrap() = None;
     let _ = away.close(Duration::from_millis(100));
     counted.close(WAIT).unwrap();

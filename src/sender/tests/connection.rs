@@ -15,12 +15,7 @@ fn leaving_a_connection_counts_a_write_grpc_had_accepted_on_another_stream_as_se
         write_timeout,
         ..settings()
     };
-    let harness = start(settings, script);
-    for n in 0..6 {
-        harness.emit(n);
-    }
-    let seen = harness.until_writes(2);
-    assert_eq!(batches(&seen), vec![vec![0, 1, 2], vec![3, 4, 5]]);
+    let harness = two_writes_started(settings, script);
     while !matches!(harness.seen.recv_timeout(WAIT).unwrap(), Seen::Abandoned) {}
     Hold::release(&hold);
     let (_, stats) = harness.close();

@@ -242,3 +242,15 @@ fn held_ends() -> (Arc<Mutex<Hold>>, Script) {
     script.hold_ends = script.hold.take();
     (hold, script)
 }
+
+/// Starts the loop and emits six logs: batches of three on two writes,
+/// which `script` may hold.
+fn two_writes_started(settings: Settings, script: Script) -> Harness {
+    let harness = start(settings, script);
+    for n in 0..6 {
+        harness.emit(n);
+    }
+    let seen = harness.until_writes(2);
+    assert_eq!(batches(&seen), vec![vec![0, 1, 2], vec![3, 4, 5]]);
+    harness
+}

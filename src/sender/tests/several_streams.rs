@@ -44,12 +44,7 @@ fn at_least_once_with_two_streams_one_failing_to_confirm_is_replayed_on_another(
         delivery: Delivery::AtLeastOnce,
         ..settings()
     };
-    let harness = start(settings, script);
-    for n in 0..6 {
-        harness.emit(n);
-    }
-    let seen = harness.until_writes(2);
-    assert_eq!(batches(&seen), vec![vec![0, 1, 2], vec![3, 4, 5]]);
+    let harness = two_writes_started(settings, script);
     Hold::release(&hold);
     harness.flush().unwrap();
     // Close ends both streams; the first to end fails, and what it carried
@@ -72,12 +67,7 @@ fn at_most_once_with_two_streams_a_write_held_past_its_timeout_is_given_up_and_t
         write_timeout: Duration::from_millis(20),
         ..settings()
     };
-    let harness = start(settings, script);
-    for n in 0..6 {
-        harness.emit(n);
-    }
-    let seen = harness.until_writes(2);
-    assert_eq!(batches(&seen), vec![vec![0, 1, 2], vec![3, 4, 5]]);
+    let harness = two_writes_started(settings, script);
     // The first write to pass its timeout leaves the connection, and with
     // it the other stream: both batches are given up, since the agent may
     // have them.
