@@ -143,15 +143,13 @@ impl IngressClient {
         self.inner.queue.push(envelope, overflow);
     }
 
-    /// The bytes `envelope` takes in a batch once the client's tags and
-    /// source are added, and the most a batch may take (`batch_max_bytes`).
+    /// The bytes `envelope` takes in a unary send's batch once the client's
+    /// tags and source are added, and the most a batch may take
+    /// (`batch_max_bytes`).
     pub(crate) fn batch_room(&self, envelope: &Envelope) -> (usize, usize) {
         let inner = &*self.inner;
         let mut proto = envelope.as_proto().clone();
-        if let Some(source) = &inner.source {
-            source.stamp(&mut proto);
-        }
-        crate::batch::merge_global_tags(&mut proto, &inner.global_tags);
+        inner.stamp_for_send(&mut proto);
         let framed = crate::wire::framed_len(protobuf::Message::compute_size(&proto) as usize);
         (framed, inner.batch_max_bytes)
     }

@@ -104,6 +104,15 @@ impl IngressClient {
 impl Inner {
     /// Encodes envelopes for a unary send, with the global tags merged.
     /// The `EnvelopeBatch` a unary send writes, and its encoded size.
+    /// What a unary send adds to each envelope: the default source where
+    /// it names none, and the client's tags.
+    pub(super) fn stamp_for_send(&self, envelope: &mut pb::Envelope) {
+        if let Some(source) = &self.source {
+            source.stamp(envelope);
+        }
+        merge_global_tags(envelope, &self.global_tags);
+    }
+
     fn prepare_batch(&self, envelopes: Vec<Envelope>) -> Result<(pb::EnvelopeBatch, usize)> {
         let mut batch = pb::EnvelopeBatch::new();
         for envelope in envelopes {
@@ -113,10 +122,7 @@ impl Inner {
                 ));
             }
             let mut envelope = envelope.into_proto();
-            if let Some(source) = &self.source {
-                source.stamp(&mut envelope);
-            }
-            merge_global_tags(&mut envelope, &self.global_tags);
+            self.stamp_for_send(&mut envelope);
             batch.batch.push(envelope);
         }
         let size = batch.compute_size() as usize;
