@@ -145,7 +145,11 @@ impl LogBridge {
 
     /// The envelope for a record; what its key-values lost is counted.
     fn envelope(&self, record: &Record<'_>) -> Envelope {
-        let log = Envelope::log(record.args().to_string());
+        // A message without arguments is copied once, into the envelope.
+        let log = match record.args().as_str() {
+            Some(message) => Envelope::log(message),
+            None => Envelope::log(record.args().to_string()),
+        };
         let log = match record.level() {
             Level::Error | Level::Warn => log.stderr(),
             _ => log.stdout(),

@@ -1,15 +1,16 @@
 //! [`EnvelopeBuilder`]: the setters every kind shares (source, instance,
 //! tags, timestamp), each encoding its field as it is set, and `build`,
-//! which adds the timestamp and the message.
+//! which adds the timestamp. The message is encoded by the constructor
+//! (message.rs).
 
 use std::marker::PhantomData;
 use std::sync::OnceLock;
 
-use crate::proto::envelope as pb;
 use crate::wire::{framed_len, put_bytes, put_tag, put_varint};
 
-use super::encoded::{Encoded, kind_of_message, put_message};
-use super::{Envelope, UnixNanos};
+use super::encoded::Encoded;
+use super::message::Message;
+use super::{Envelope, EnvelopeKind, UnixNanos};
 // Named in the docs of `EnvelopeBuilder`.
 #[cfg(doc)]
 use super::{CounterEnvelope, GaugeEnvelope, LogEnvelope};
@@ -30,38 +31,59 @@ use super::{CounterEnvelope, GaugeEnvelope, LogEnvelope};
 #[derive(Clone, Debug)]
 #[must_use = "an envelope builder does nothing until it is emitted"]
 pub struct EnvelopeBuilder<K> {
-    /// Source ids and tags, encoded as they are set (the last of a repeated
-    /// field or map key wins when decoded, as the setters promise); the
-    /// timestamp and message are added by `build`.
-    fields: Vec<u8>,
+    /// The envelope's encoding so far: the message at the front, written
+    /// by the constructor and re-encoded in place by the setters of one
+    /// kind, then the source ids and tags in the order they were set (the
+    /// last of a repeated field or map key wins when decoded, as the
+    /// setters promise); `build` adds the timestamp.
+    pub(super) bytes: Vec<u8>,
+    pub(super) message: Message,
+    pub(super) kind: EnvelopeKind,
     timestamp: i64,
-    pub(super) message: pb::envelope::Message,
     has_source_id: bool,
     has_instance_id: bool,
     has_tags: bool,
+    /// A counter's numbers, which its setters re-encode.
+    pub(super) counter: CounterNumbers,
     /// Made with [`CounterEnvelope::reset`], the only way to send a counter
     /// with `delta == 0 && total == 0`.
     pub(super) reset: bool,
-    kind: PhantomData<K>,
+    kind_marker: PhantomData<K>,
 }
 
+/// A counter's delta and total, and where they begin in its message.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct CounterNumbers {
+    pub name_len: usize,
+    pub delta: u64,
+    pub total: u64,
+}
+
+/// Room for the usual source ids, tags and timestamp after the message,
+/// so that an envelope is built in one allocation.
+const FIELDS_ROOM: usize = 160;
+
 impl<K> EnvelopeBuilder<K> {
-    pub(super) fn new(message: pb::envelope::Message) -> EnvelopeBuilder<K> {
-        // Room for the usual ids and tags and the message, so that the
-        // envelope is built in one allocation.
-        let payload = match &message {
-            pb::envelope::Message::Log(log) => log.payload.len(),
-            _ => 0,
-        };
+    /// A builder whose message `start` writes into its empty buffer, which
+    /// has room for `message_bytes` more than the usual fields.
+    pub(super) fn new(
+        kind: EnvelopeKind,
+        message_bytes: usize,
+        start: impl FnOnce(&mut Vec<u8>) -> Message,
+    ) -> EnvelopeBuilder<K> {
+        let mut bytes = Vec::with_capacity(message_bytes + FIELDS_ROOM);
+        let message = start(&mut bytes);
         EnvelopeBuilder {
-            fields: Vec::with_capacity(192 + payload),
-            timestamp: UnixNanos::now().as_i64(),
+            bytes,
             message,
+            kind,
+            timestamp: UnixNanos::now().as_i64(),
             has_source_id: false,
             has_instance_id: false,
             has_tags: false,
+            counter: CounterNumbers::default(),
             reset: false,
-            kind: PhantomData,
+            kind_marker: PhantomData,
         }
     }
 
@@ -83,7 +105,7 @@ impl<K> EnvelopeBuilder<K> {
     /// ```
     pub fn source_id(mut self, source_id: impl AsRef<str>) -> Self {
         let source_id = source_id.as_ref();
-        put_bytes(&mut self.fields, 2, source_id.as_bytes());
+        put_bytes(&mut self.bytes, 2, source_id.as_bytes());
         self.has_source_id = !source_id.is_empty();
         self
     }
@@ -96,7 +118,7 @@ impl<K> EnvelopeBuilder<K> {
     /// ```
     pub fn instance_id(mut self, instance_id: impl AsRef<str>) -> Self {
         let instance_id = instance_id.as_ref();
-        put_bytes(&mut self.fields, 8, instance_id.as_bytes());
+        put_bytes(&mut self.bytes, 8, instance_id.as_bytes());
         self.has_instance_id = !instance_id.is_empty();
         self
     }
@@ -111,10 +133,10 @@ impl<K> EnvelopeBuilder<K> {
         let (key, value) = (key.as_ref().as_bytes(), value.as_ref().as_bytes());
         // A map entry: a message of the key (1) and the value (2).
         let entry_len = framed_len(key.len()) + framed_len(value.len());
-        put_tag(&mut self.fields, 9, 2);
-        put_varint(&mut self.fields, entry_len as u64);
-        put_bytes(&mut self.fields, 1, key);
-        put_bytes(&mut self.fields, 2, value);
+        put_tag(&mut self.bytes, 9, 2);
+        put_varint(&mut self.bytes, entry_len as u64);
+        put_bytes(&mut self.bytes, 1, key);
+        put_bytes(&mut self.bytes, 2, value);
         self.has_tags = true;
         self
     }
@@ -137,25 +159,25 @@ impl<K> EnvelopeBuilder<K> {
     /// assert_eq!(env.as_proto().counter().name, "c");
     /// ```
     pub fn build(self) -> Envelope {
-        let mut bytes = self.fields;
+        let mut bytes = self.bytes;
         if self.timestamp != 0 {
             put_tag(&mut bytes, 1, 0);
             put_varint(&mut bytes, self.timestamp as u64);
         }
-        let unencodable = put_message(&mut bytes, &self.message).is_err();
-        let accidental_reset = match &self.message {
-            pb::envelope::Message::Counter(c) => c.delta == 0 && c.total == 0 && !self.reset,
-            _ => false,
-        };
+        let accidental_reset = self.kind == EnvelopeKind::Counter
+            && self.counter.delta == 0
+            && self.counter.total == 0
+            && !self.reset;
         Envelope {
             encoded: Encoded {
+                // Protobuf refuses messages of 2 GiB or more.
+                unencodable: bytes.len() > i32::MAX as usize,
                 bytes,
-                kind: Some(kind_of_message(&self.message)),
+                kind: Some(self.kind),
                 accidental_reset,
                 has_source_id: self.has_source_id,
                 has_instance_id: self.has_instance_id,
                 has_tags: self.has_tags,
-                unencodable,
             },
             decoded: OnceLock::new(),
         }

@@ -1,10 +1,10 @@
-//! An envelope's protobuf encoding ([`Encoded`]), what the client reads off
-//! it without decoding it, and the encoding of an envelope's message.
+//! An envelope's protobuf encoding ([`Encoded`]) and what the client reads
+//! off it without decoding it.
 
 use protobuf::Message;
 
 use crate::proto::envelope as pb;
-use crate::wire::{Reader, put_tag, put_varint};
+use crate::wire::Reader;
 
 use super::EnvelopeKind;
 
@@ -69,7 +69,7 @@ fn kind_of(envelope: &pb::Envelope) -> Option<EnvelopeKind> {
     envelope.message.as_ref().map(kind_of_message)
 }
 
-pub(super) fn kind_of_message(message: &pb::envelope::Message) -> EnvelopeKind {
+fn kind_of_message(message: &pb::envelope::Message) -> EnvelopeKind {
     use pb::envelope::Message;
     match message {
         Message::Log(_) => EnvelopeKind::Log,
@@ -78,27 +78,4 @@ pub(super) fn kind_of_message(message: &pb::envelope::Message) -> EnvelopeKind {
         Message::Timer(_) => EnvelopeKind::Timer,
         Message::Event(_) => EnvelopeKind::Event,
     }
-}
-
-/// Appends the envelope's message (the `message` oneof) as its field.
-pub(super) fn put_message(
-    out: &mut Vec<u8>,
-    message: &pb::envelope::Message,
-) -> protobuf::Result<()> {
-    use pb::envelope::Message as M;
-    let (field, nested): (u32, &dyn protobuf::MessageDyn) = match message {
-        M::Log(m) => (4, m),
-        M::Counter(m) => (5, m),
-        M::Gauge(m) => (6, m),
-        M::Timer(m) => (7, m),
-        M::Event(m) => (10, m),
-    };
-    let size = nested.compute_size_dyn();
-    let size = u32::try_from(size)
-        .map_err(|_| protobuf::Error::from(std::io::Error::other("message too large")))?;
-    put_tag(out, field, 2);
-    put_varint(out, u64::from(size));
-    let mut stream = protobuf::CodedOutputStream::vec(out);
-    nested.write_to_with_cached_sizes_dyn(&mut stream)?;
-    stream.flush()
 }

@@ -1,10 +1,9 @@
 //! One constructor a kind (log, counter, gauge, timer, event), the marker
 //! types that name the kinds, and the setters only one kind has.
 
-use crate::proto::envelope as pb;
-
-use super::builder::EnvelopeBuilder;
-use super::{Envelope, UnixNanos};
+use super::builder::{CounterNumbers, EnvelopeBuilder};
+use super::message;
+use super::{Envelope, EnvelopeKind, UnixNanos};
 // Named in the docs of `Envelope::timer`.
 #[cfg(doc)]
 use std::time::SystemTime;
@@ -49,11 +48,11 @@ impl Envelope {
     /// let env = Envelope::log(&b"\xff raw bytes"[..]).stdout().build();
     /// assert_eq!(env.as_proto().log().payload, b"\xff raw bytes");
     /// ```
-    pub fn log(payload: impl Into<Vec<u8>>) -> LogEnvelope {
-        let mut log = pb::Log::new();
-        log.payload = payload.into();
-        log.type_ = pb::log::Type::ERR.into();
-        EnvelopeBuilder::new(pb::envelope::Message::Log(log))
+    pub fn log(payload: impl AsRef<[u8]>) -> LogEnvelope {
+        let payload = payload.as_ref();
+        EnvelopeBuilder::new(EnvelopeKind::Log, payload.len(), |out| {
+            message::start_log(out, payload)
+        })
     }
 
     /// A counter named `name` with a delta of 1; the agent adds deltas up into
@@ -63,11 +62,20 @@ impl Envelope {
     /// let env = loggregator::Envelope::counter("requests").delta(5).build();
     /// assert_eq!(env.as_proto().counter().delta, 5);
     /// ```
-    pub fn counter(name: impl Into<String>) -> CounterEnvelope {
-        let mut counter = pb::Counter::new();
-        counter.name = name.into();
-        counter.delta = 1;
-        EnvelopeBuilder::new(pb::envelope::Message::Counter(counter))
+    pub fn counter(name: impl AsRef<str>) -> CounterEnvelope {
+        let name = name.as_ref().as_bytes();
+        let mut name_len = 0;
+        let mut builder = EnvelopeBuilder::new(EnvelopeKind::Counter, name.len(), |out| {
+            let (message, numbers_at) = message::start_counter(out, name, 1);
+            name_len = numbers_at;
+            message
+        });
+        builder.counter = CounterNumbers {
+            name_len,
+            delta: 1,
+            total: 0,
+        };
+        builder
     }
 
     /// A gauge with no metrics yet; add them with
@@ -78,7 +86,7 @@ impl Envelope {
     /// assert_eq!(env.as_proto().gauge().metrics["cpu"].value, 35.5);
     /// ```
     pub fn gauge() -> GaugeEnvelope {
-        EnvelopeBuilder::new(pb::envelope::Message::Gauge(pb::Gauge::new()))
+        EnvelopeBuilder::new(EnvelopeKind::Gauge, 64, message::start_gauge)
     }
 
     /// A timer from `start` to `stop`, each a [`SystemTime`] or Unix nanoseconds.
@@ -91,15 +99,15 @@ impl Envelope {
     /// assert!(env.as_proto().timer().stop >= env.as_proto().timer().start);
     /// ```
     pub fn timer(
-        name: impl Into<String>,
+        name: impl AsRef<str>,
         start: impl Into<UnixNanos>,
         stop: impl Into<UnixNanos>,
     ) -> TimerEnvelope {
-        let mut timer = pb::Timer::new();
-        timer.name = name.into();
-        timer.start = start.into().as_i64();
-        timer.stop = stop.into().as_i64();
-        EnvelopeBuilder::new(pb::envelope::Message::Timer(timer))
+        let name = name.as_ref().as_bytes();
+        let (start, stop) = (start.into().as_i64(), stop.into().as_i64());
+        EnvelopeBuilder::new(EnvelopeKind::Timer, name.len(), |out| {
+            message::start_timer(out, name, start, stop)
+        })
     }
 
     /// An event with a title and a body.
@@ -108,11 +116,11 @@ impl Envelope {
     /// let env = loggregator::Envelope::event("Application Status", "healthy").build();
     /// assert_eq!(env.as_proto().event().title, "Application Status");
     /// ```
-    pub fn event(title: impl Into<String>, body: impl Into<String>) -> EventEnvelope {
-        let mut event = pb::Event::new();
-        event.title = title.into();
-        event.body = body.into();
-        EnvelopeBuilder::new(pb::envelope::Message::Event(event))
+    pub fn event(title: impl AsRef<str>, body: impl AsRef<str>) -> EventEnvelope {
+        let (title, body) = (title.as_ref().as_bytes(), body.as_ref().as_bytes());
+        EnvelopeBuilder::new(EnvelopeKind::Event, title.len() + body.len(), |out| {
+            message::start_event(out, title, body)
+        })
     }
 }
 
@@ -126,7 +134,7 @@ impl EnvelopeBuilder<kind::Log> {
     /// assert_eq!(env.as_proto().log().type_.enum_value(), Ok(Type::OUT));
     /// ```
     pub fn stdout(self) -> Self {
-        self.log_type(pb::log::Type::OUT)
+        self.log_stderr(false)
     }
 
     /// Marks the log as written to stderr (`ERR`), the default.
@@ -138,13 +146,11 @@ impl EnvelopeBuilder<kind::Log> {
     /// assert_eq!(env.as_proto().log().type_.enum_value(), Ok(Type::ERR));
     /// ```
     pub fn stderr(self) -> Self {
-        self.log_type(pb::log::Type::ERR)
+        self.log_stderr(true)
     }
 
-    fn log_type(mut self, log_type: pb::log::Type) -> Self {
-        if let pb::envelope::Message::Log(log) = &mut self.message {
-            log.type_ = log_type.into();
-        }
+    fn log_stderr(mut self, stderr: bool) -> Self {
+        message::set_log_stderr(&mut self.message, &mut self.bytes, stderr);
         self
     }
 }
@@ -161,7 +167,7 @@ impl EnvelopeBuilder<kind::Counter> {
     /// assert_eq!(env.as_proto().counter().delta, 1024);
     /// ```
     pub fn delta(mut self, delta: u64) -> Self {
-        self.with_counter(|counter| counter.delta = delta);
+        self.set_numbers(delta, self.counter.total);
         self
     }
 
@@ -181,10 +187,7 @@ impl EnvelopeBuilder<kind::Counter> {
     /// assert_eq!((counter.delta, counter.total), (0, 3));
     /// ```
     pub fn total(mut self, total: u64) -> Self {
-        self.with_counter(|counter| {
-            counter.total = total;
-            counter.delta = 0;
-        });
+        self.set_numbers(0, total);
         self
     }
 
@@ -197,18 +200,21 @@ impl EnvelopeBuilder<kind::Counter> {
     /// assert_eq!((counter.delta, counter.total), (0, 0));
     /// ```
     pub fn reset(mut self) -> Self {
-        self.with_counter(|counter| {
-            counter.total = 0;
-            counter.delta = 0;
-        });
+        self.set_numbers(0, 0);
         self.reset = true;
         self
     }
 
-    fn with_counter(&mut self, change: impl FnOnce(&mut pb::Counter)) {
-        if let pb::envelope::Message::Counter(counter) = &mut self.message {
-            change(counter);
-        }
+    fn set_numbers(&mut self, delta: u64, total: u64) {
+        let numbers = &mut self.counter;
+        (numbers.delta, numbers.total) = (delta, total);
+        message::set_counter_numbers(
+            &mut self.message,
+            &mut self.bytes,
+            numbers.name_len,
+            delta,
+            total,
+        );
     }
 }
 
@@ -223,13 +229,14 @@ impl EnvelopeBuilder<kind::Gauge> {
     ///     .build();
     /// assert_eq!(env.as_proto().gauge().metrics["memory"].unit, "bytes");
     /// ```
-    pub fn metric(mut self, name: impl Into<String>, value: f64, unit: impl Into<String>) -> Self {
-        if let pb::envelope::Message::Gauge(gauge) = &mut self.message {
-            let mut metric = pb::GaugeValue::new();
-            metric.value = value;
-            metric.unit = unit.into();
-            gauge.metrics.insert(name.into(), metric);
-        }
+    pub fn metric(mut self, name: impl AsRef<str>, value: f64, unit: impl AsRef<str>) -> Self {
+        message::put_gauge_metric(
+            &mut self.message,
+            &mut self.bytes,
+            name.as_ref().as_bytes(),
+            value,
+            unit.as_ref().as_bytes(),
+        );
         self
     }
 }

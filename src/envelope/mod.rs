@@ -1,12 +1,14 @@
 //! Envelope builders: one constructor per kind, shared setters for source and tags.
 //!
 //! Here is the [`Envelope`] itself; `kinds.rs` has the constructors and the
-//! setters of one kind, `builder.rs` the setters every kind shares and
-//! `build`, `encoded.rs` the encoding an envelope carries.
+//! setters of one kind, `message.rs` the encoding of each kind's message,
+//! `builder.rs` the setters every kind shares and `build`, `encoded.rs`
+//! the encoding an envelope carries.
 
 mod builder;
 mod encoded;
 mod kinds;
+mod message;
 
 use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};

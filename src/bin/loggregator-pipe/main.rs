@@ -165,12 +165,9 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
     };
 
     let send = |payload: &[u8]| {
-        let log = Envelope::log(payload).source(source.source_id(), source.instance_id());
-        client.emit(if args.stderr {
-            log.stderr()
-        } else {
-            log.stdout()
-        });
+        let log = Envelope::log(payload);
+        let log = if args.stderr { log } else { log.stdout() };
+        client.emit(log.source(source.source_id(), source.instance_id()));
     };
     let mut joiner = args
         .multiline_start
