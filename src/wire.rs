@@ -15,14 +15,14 @@ pub(crate) fn framed_len(size: usize) -> usize {
 }
 
 /// Appends a field's tag: its number and wire type.
-#[inline]
+#[inline(always)]
 pub(crate) fn put_tag(out: &mut Vec<u8>, field: u32, wire_type: u32) {
     put_varint(out, u64::from((field << 3) | wire_type));
 }
 
 /// Appends `value` as a varint. Envelopes are built on the emitting
 /// thread, a few of these each: one bounds check, not one a byte.
-#[inline]
+#[inline(always)]
 pub(crate) fn put_varint(out: &mut Vec<u8>, mut value: u64) {
     if value < 0x80 {
         out.push(value as u8);
@@ -40,7 +40,7 @@ pub(crate) fn put_varint(out: &mut Vec<u8>, mut value: u64) {
 }
 
 /// Appends a length-delimited field (a string or bytes).
-#[inline]
+#[inline(always)]
 pub(crate) fn put_bytes(out: &mut Vec<u8>, field: u32, bytes: &[u8]) {
     out.reserve(framed_len(bytes.len()) + 4);
     put_tag(out, field, 2);
@@ -48,12 +48,12 @@ pub(crate) fn put_bytes(out: &mut Vec<u8>, field: u32, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
-/// Walks the fields of an encoded message: each tag with its
-/// length-delimited contents (empty for other wire types).
+/// Walks the fields of an encoded message: each tag with its contents (a
+/// varint's own bytes, a length-delimited field's contents).
 pub(crate) struct Reader<'a>(pub &'a [u8]);
 
 impl<'a> Reader<'a> {
-    fn varint(&mut self) -> Option<u64> {
+    pub(crate) fn varint(&mut self) -> Option<u64> {
         let mut value = 0u64;
         for shift in (0..64).step_by(7) {
             let (&byte, rest) = self.0.split_first()?;
@@ -70,8 +70,9 @@ impl<'a> Reader<'a> {
         let tag = self.varint()?;
         let contents = match tag & 7 {
             0 => {
+                let rest = self.0;
                 self.varint()?;
-                &[][..]
+                &rest[..rest.len() - self.0.len()]
             }
             1 => self.take(8)?,
             2 => {

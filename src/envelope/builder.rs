@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use crate::wire::{framed_len, put_bytes, put_tag, put_varint};
 
 use super::encoded::Encoded;
-use super::message::Message;
+use super::message::{self, Message};
 use super::{Envelope, EnvelopeKind, UnixNanos};
 // Named in the docs of `EnvelopeBuilder`.
 #[cfg(doc)]
@@ -31,59 +31,144 @@ use super::{CounterEnvelope, GaugeEnvelope, LogEnvelope};
 #[derive(Clone, Debug)]
 #[must_use = "an envelope builder does nothing until it is emitted"]
 pub struct EnvelopeBuilder<K> {
+    pub(super) draft: Draft,
+    kind: PhantomData<K>,
+}
+
+/// What a builder holds, whatever its kind. The setters are thin generic
+/// wrappers, inlined where they are called, around this one's methods:
+/// a chain of setters then works on one value in place, where setters
+/// taking and returning the builder by value would copy it at each call.
+#[derive(Clone, Debug)]
+pub(super) struct Draft {
     /// The envelope's encoding so far: the message at the front, written
     /// by the constructor and re-encoded in place by the setters of one
     /// kind, then the source ids and tags in the order they were set (the
     /// last of a repeated field or map key wins when decoded, as the
     /// setters promise); `build` adds the timestamp.
-    pub(super) bytes: Vec<u8>,
-    pub(super) message: Message,
-    pub(super) kind: EnvelopeKind,
+    pub bytes: Vec<u8>,
+    pub message: Message,
     timestamp: i64,
-    has_source_id: bool,
-    has_instance_id: bool,
-    has_tags: bool,
-    /// A counter's numbers, which its setters re-encode.
-    pub(super) counter: CounterNumbers,
-    /// Made with [`CounterEnvelope::reset`], the only way to send a counter
-    /// with `delta == 0 && total == 0`.
-    pub(super) reset: bool,
-    kind_marker: PhantomData<K>,
+    /// The kind and what was set ([`HAS_SOURCE_ID`], ...), in one word:
+    /// see [`Message`] for why.
+    flags: usize,
 }
 
-/// A counter's delta and total, and where they begin in its message.
-#[derive(Clone, Copy, Debug, Default)]
-pub(super) struct CounterNumbers {
-    pub name_len: usize,
-    pub delta: u64,
-    pub total: u64,
-}
+const HAS_SOURCE_ID: usize = 1;
+const HAS_INSTANCE_ID: usize = 1 << 1;
+const HAS_TAGS: usize = 1 << 2;
+/// Made with [`CounterEnvelope::reset`], the only way to send a counter
+/// with `delta == 0 && total == 0`.
+const RESET: usize = 1 << 3;
+const KIND_SHIFT: u32 = 8;
 
 /// Room for the usual source ids, tags and timestamp after the message,
 /// so that an envelope is built in one allocation.
 const FIELDS_ROOM: usize = 160;
 
-impl<K> EnvelopeBuilder<K> {
-    /// A builder whose message `start` writes into its empty buffer, which
+impl Draft {
+    /// A draft whose message `start` writes into its empty buffer, which
     /// has room for `message_bytes` more than the usual fields.
+    #[inline]
+    pub(super) fn new(
+        kind: EnvelopeKind,
+        message_bytes: usize,
+        start: impl FnOnce(&mut Vec<u8>) -> Message,
+    ) -> Draft {
+        let mut bytes = Vec::with_capacity(message_bytes + FIELDS_ROOM);
+        let message = start(&mut bytes);
+        Draft {
+            bytes,
+            message,
+            timestamp: UnixNanos::now().as_i64(),
+            flags: (kind as usize) << KIND_SHIFT,
+        }
+    }
+
+    fn kind(&self) -> EnvelopeKind {
+        EnvelopeKind::ALL[self.flags >> KIND_SHIFT]
+    }
+
+    fn set(&mut self, flag: usize, on: bool) {
+        if on {
+            self.flags |= flag;
+        } else {
+            self.flags &= !flag;
+        }
+    }
+
+    fn has(&self, flag: usize) -> bool {
+        self.flags & flag != 0
+    }
+
+    /// Marks a counter as a deliberate reset.
+    pub(super) fn set_reset(&mut self) {
+        self.flags |= RESET;
+    }
+
+    #[inline(always)]
+    fn source_id(&mut self, source_id: &str) {
+        put_bytes(&mut self.bytes, 2, source_id.as_bytes());
+        self.set(HAS_SOURCE_ID, !source_id.is_empty());
+    }
+
+    #[inline(always)]
+    fn instance_id(&mut self, instance_id: &str) {
+        put_bytes(&mut self.bytes, 8, instance_id.as_bytes());
+        self.set(HAS_INSTANCE_ID, !instance_id.is_empty());
+    }
+
+    #[inline(always)]
+    fn tag(&mut self, key: &[u8], value: &[u8]) {
+        // A map entry: a message of the key (1) and the value (2).
+        let entry_len = framed_len(key.len()) + framed_len(value.len());
+        self.bytes.reserve(framed_len(entry_len));
+        put_tag(&mut self.bytes, 9, 2);
+        put_varint(&mut self.bytes, entry_len as u64);
+        put_bytes(&mut self.bytes, 1, key);
+        put_bytes(&mut self.bytes, 2, value);
+        self.flags |= HAS_TAGS;
+    }
+
+    #[inline(always)]
+    fn build(self) -> Envelope {
+        let kind = self.kind();
+        let accidental_reset = kind == EnvelopeKind::Counter && !self.has(RESET) && {
+            let (delta, total, _) = message::counter_numbers(&self.message, &self.bytes);
+            delta == 0 && total == 0
+        };
+        let mut bytes = self.bytes;
+        if self.timestamp != 0 {
+            put_tag(&mut bytes, 1, 0);
+            put_varint(&mut bytes, self.timestamp as u64);
+        }
+        Envelope {
+            encoded: Encoded {
+                // Protobuf refuses messages of 2 GiB or more.
+                unencodable: bytes.len() > i32::MAX as usize,
+                bytes,
+                kind: Some(kind),
+                accidental_reset,
+                has_source_id: self.flags & HAS_SOURCE_ID != 0,
+                has_instance_id: self.flags & HAS_INSTANCE_ID != 0,
+                has_tags: self.flags & HAS_TAGS != 0,
+            },
+            decoded: OnceLock::new(),
+        }
+    }
+}
+
+impl<K> EnvelopeBuilder<K> {
+    /// A builder whose message `start` writes; see [`Draft::new`].
+    #[inline]
     pub(super) fn new(
         kind: EnvelopeKind,
         message_bytes: usize,
         start: impl FnOnce(&mut Vec<u8>) -> Message,
     ) -> EnvelopeBuilder<K> {
-        let mut bytes = Vec::with_capacity(message_bytes + FIELDS_ROOM);
-        let message = start(&mut bytes);
         EnvelopeBuilder {
-            bytes,
-            message,
-            kind,
-            timestamp: UnixNanos::now().as_i64(),
-            has_source_id: false,
-            has_instance_id: false,
-            has_tags: false,
-            counter: CounterNumbers::default(),
-            reset: false,
-            kind_marker: PhantomData,
+            draft: Draft::new(kind, message_bytes, start),
+            kind: PhantomData,
         }
     }
 
@@ -93,8 +178,11 @@ impl<K> EnvelopeBuilder<K> {
     /// let env = loggregator::Envelope::log("x").source("app-guid", "2").build();
     /// assert_eq!(env.as_proto().source_id, "app-guid");
     /// ```
-    pub fn source(self, source_id: impl AsRef<str>, instance_id: impl AsRef<str>) -> Self {
-        self.source_id(source_id).instance_id(instance_id)
+    #[inline(always)]
+    pub fn source(mut self, source_id: impl AsRef<str>, instance_id: impl AsRef<str>) -> Self {
+        self.draft.source_id(source_id.as_ref());
+        self.draft.instance_id(instance_id.as_ref());
+        self
     }
 
     /// Sets the source id alone.
@@ -103,10 +191,9 @@ impl<K> EnvelopeBuilder<K> {
     /// let env = loggregator::Envelope::log("x").source_id("app-guid").build();
     /// assert_eq!(env.as_proto().source_id, "app-guid");
     /// ```
+    #[inline(always)]
     pub fn source_id(mut self, source_id: impl AsRef<str>) -> Self {
-        let source_id = source_id.as_ref();
-        put_bytes(&mut self.bytes, 2, source_id.as_bytes());
-        self.has_source_id = !source_id.is_empty();
+        self.draft.source_id(source_id.as_ref());
         self
     }
 
@@ -116,10 +203,9 @@ impl<K> EnvelopeBuilder<K> {
     /// let env = loggregator::Envelope::log("x").instance_id("7").build();
     /// assert_eq!(env.as_proto().instance_id, "7");
     /// ```
+    #[inline(always)]
     pub fn instance_id(mut self, instance_id: impl AsRef<str>) -> Self {
-        let instance_id = instance_id.as_ref();
-        put_bytes(&mut self.bytes, 8, instance_id.as_bytes());
-        self.has_instance_id = !instance_id.is_empty();
+        self.draft.instance_id(instance_id.as_ref());
         self
     }
 
@@ -129,15 +215,10 @@ impl<K> EnvelopeBuilder<K> {
     /// let env = loggregator::Envelope::log("x").tag("a", "1").tag("a", "2").build();
     /// assert_eq!(env.as_proto().tags["a"], "2");
     /// ```
+    #[inline(always)]
     pub fn tag(mut self, key: impl AsRef<str>, value: impl AsRef<str>) -> Self {
-        let (key, value) = (key.as_ref().as_bytes(), value.as_ref().as_bytes());
-        // A map entry: a message of the key (1) and the value (2).
-        let entry_len = framed_len(key.len()) + framed_len(value.len());
-        put_tag(&mut self.bytes, 9, 2);
-        put_varint(&mut self.bytes, entry_len as u64);
-        put_bytes(&mut self.bytes, 1, key);
-        put_bytes(&mut self.bytes, 2, value);
-        self.has_tags = true;
+        self.draft
+            .tag(key.as_ref().as_bytes(), value.as_ref().as_bytes());
         self
     }
 
@@ -147,8 +228,9 @@ impl<K> EnvelopeBuilder<K> {
     /// let env = loggregator::Envelope::log("x").timestamp(42).build();
     /// assert_eq!(env.as_proto().timestamp, 42);
     /// ```
+    #[inline(always)]
     pub fn timestamp(mut self, at: impl Into<UnixNanos>) -> Self {
-        self.timestamp = at.into().as_i64();
+        self.draft.timestamp = at.into().as_i64();
         self
     }
 
@@ -158,33 +240,14 @@ impl<K> EnvelopeBuilder<K> {
     /// let env = loggregator::Envelope::counter("c").build();
     /// assert_eq!(env.as_proto().counter().name, "c");
     /// ```
+    #[inline(always)]
     pub fn build(self) -> Envelope {
-        let mut bytes = self.bytes;
-        if self.timestamp != 0 {
-            put_tag(&mut bytes, 1, 0);
-            put_varint(&mut bytes, self.timestamp as u64);
-        }
-        let accidental_reset = self.kind == EnvelopeKind::Counter
-            && self.counter.delta == 0
-            && self.counter.total == 0
-            && !self.reset;
-        Envelope {
-            encoded: Encoded {
-                // Protobuf refuses messages of 2 GiB or more.
-                unencodable: bytes.len() > i32::MAX as usize,
-                bytes,
-                kind: Some(self.kind),
-                accidental_reset,
-                has_source_id: self.has_source_id,
-                has_instance_id: self.has_instance_id,
-                has_tags: self.has_tags,
-            },
-            decoded: OnceLock::new(),
-        }
+        self.draft.build()
     }
 }
 
 impl<K> From<EnvelopeBuilder<K>> for Envelope {
+    #[inline(always)]
     fn from(builder: EnvelopeBuilder<K>) -> Envelope {
         builder.build()
     }

@@ -1,7 +1,7 @@
 //! One constructor a kind (log, counter, gauge, timer, event), the marker
 //! types that name the kinds, and the setters only one kind has.
 
-use super::builder::{CounterNumbers, EnvelopeBuilder};
+use super::builder::EnvelopeBuilder;
 use super::message;
 use super::{Envelope, EnvelopeKind, UnixNanos};
 // Named in the docs of `Envelope::timer`.
@@ -48,6 +48,7 @@ impl Envelope {
     /// let env = Envelope::log(&b"\xff raw bytes"[..]).stdout().build();
     /// assert_eq!(env.as_proto().log().payload, b"\xff raw bytes");
     /// ```
+    #[inline]
     pub fn log(payload: impl AsRef<[u8]>) -> LogEnvelope {
         let payload = payload.as_ref();
         EnvelopeBuilder::new(EnvelopeKind::Log, payload.len(), |out| {
@@ -64,18 +65,9 @@ impl Envelope {
     /// ```
     pub fn counter(name: impl AsRef<str>) -> CounterEnvelope {
         let name = name.as_ref().as_bytes();
-        let mut name_len = 0;
-        let mut builder = EnvelopeBuilder::new(EnvelopeKind::Counter, name.len(), |out| {
-            let (message, numbers_at) = message::start_counter(out, name, 1);
-            name_len = numbers_at;
-            message
-        });
-        builder.counter = CounterNumbers {
-            name_len,
-            delta: 1,
-            total: 0,
-        };
-        builder
+        EnvelopeBuilder::new(EnvelopeKind::Counter, name.len(), |out| {
+            message::start_counter(out, name, 1)
+        })
     }
 
     /// A gauge with no metrics yet; add them with
@@ -133,6 +125,7 @@ impl EnvelopeBuilder<kind::Log> {
     /// let env = loggregator::Envelope::log("x").stdout().build();
     /// assert_eq!(env.as_proto().log().type_.enum_value(), Ok(Type::OUT));
     /// ```
+    #[inline(always)]
     pub fn stdout(self) -> Self {
         self.log_stderr(false)
     }
@@ -145,12 +138,14 @@ impl EnvelopeBuilder<kind::Log> {
     /// let env = loggregator::Envelope::log("x").stdout().stderr().build();
     /// assert_eq!(env.as_proto().log().type_.enum_value(), Ok(Type::ERR));
     /// ```
+    #[inline(always)]
     pub fn stderr(self) -> Self {
         self.log_stderr(true)
     }
 
     fn log_stderr(mut self, stderr: bool) -> Self {
-        message::set_log_stderr(&mut self.message, &mut self.bytes, stderr);
+        let draft = &mut self.draft;
+        message::set_log_stderr(&mut draft.message, &mut draft.bytes, stderr);
         self
     }
 }
@@ -167,7 +162,8 @@ impl EnvelopeBuilder<kind::Counter> {
     /// assert_eq!(env.as_proto().counter().delta, 1024);
     /// ```
     pub fn delta(mut self, delta: u64) -> Self {
-        self.set_numbers(delta, self.counter.total);
+        let (_, total, _) = message::counter_numbers(&self.draft.message, &self.draft.bytes);
+        self.set_numbers(delta, total);
         self
     }
 
@@ -201,20 +197,13 @@ impl EnvelopeBuilder<kind::Counter> {
     /// ```
     pub fn reset(mut self) -> Self {
         self.set_numbers(0, 0);
-        self.reset = true;
+        self.draft.set_reset();
         self
     }
 
     fn set_numbers(&mut self, delta: u64, total: u64) {
-        let numbers = &mut self.counter;
-        (numbers.delta, numbers.total) = (delta, total);
-        message::set_counter_numbers(
-            &mut self.message,
-            &mut self.bytes,
-            numbers.name_len,
-            delta,
-            total,
-        );
+        let draft = &mut self.draft;
+        message::set_counter_numbers(&mut draft.message, &mut draft.bytes, delta, total);
     }
 }
 
@@ -230,9 +219,10 @@ impl EnvelopeBuilder<kind::Gauge> {
     /// assert_eq!(env.as_proto().gauge().metrics["memory"].unit, "bytes");
     /// ```
     pub fn metric(mut self, name: impl AsRef<str>, value: f64, unit: impl AsRef<str>) -> Self {
+        let draft = &mut self.draft;
         message::put_gauge_metric(
-            &mut self.message,
-            &mut self.bytes,
+            &mut draft.message,
+            &mut draft.bytes,
             name.as_ref().as_bytes(),
             value,
             unit.as_ref().as_bytes(),

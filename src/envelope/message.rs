@@ -24,10 +24,11 @@ pub(super) const EVENT: u32 = 10;
 const LOG_TYPE_ERR: [u8; 2] = [(2 << 3), 1];
 
 /// Where the message lies in the builder's buffer: from its start, a tag
-/// and the body's length (the header), then the body.
+/// and the body's length (the header), then the body. Word-sized fields
+/// only: a builder is moved at every setter, and a move that reads what a
+/// narrower store just wrote waits for it.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Message {
-    field: u32,
     header: usize,
     body: usize,
 }
@@ -36,11 +37,10 @@ impl Message {
     /// Writes the message's header for a body of `body` bytes at the front
     /// of the empty `out`; the caller writes the body next.
     pub(super) fn start(out: &mut Vec<u8>, field: u32, body: usize) -> Message {
-        debug_assert!(out.is_empty());
+        debug_assert!(out.is_empty() && field < 16);
         put_tag(out, field, 2);
         put_varint(out, body as u64);
         Message {
-            field,
             header: out.len(),
             body,
         }
@@ -62,8 +62,8 @@ impl Message {
         let body = self.body - range.len() + with.len();
         let at = self.header + range.start..self.header + range.end;
         bytes.splice(at, with.iter().copied());
-        let mut header = Vec::with_capacity(11);
-        put_tag(&mut header, self.field, 2);
+        // The tag: one byte, every message's field number being below 16.
+        let mut header = vec![bytes[0]];
         put_varint(&mut header, body as u64);
         if header.len() == self.header {
             bytes[..self.header].copy_from_slice(&header);
@@ -131,24 +131,39 @@ pub(super) fn set_log_stderr(message: &mut Message, bytes: &mut Vec<u8>, stderr:
     }
 }
 
-/// A `Counter`'s name, then its delta and total; returns the message and
-/// where in the body the numbers begin.
-pub(super) fn start_counter(out: &mut Vec<u8>, name: &[u8], delta: u64) -> (Message, usize) {
-    let name_len = string_len(name);
-    let message = Message::start(out, COUNTER, name_len + number_len(delta));
+/// A `Counter`: its name, then its delta and total.
+pub(super) fn start_counter(out: &mut Vec<u8>, name: &[u8], delta: u64) -> Message {
+    let message = Message::start(out, COUNTER, string_len(name) + number_len(delta));
     put_string(out, 1, name);
     put_number(out, 2, delta);
-    (message, name_len)
+    message
+}
+
+/// A counter's delta and total, read off its body, and where they begin.
+pub(super) fn counter_numbers(message: &Message, bytes: &[u8]) -> (u64, u64, usize) {
+    let body = message.body(bytes);
+    let (mut delta, mut total, mut name_len) = (0, 0, 0);
+    let mut fields = Reader(body);
+    while let Some((tag, value)) = fields.field() {
+        let number = || Reader(value).varint().unwrap_or(0);
+        match tag >> 3 {
+            1 => name_len = body.len() - fields.0.len(),
+            2 => delta = number(),
+            3 => total = number(),
+            _ => {}
+        }
+    }
+    (delta, total, name_len)
 }
 
 /// Re-encodes a counter's delta and total, which follow its name.
 pub(super) fn set_counter_numbers(
     message: &mut Message,
     bytes: &mut Vec<u8>,
-    name_len: usize,
     delta: u64,
     total: u64,
 ) {
+    let (_, _, name_len) = counter_numbers(message, bytes);
     let mut numbers = Vec::with_capacity(22);
     put_number(&mut numbers, 2, delta);
     put_number(&mut numbers, 3, total);

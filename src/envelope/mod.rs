@@ -68,6 +68,7 @@ impl UnixNanos {
     /// ```
     /// assert!(loggregator::UnixNanos::now().as_i64() > 0);
     /// ```
+    #[inline]
     pub fn now() -> UnixNanos {
         SystemTime::now().into()
     }
@@ -120,6 +121,17 @@ pub enum EnvelopeKind {
     Timer,
     /// An event.
     Event,
+}
+
+impl EnvelopeKind {
+    /// Every kind, in the order of their discriminants.
+    pub(crate) const ALL: [EnvelopeKind; 5] = [
+        EnvelopeKind::Log,
+        EnvelopeKind::Counter,
+        EnvelopeKind::Gauge,
+        EnvelopeKind::Timer,
+        EnvelopeKind::Event,
+    ];
 }
 impl Envelope {
     /// Wraps a raw protobuf envelope, for fields the builders do not cover.
