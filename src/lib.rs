@@ -91,6 +91,7 @@ mod self_metrics;
 mod sender;
 mod series;
 mod source;
+mod spares;
 mod stats;
 mod tls;
 #[cfg(feature = "tracing")]

@@ -75,7 +75,7 @@ impl Draft {
         message_bytes: usize,
         start: impl FnOnce(&mut Vec<u8>) -> Message,
     ) -> Draft {
-        let mut bytes = Vec::with_capacity(message_bytes + FIELDS_ROOM);
+        let mut bytes = crate::spares::buffer(message_bytes + FIELDS_ROOM);
         let message = start(&mut bytes);
         Draft {
             bytes,

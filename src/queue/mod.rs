@@ -30,6 +30,7 @@ use crate::batch::Stamp;
 use crate::envelope::{Encoded, Envelope};
 use crate::policy::Overflow;
 use crate::series::Carried;
+use crate::spares::Spares;
 use crate::stats::{Counters, DropReason};
 use crate::wire::framed_len;
 
@@ -65,6 +66,8 @@ pub(crate) struct QueueReceiver {
     /// Emitters' signal that a batch's worth is waiting.
     pub nudges: Receiver<()>,
     pub room: Arc<Room>,
+    /// Where the sender thread hands buffers back to emitting threads.
+    pub spares: Arc<Spares>,
 }
 
 /// The settings of the queue.
@@ -88,6 +91,7 @@ pub(crate) struct Queue {
     /// Wakes the sender thread at once, to log the first drop.
     wake: Sender<()>,
     room: Arc<Room>,
+    spares: Arc<Spares>,
     stamp: Arc<Stamp>,
     settings: QueueSettings,
     counters: Arc<Counters>,
@@ -114,12 +118,14 @@ impl Queue {
         let (data, receiver) = bounded(settings.capacity);
         let (nudge, nudges) = bounded(1);
         let room = Arc::new(Room::new(settings.max_bytes));
+        let spares = Arc::new(Spares::default());
         let queue = Queue {
             data,
             leftovers: receiver.clone(),
             nudge,
             wake,
             room: room.clone(),
+            spares: spares.clone(),
             stamp,
             settings,
             counters,
@@ -130,6 +136,7 @@ impl Queue {
             data: receiver,
             nudges,
             room,
+            spares,
         };
         (queue, receiver)
     }
@@ -196,6 +203,7 @@ impl Queue {
                 if counted_before % NUDGE_SAMPLE == 0 {
                     self.nudge_if_batch_waiting();
                 }
+                self.spares.refill_stash();
                 return self.queued();
             }
             Err(Refused::Full(queued)) => {

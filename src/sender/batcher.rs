@@ -16,6 +16,7 @@ use crossbeam_channel::Receiver;
 
 use crate::batch::{BatchBuilder, Stamp};
 use crate::queue::Queued;
+use crate::spares::{Returns, Spares};
 
 use super::LONGEST_WAIT;
 use super::ledger::Ledger;
@@ -35,6 +36,9 @@ pub(crate) struct Batcher {
     batch_max_bytes: usize,
     flush_interval: Duration,
     building: BatchBuilder,
+    /// Envelopes' buffers, once copied into a batch, go back to the
+    /// emitting threads.
+    returns: Returns,
     /// When the envelopes left in the queue by a batch sealed on time were
     /// already due: the batch they open is due from then, not from when it
     /// opens.
@@ -46,6 +50,7 @@ pub(crate) struct Batcher {
 impl Batcher {
     pub(crate) fn new(
         data: Receiver<Queued>,
+        spares: Arc<Spares>,
         stamp: Arc<Stamp>,
         settings: &super::Settings,
     ) -> Batcher {
@@ -56,6 +61,7 @@ impl Batcher {
             batch_max_bytes: settings.batch_max_bytes,
             flush_interval: settings.flush_interval.min(LONGEST_WAIT),
             building: BatchBuilder::new(settings.batch_max_bytes),
+            returns: Returns::new(spares),
             overdue: None,
             taken: 0,
         }
@@ -117,6 +123,7 @@ impl Batcher {
         if let Some(carried) = queued.carried {
             carried.taken();
         }
+        self.returns.give(queued.envelope.bytes);
         if let Some(due) = self.overdue.take() {
             // Its first envelope has just gone in.
             self.building.started = Some(due);
@@ -221,7 +228,7 @@ mod tests {
             backoff: crate::policy::Backoff::new(HOUR, HOUR),
             streams: 1,
         };
-        let batcher = Batcher::new(receiver, Arc::new(stamp), &settings);
+        let batcher = Batcher::new(receiver, Arc::default(), Arc::new(stamp), &settings);
         (data, batcher)
     }
 

@@ -148,7 +148,7 @@ impl<T: Transport> SenderLoop<T> {
         let waker = Waker::from(Arc::new(ChannelWaker(wake)));
         SenderLoop {
             unary: Unary::new(waker.clone()),
-            batcher: Batcher::new(queue.data, stamp, &settings),
+            batcher: Batcher::new(queue.data, queue.spares, stamp, &settings),
             streams: Streams::new(
                 transport,
                 &settings,

@@ -71,6 +71,7 @@ fn start(settings: Settings, script: Script) -> Harness {
         data: data_rx,
         nudges: nudge_rx,
         room: room.clone(),
+        spares: Arc::default(),
     };
     let worker = SenderLoop::new(
         transport,
