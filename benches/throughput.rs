@@ -808,6 +808,8 @@ fn throughput(flags: &Flags) -> Figures {
         ("rate".into(), delivered as f64 / elapsed.as_secs_f64()),
         ("delivered".into(), stats.sent as f64),
         ("dropped".into(), stats.dropped.total() as f64),
+        ("streams_opened".into(), stats.reconnects as f64 + 1.0),
+        ("batches".into(), stats.batches as f64),
         (
             "cpu_us_per_envelope".into(),
             cpu.as_secs_f64() * 1e6 / delivered as f64,

@@ -1,7 +1,6 @@
 //! A `log::Log` implementation that sends every record as a Log envelope,
 //! its key-values as tags.
 
-use std::borrow::Cow;
 use std::io::Write;
 
 use log::kv::{Key, Value, VisitSource};
@@ -177,11 +176,9 @@ impl LogBridge {
         };
         // The visitor never fails: a source that does is sent with what it gave.
         let _ = record.key_values().visit(&mut key_values);
-        for (key, value) in key_values.tags.iter() {
-            log = log.tag(key, value);
-        }
+        log.push_tags(key_values.tags.encoded());
         key_values.tags.count_losses(&self.client);
-        log.build()
+        log.build_in_place()
     }
 }
 
@@ -212,29 +209,26 @@ impl Log for LogBridge {
 }
 
 /// A record's key-values as capped tags.
-struct KeyValues<'kvs> {
-    tags: FieldTags<Cow<'kvs, str>>,
+struct KeyValues {
+    tags: FieldTags,
     /// Whether the location tags are the bridge's own.
     location: bool,
 }
 
-impl<'kvs> VisitSource<'kvs> for KeyValues<'kvs> {
+impl<'kvs> VisitSource<'kvs> for KeyValues {
     fn visit_pair(&mut self, key: Key<'kvs>, value: Value<'kvs>) -> Result<(), log::kv::Error> {
-        let key = match key.to_borrowed_str() {
-            Some(key) => Cow::Borrowed(key),
-            None => Cow::Owned(key.as_str().to_string()),
-        };
-        let own = OWN_TAGS.contains(&key.as_ref())
-            || (self.location && LOCATION_TAGS.contains(&key.as_ref()));
+        let key = key.as_str();
+        let own = OWN_TAGS.contains(&key) || (self.location && LOCATION_TAGS.contains(&key));
         if own {
             self.tags.refuse();
             return Ok(());
         }
-        let text = match value.to_borrowed_str() {
-            Some(text) => text.to_string(),
-            None => value.to_string(),
-        };
-        self.tags.put(key, text);
+        match value.to_borrowed_str() {
+            Some(text) => self.tags.put(key, text),
+            None => self.tags.put_with(key, |text| {
+                let _ = write!(text, "{value}");
+            }),
+        }
         Ok(())
     }
 }

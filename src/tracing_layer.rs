@@ -3,7 +3,7 @@
 //! OpenTelemetry Collector turns into a span; each event becomes a Log
 //! envelope tagged with its span's ids.
 
-use std::fmt::{self, Write as _};
+use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::SystemTime;
 
@@ -207,30 +207,67 @@ impl SpanState {
     }
 }
 
-/// Field values as text, capped in number and length.
+/// Field values as tags, capped in number and length.
 #[derive(Default)]
 struct Fields {
-    tags: FieldTags<&'static str>,
+    tags: FieldTags,
     /// The event's `message`, kept apart from the tags and whole: it is the
     /// log's payload.
     message: Option<String>,
     keep_message: bool,
+    /// Recording a callsite's own fields, each named once: a value put
+    /// now replaces none.
+    fresh: bool,
 }
 
+/// The tags a span's ids are sent in: fields of these names are left off
+/// a span's Timer, whose ids they would contradict.
+const ID_TAGS: [&str; 3] = ["trace_id", "span_id", "parent_span_id"];
+
 impl Fields {
-    fn for_event() -> Fields {
+    /// For a span's fields, as it is created.
+    fn for_span() -> Fields {
         Fields {
-            keep_message: true,
+            fresh: true,
             ..Fields::default()
         }
     }
 
-    fn put(&mut self, name: &'static str, value: String) {
+    fn for_event() -> Fields {
+        Fields {
+            keep_message: true,
+            fresh: true,
+            ..Fields::default()
+        }
+    }
+
+    fn put(&mut self, name: &'static str, value: &str) {
         if self.keep_message && name == "message" {
-            self.message = Some(value);
+            self.message = Some(value.to_string());
+        } else if !self.keep_message && ID_TAGS.contains(&name) {
+        } else if self.fresh {
+            self.tags.put_new(name, value);
+        } else {
+            self.tags.put(name, value);
+        }
+    }
+
+    /// Puts the value `write` writes.
+    fn put_with(&mut self, name: &'static str, write: impl FnOnce(&mut dyn fmt::Write)) {
+        if self.keep_message && name == "message" {
+            let mut message = String::new();
+            write(&mut message);
+            self.message = Some(message);
             return;
         }
-        self.tags.put(name, value);
+        if !self.keep_message && ID_TAGS.contains(&name) {
+            return;
+        }
+        if self.fresh {
+            self.tags.put_new_with(name, write);
+        } else {
+            self.tags.put_with(name, write);
+        }
     }
 
     /// Counts in the client's stats what was left off or cut.
@@ -245,14 +282,49 @@ impl Fields {
 
 impl Visit for Fields {
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.put(field.name(), value.to_string());
+        self.put(field.name(), value);
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.put_with(field.name(), |text| push_decimal(text, value, false));
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.put_with(field.name(), |text| {
+            push_decimal(text, value.unsigned_abs(), value < 0)
+        });
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.put(field.name(), if value { "true" } else { "false" });
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        let mut text = String::new();
-        let _ = write!(text, "{value:?}");
-        self.put(field.name(), text);
+        self.put_with(field.name(), |text| {
+            let _ = write!(text, "{value:?}");
+        });
     }
+}
+
+/// Writes an integer in decimal, as `Display` would, without the
+/// formatting machinery: numbers are the most common fields.
+fn push_decimal(text: &mut dyn fmt::Write, mut value: u64, negative: bool) {
+    let mut digits = [0u8; 21];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    if negative {
+        start -= 1;
+        digits[start] = b'-';
+    }
+    // Only ASCII was written.
+    let _ = text.write_str(std::str::from_utf8(&digits[start..]).unwrap_or_default());
 }
 
 /// An id in lowercase hex, on the stack: ids are written on every span and
@@ -262,13 +334,23 @@ struct Hex {
     len: usize,
 }
 
+/// Each byte's two lowercase hex digits.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut pairs = [[0u8; 2]; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        pairs[byte] = [DIGITS[byte >> 4], DIGITS[byte & 0xf]];
+        byte += 1;
+    }
+    pairs
+};
+
 impl Hex {
     fn new(bytes: &[u8]) -> Hex {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
         let mut digits = [0u8; 32];
-        for (index, byte) in bytes.iter().take(16).enumerate() {
-            digits[index * 2] = DIGITS[usize::from(byte >> 4)];
-            digits[index * 2 + 1] = DIGITS[usize::from(byte & 0xf)];
+        for (pair, &byte) in digits.chunks_exact_mut(2).zip(bytes) {
+            pair.copy_from_slice(&HEX_PAIRS[usize::from(byte)]);
         }
         Hex {
             digits,
@@ -278,7 +360,12 @@ impl Hex {
 
     fn as_str(&self) -> &str {
         // Only ASCII digits were written.
-        std::str::from_utf8(&self.digits[..self.len]).unwrap_or_default()
+        std::str::from_utf8(self.digits()).unwrap_or_default()
+    }
+
+    /// The digits, ASCII, as a tag takes them.
+    fn digits(&self) -> &[u8] {
+        &self.digits[..self.len]
     }
 }
 
@@ -341,8 +428,10 @@ where
             return;
         }
         let Some(span) = ctx.span(id) else { return };
-        let mut fields = Fields::default();
+        let mut fields = Fields::for_span();
         attrs.record(&mut fields);
+        // Values recorded later replace these.
+        fields.fresh = false;
         let mut extensions = span.extensions_mut();
         if let Some(state) = extensions.get_mut::<SpanState>() {
             // Another layer on this registry numbered the span first.
@@ -352,7 +441,12 @@ where
         let inherited = span
             .parent()
             .and_then(|parent| parent.extensions().get::<SpanState>().map(|s| s.ids));
-        let continued = fields.value("traceparent").and_then(parse_traceparent);
+        let continued = attrs
+            .metadata()
+            .fields()
+            .field("traceparent")
+            .and_then(|_| fields.value("traceparent"))
+            .and_then(parse_traceparent);
         let ids = match (continued, inherited) {
             (Some((trace_id, parent)), _) => SpanIds {
                 trace_id,
@@ -397,23 +491,20 @@ where
             .and_then(|span| span.extensions().get::<SpanState>().map(|s| s.ids));
         let log = Envelope::log(fields.message.take().unwrap_or_default());
         let log = match *metadata.level() {
-            Level::ERROR | Level::WARN => log.stderr(),
+            Level::ERROR | Level::WARN => log,
             _ => log.stdout(),
         };
-        let mut log = self
-            .stamp(log)
-            .tag("level", level_name(metadata.level()))
-            .tag("target", metadata.target());
-        for (key, value) in fields.tags.iter() {
-            log = log.tag(key, value);
-        }
+        let mut log = self.stamp(log);
+        log.push_tag(b"level", level_name(metadata.level()).as_bytes());
+        log.push_tag(b"target", metadata.target().as_bytes());
+        // The ids come after the fields: a field named like one loses.
+        log.push_tags(fields.tags.encoded());
         if let Some(ids) = ids {
-            log = log
-                .tag("trace_id", Hex::new(&ids.trace_id).as_str())
-                .tag("span_id", Hex::new(&ids.span_id).as_str());
+            log.push_tag(b"trace_id", Hex::new(&ids.trace_id).digits());
+            log.push_tag(b"span_id", Hex::new(&ids.span_id).digits());
         }
         fields.count_losses(&self.client);
-        self.emit(log.build());
+        self.emit(log.build_in_place());
     }
 
     fn on_close(&self, id: Id, ctx: Context<'_, S>) {
@@ -428,20 +519,15 @@ where
             };
             (state.ids, state.start, fields)
         };
-        let mut timer = self
-            .stamp(Envelope::timer(span.name(), start, SystemTime::now()))
-            .tag("trace_id", Hex::new(&ids.trace_id).as_str())
-            .tag("span_id", Hex::new(&ids.span_id).as_str());
+        let mut timer = self.stamp(Envelope::timer_until_now(span.name(), start));
+        timer.push_tags(fields.tags.encoded());
+        timer.push_tag(b"trace_id", Hex::new(&ids.trace_id).digits());
+        timer.push_tag(b"span_id", Hex::new(&ids.span_id).digits());
         if let Some(parent) = &ids.parent_span_id {
-            timer = timer.tag("parent_span_id", Hex::new(parent).as_str());
-        }
-        for (key, value) in fields.tags.iter() {
-            if !matches!(key, "trace_id" | "span_id" | "parent_span_id") {
-                timer = timer.tag(key, value);
-            }
+            timer.push_tag(b"parent_span_id", Hex::new(parent).digits());
         }
         fields.count_losses(&self.client);
-        self.emit(timer.build());
+        self.emit(timer.build_in_place());
     }
 }
 
@@ -506,11 +592,11 @@ mod tests {
     fn an_events_message_is_its_payload_kept_whole_and_a_spans_is_a_tag() {
         let long = "x".repeat(MAX_FIELD_BYTES + 1);
         let mut event = Fields::for_event();
-        event.put("message", long.repeat(8));
+        event.put("message", &long.repeat(8));
         assert_eq!(event.message.as_deref(), Some(long.repeat(8).as_str()));
         assert_eq!(event.value("message"), None);
         let mut span = Fields::default();
-        span.put("message", long);
+        span.put("message", &long);
         assert_eq!(span.value("message").map(str::len), Some(MAX_FIELD_BYTES));
     }
 
@@ -524,7 +610,7 @@ mod tests {
         let (a, b, c) = (LayerId::next(), LayerId::next(), LayerId::next());
         let record = |value: &str| {
             let mut fields = Fields::default();
-            fields.put("layer", value.to_string());
+            fields.put("layer", value);
             fields
         };
         let mut state = SpanState::new(ids, a, record("a"));

@@ -20,23 +20,30 @@ pub(crate) fn put_tag(out: &mut Vec<u8>, field: u32, wire_type: u32) {
     put_varint(out, u64::from((field << 3) | wire_type));
 }
 
+/// Writes `value` as a varint into `out`; how many bytes it took.
+#[inline(always)]
+pub(crate) fn write_varint(out: &mut [u8; 10], mut value: u64) -> usize {
+    let mut len = 0;
+    while value >= 0x80 {
+        out[len] = (value as u8) | 0x80;
+        value >>= 7;
+        len += 1;
+    }
+    out[len] = value as u8;
+    len + 1
+}
+
 /// Appends `value` as a varint. Envelopes are built on the emitting
 /// thread, a few of these each: one bounds check, not one a byte.
 #[inline(always)]
-pub(crate) fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+pub(crate) fn put_varint(out: &mut Vec<u8>, value: u64) {
     if value < 0x80 {
         out.push(value as u8);
         return;
     }
     let mut encoded = [0u8; 10];
-    let mut len = 0;
-    while value >= 0x80 {
-        encoded[len] = (value as u8) | 0x80;
-        value >>= 7;
-        len += 1;
-    }
-    encoded[len] = value as u8;
-    out.extend_from_slice(&encoded[..=len]);
+    let len = write_varint(&mut encoded, value);
+    out.extend_from_slice(&encoded[..len]);
 }
 
 /// Appends a length-delimited field (a string or bytes).
@@ -53,7 +60,15 @@ pub(crate) fn put_bytes(out: &mut Vec<u8>, field: u32, bytes: &[u8]) {
 pub(crate) struct Reader<'a>(pub &'a [u8]);
 
 impl<'a> Reader<'a> {
+    #[inline]
     pub(crate) fn varint(&mut self) -> Option<u64> {
+        // Tags and short lengths, most of what is read, take one byte.
+        if let Some((&byte, rest)) = self.0.split_first()
+            && byte < 0x80
+        {
+            self.0 = rest;
+            return Some(u64::from(byte));
+        }
         let mut value = 0u64;
         for shift in (0..64).step_by(7) {
             let (&byte, rest) = self.0.split_first()?;
@@ -66,6 +81,7 @@ impl<'a> Reader<'a> {
         None
     }
 
+    #[inline]
     pub(crate) fn field(&mut self) -> Option<(u64, &'a [u8])> {
         let tag = self.varint()?;
         let contents = match tag & 7 {

@@ -69,9 +69,8 @@ impl TimerGuard {
 
     fn send(&mut self) {
         if std::mem::take(&mut self.armed) {
-            let name = std::mem::take(&mut self.name);
             self.client
-                .emit(Envelope::timer(name, self.start, SystemTime::now()));
+                .emit(Envelope::timer_until_now(&self.name, self.start));
         }
     }
 }

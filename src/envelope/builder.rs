@@ -64,7 +64,7 @@ const KIND_SHIFT: u32 = 8;
 
 /// Room for the usual source ids, tags and timestamp after the message,
 /// so that an envelope is built in one allocation.
-const FIELDS_ROOM: usize = 160;
+const FIELDS_ROOM: usize = 192;
 
 impl Draft {
     /// A draft whose message `start` writes into its empty buffer, which
@@ -73,6 +73,7 @@ impl Draft {
     pub(super) fn new(
         kind: EnvelopeKind,
         message_bytes: usize,
+        timestamp: UnixNanos,
         start: impl FnOnce(&mut Vec<u8>) -> Message,
     ) -> Draft {
         let mut bytes = crate::spares::buffer(message_bytes + FIELDS_ROOM);
@@ -80,7 +81,7 @@ impl Draft {
         Draft {
             bytes,
             message,
-            timestamp: UnixNanos::now().as_i64(),
+            timestamp: timestamp.as_i64(),
             flags: (kind as usize) << KIND_SHIFT,
         }
     }
@@ -118,6 +119,13 @@ impl Draft {
         self.set(HAS_INSTANCE_ID, !instance_id.is_empty());
     }
 
+    fn tags(&mut self, encoded: &[u8]) {
+        if !encoded.is_empty() {
+            self.bytes.extend_from_slice(encoded);
+            self.flags |= HAS_TAGS;
+        }
+    }
+
     #[inline(always)]
     fn tag(&mut self, key: &[u8], value: &[u8]) {
         // A map entry: a message of the key (1) and the value (2).
@@ -130,14 +138,15 @@ impl Draft {
         self.flags |= HAS_TAGS;
     }
 
+    /// Takes the envelope out, leaving the draft empty.
     #[inline(always)]
-    fn build(self) -> Envelope {
+    fn build(&mut self) -> Envelope {
         let kind = self.kind();
         let accidental_reset = kind == EnvelopeKind::Counter && !self.has(RESET) && {
             let (delta, total, _) = message::counter_numbers(&self.message, &self.bytes);
             delta == 0 && total == 0
         };
-        let mut bytes = self.bytes;
+        let mut bytes = std::mem::take(&mut self.bytes);
         if self.timestamp != 0 {
             put_tag(&mut bytes, 1, 0);
             put_varint(&mut bytes, self.timestamp as u64);
@@ -159,15 +168,26 @@ impl Draft {
 }
 
 impl<K> EnvelopeBuilder<K> {
-    /// A builder whose message `start` writes; see [`Draft::new`].
+    /// A builder whose message `start` writes, stamped now; see [`Draft::new`].
     #[inline]
     pub(super) fn new(
         kind: EnvelopeKind,
         message_bytes: usize,
         start: impl FnOnce(&mut Vec<u8>) -> Message,
     ) -> EnvelopeBuilder<K> {
+        EnvelopeBuilder::new_at(kind, message_bytes, UnixNanos::now(), start)
+    }
+
+    /// The same, stamped at `timestamp`.
+    #[inline]
+    pub(super) fn new_at(
+        kind: EnvelopeKind,
+        message_bytes: usize,
+        timestamp: UnixNanos,
+        start: impl FnOnce(&mut Vec<u8>) -> Message,
+    ) -> EnvelopeBuilder<K> {
         EnvelopeBuilder {
-            draft: Draft::new(kind, message_bytes, start),
+            draft: Draft::new(kind, message_bytes, timestamp, start),
             kind: PhantomData,
         }
     }
@@ -222,6 +242,19 @@ impl<K> EnvelopeBuilder<K> {
         self
     }
 
+    /// Adds a tag in place, for the bridges that add many in a loop: a
+    /// chain of setters moves the builder at each one.
+    #[inline]
+    pub(crate) fn push_tag(&mut self, key: &[u8], value: &[u8]) {
+        self.draft.tag(key, value);
+    }
+
+    /// Adds tags already encoded as `tags` map entries, in one copy.
+    #[inline]
+    pub(crate) fn push_tags(&mut self, encoded: &[u8]) {
+        self.draft.tags(encoded);
+    }
+
     /// Replaces the timestamp taken when the builder was made.
     ///
     /// ```
@@ -241,7 +274,14 @@ impl<K> EnvelopeBuilder<K> {
     /// assert_eq!(env.as_proto().counter().name, "c");
     /// ```
     #[inline(always)]
-    pub fn build(self) -> Envelope {
+    pub fn build(mut self) -> Envelope {
+        self.draft.build()
+    }
+
+    /// Finishes the envelope in place, for the bridges, which add tags in
+    /// place: moving the builder into `build` would copy it once more.
+    #[inline]
+    pub(crate) fn build_in_place(&mut self) -> Envelope {
         self.draft.build()
     }
 }

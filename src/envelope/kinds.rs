@@ -102,6 +102,16 @@ impl Envelope {
         })
     }
 
+    /// A timer from `start` until now, stamped now: one clock read for the
+    /// stop and the timestamp, for timers that end as they are sent (a
+    /// span closing, a timer guard dropped).
+    pub(crate) fn timer_until_now(name: &str, start: impl Into<UnixNanos>) -> TimerEnvelope {
+        let (start, now) = (start.into().as_i64(), UnixNanos::now());
+        EnvelopeBuilder::new_at(EnvelopeKind::Timer, name.len(), now, |out| {
+            message::start_timer(out, name.as_bytes(), start, now.as_i64())
+        })
+    }
+
     /// An event with a title and a body.
     ///
     /// ```

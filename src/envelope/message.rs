@@ -11,7 +11,7 @@
 
 use std::ops::Range;
 
-use crate::wire::{Reader, framed_len, put_bytes, put_tag, put_varint, varint_len};
+use crate::wire::{Reader, framed_len, put_bytes, put_tag, put_varint, varint_len, write_varint};
 
 /// The envelope's field numbers of each kind of message.
 pub(super) const LOG: u32 = 4;
@@ -61,16 +61,26 @@ impl Message {
     pub(super) fn splice(&mut self, bytes: &mut Vec<u8>, range: Range<usize>, with: &[u8]) {
         let body = self.body - range.len() + with.len();
         let at = self.header + range.start..self.header + range.end;
-        bytes.splice(at, with.iter().copied());
-        // The tag: one byte, every message's field number being below 16.
-        let mut header = vec![bytes[0]];
-        put_varint(&mut header, body as u64);
-        if header.len() == self.header {
-            bytes[..self.header].copy_from_slice(&header);
+        if at.end == bytes.len() {
+            // The message is all there is and this is its end: the usual
+            // `Envelope::log(..).stdout()`.
+            bytes.truncate(at.start);
+            bytes.extend_from_slice(with);
         } else {
-            bytes.splice(..self.header, header.iter().copied());
+            bytes.splice(at, with.iter().copied());
         }
-        self.header = header.len();
+        let mut encoded = [0u8; 10];
+        let written = write_varint(&mut encoded, body as u64);
+        let length = &encoded[..written];
+        if 1 + length.len() == self.header {
+            bytes[1..self.header].copy_from_slice(length);
+        } else {
+            // The tag: one byte, every message's field number being below 16.
+            let tag = bytes[0];
+            let header = std::iter::once(tag).chain(length.iter().copied());
+            bytes.splice(..self.header, header);
+        }
+        self.header = 1 + length.len();
         self.body = body;
     }
 
