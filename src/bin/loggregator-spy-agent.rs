@@ -14,6 +14,8 @@
 //!   limit)
 //! - `stream-rate N`: reads each stream at most N envelopes a second, side by
 //!   side, as a real agent does (0: no limit)
+//! - `decode on` / `decode off`: with `--count-only`, also decodes every
+//!   envelope it reads (and drops it), as a real agent decodes them
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -116,6 +118,10 @@ fn answer(agent: &SpyAgent, words: &[&str]) -> Result<String, Box<dyn std::error
         }
         ["stream-rate", per_second] => {
             agent.set_stream_read_rate(Some(per_second.parse()?));
+            "ok".to_string()
+        }
+        ["decode", on @ ("on" | "off")] => {
+            agent.set_decoding(*on == "on");
             "ok".to_string()
         }
         _ => return Err("unknown command".into()),

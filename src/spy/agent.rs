@@ -4,6 +4,7 @@
 
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use grpcio::{EnvBuilder, Environment, Server};
@@ -386,6 +387,22 @@ impl SpyAgent {
     /// ```
     pub fn set_stream_read_rate(&self, per_second: Option<u64>) {
         self.state.pacing.set_stream_rate(per_second);
+    }
+
+    /// Count-only: whether each batch is also decoded, every envelope of
+    /// it, and dropped, as a real agent decodes what it reads (it then
+    /// forwards it, which costs it more). Off by default: counting alone
+    /// leaves the machine's CPU to the client being measured; on, the
+    /// agent reads at a pace closer to a real one's.
+    ///
+    /// ```
+    /// # let certs = loggregator::spy::TestCerts::generate()?;
+    /// let agent = loggregator::spy::SpyAgent::builder().count_only().start(&certs)?;
+    /// agent.set_decoding(true);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn set_decoding(&self, decode: bool) {
+        self.state.decode.store(decode, Ordering::Relaxed);
     }
 
     /// Waits until at least `count` streams have ended, at most `timeout`;

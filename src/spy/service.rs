@@ -5,6 +5,7 @@
 
 use std::io::{self, Read};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::TryStreamExt;
 use grpcio::{
@@ -59,6 +60,8 @@ pub(super) struct State {
     pub(super) faults: Faults,
     pub(super) pacing: Pacing,
     pub(super) count_only: bool,
+    /// Count-only: decode each batch too (see `SpyAgent::set_decoding`).
+    pub(super) decode: AtomicBool,
 }
 
 /// What a (re)started server is built from.
@@ -118,8 +121,16 @@ fn service(state: &Arc<State>) -> Service {
                   stream: RequestStream<CountedBatch>,
                   sink: ClientStreamingSink<BatchSenderResponse>| {
                 serve_stream(&ctx, state.clone(), stream, sink, |state, _, batch| {
-                    state.record.count(batch.envelopes, batch.bytes);
-                    batch.envelopes
+                    let envelopes = if state.decode.load(Ordering::Relaxed) {
+                        // Decoded as a real agent does, then dropped; what
+                        // does not decode is not counted.
+                        EnvelopeBatch::parse_from_bytes(&batch.bytes)
+                            .map_or(0, |decoded| decoded.batch.len() as u64)
+                    } else {
+                        batch.envelopes
+                    };
+                    state.record.count(envelopes, batch.bytes.len());
+                    envelopes
                 })
             }
         })
@@ -218,7 +229,7 @@ fn serve_stream<Req, Resp>(
 /// An `EnvelopeBatch` read only as far as counting its envelopes.
 struct CountedBatch {
     envelopes: u64,
-    bytes: usize,
+    bytes: Vec<u8>,
 }
 
 /// `loggregator.v2.Ingress/BatchSender`, server side, counting only.
@@ -239,7 +250,12 @@ fn count_batch(mut reader: MessageReader) -> grpcio::Result<CountedBatch> {
     reader
         .read_to_end(&mut bytes)
         .map_err(|e| grpcio::Error::Codec(Box::new(e)))?;
-    let mut input = protobuf::CodedInputStream::from_bytes(&bytes);
+    let envelopes = count_envelopes(&bytes)?;
+    Ok(CountedBatch { envelopes, bytes })
+}
+
+fn count_envelopes(bytes: &[u8]) -> grpcio::Result<u64> {
+    let mut input = protobuf::CodedInputStream::from_bytes(bytes);
     let mut envelopes = 0;
     let malformed = |e: protobuf::Error| grpcio::Error::Codec(Box::new(e));
     while let Some(tag) = input.read_raw_tag_or_eof().map_err(malformed)? {
@@ -250,8 +266,5 @@ fn count_batch(mut reader: MessageReader) -> grpcio::Result<CountedBatch> {
             .ok_or_else(|| grpcio::Error::Codec("a malformed EnvelopeBatch".into()))?;
         input.skip_field(wire_type).map_err(malformed)?;
     }
-    Ok(CountedBatch {
-        envelopes,
-        bytes: bytes.len(),
-    })
+    Ok(envelopes)
 }

@@ -21,7 +21,14 @@ fn a_counting_spy_counts_every_envelope_and_message_and_keeps_none() {
         .batch_max_envelopes(100)
         .build()
         .unwrap();
-    for n in 0..1_000 {
+    for n in 0..500 {
+        client.emit(Envelope::log(format!("line {n}")).tag("k", "v"));
+    }
+    client.flush(WAIT).unwrap();
+    agent.wait_for_count(500, WAIT);
+    // Decoding, as a real agent does, counts what decodes: all of it.
+    agent.set_decoding(true);
+    for n in 500..1_000 {
         client.emit(Envelope::log(format!("line {n}")).tag("k", "v"));
     }
     client.close(WAIT).unwrap();
@@ -74,6 +81,8 @@ fn the_spy_agent_program_prints_where_it_listens_and_answers_counts() {
         "{counts}"
     );
     writeln!(stdin, "rate 1000").unwrap();
+    assert_eq!(line(&mut stdout), "ok");
+    writeln!(stdin, "decode on").unwrap();
     assert_eq!(line(&mut stdout), "ok");
     writeln!(stdin, "bogus").unwrap();
     assert!(line(&mut stdout).starts_with("error: unknown command"));
