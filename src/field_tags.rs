@@ -67,6 +67,7 @@ impl FieldTags {
 
     /// As [`put`](Self::put), for a key the caller knows is not here yet
     /// (the fields of one callsite): no looking for it.
+    #[cfg(feature = "tracing")]
     pub(crate) fn put_new(&mut self, key: &str, value: &str) {
         if let Some(old) = self.slot(key, true) {
             self.write_str(old, key, value);
@@ -81,6 +82,7 @@ impl FieldTags {
     }
 
     /// As [`put_with`](Self::put_with), for a key known not to be here yet.
+    #[cfg(feature = "tracing")]
     pub(crate) fn put_new_with(&mut self, key: &str, write: impl FnOnce(&mut dyn fmt::Write)) {
         if let Some(old) = self.slot(key, true) {
             self.write_with(old, key, write);

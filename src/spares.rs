@@ -36,20 +36,19 @@ thread_local! {
     static STASH: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
 }
 
-/// An empty buffer with room for `capacity` bytes: one from this thread's
-/// stash if the one on top is large enough, else a new one.
+/// An empty buffer with room for `capacity` bytes: the one on top of this
+/// thread's stash if it fits, else a new one. A spare fits when it holds
+/// `capacity` but not twice as much: a queued envelope's buffer is memory
+/// the byte budget (which counts encoded bytes) does not see, so a small
+/// envelope never keeps a large buffer. A spare that does not fit is let
+/// go, so that the stash keeps turning over.
 #[inline]
 pub(crate) fn buffer(capacity: usize) -> Vec<u8> {
     let spare = STASH
-        .try_with(|stash| {
-            let mut stash = stash.borrow_mut();
-            match stash.last() {
-                Some(top) if top.capacity() >= capacity => stash.pop(),
-                _ => None,
-            }
-        })
+        .try_with(|stash| stash.borrow_mut().pop())
         .ok()
-        .flatten();
+        .flatten()
+        .filter(|spare| (capacity..=2 * capacity).contains(&spare.capacity()));
     spare.unwrap_or_else(|| Vec::with_capacity(capacity))
 }
 
@@ -153,11 +152,13 @@ mod tests {
             spares.refill_stash();
             assert_eq!(spares.waiting(), MAGAZINE * (SPARE_MAGAZINES - 1));
             let reused = buffer(300);
-            assert!(reused.is_empty() && reused.capacity() >= 300);
-            // Larger than what the stash holds: a new one.
+            assert!(reused.is_empty() && reused.capacity() == 300);
+            // Larger than what a spare holds, or less than half: a new one
+            // (the spare is let go).
             assert!(buffer(5_000).capacity() >= 5_000);
-            for _ in 1..MAGAZINE {
-                buffer(10);
+            assert_eq!(buffer(100).capacity(), 100);
+            for _ in 3..MAGAZINE {
+                assert_eq!(buffer(200).capacity(), 300);
             }
             spares.refill_stash();
             assert_eq!(spares.waiting(), MAGAZINE * (SPARE_MAGAZINES - 2));

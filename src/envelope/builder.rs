@@ -244,6 +244,7 @@ impl<K> EnvelopeBuilder<K> {
 
     /// Adds a tag in place, for the bridges that add many in a loop: a
     /// chain of setters moves the builder at each one.
+    #[cfg(feature = "tracing")]
     #[inline]
     pub(crate) fn push_tag(&mut self, key: &[u8], value: &[u8]) {
         self.draft.tag(key, value);
