@@ -1,8 +1,9 @@
 //! At least once, streams are ended to be confirmed: a clean end says the
 //! agent read everything they carried. A stream is rotated once it has
-//! been used for `confirm_interval`, or at once when the replay buffer is
-//! full, and, at close, every stream is ended for good. What a failed
-//! confirmation carried is replayed.
+//! been used for `confirm_interval`, once it carries half the replay
+//! buffer, or at once when the replay buffer is full, and, at close, every
+//! stream is ended for good. What a failed confirmation carried is
+//! replayed.
 
 use std::time::Instant;
 
@@ -25,8 +26,13 @@ impl<T: Transport> Streams<T> {
         if stream.unconfirmed.is_empty() {
             return None;
         }
-        if self.replay_full() {
-            // Due already: confirming is the only way to make room.
+        if self.replay_full() || stream.unconfirmed_bytes() >= self.confirm_at_bytes {
+            // Due already: confirming is the only way to make room. Half
+            // the buffer is a stream's share: under a steady backlog the
+            // next stream is written while this one is confirmed, where
+            // waiting for the buffer to fill would stop writing for every
+            // confirmation (4% of the time in `cargo bench --bench
+            // throughput`, at twice as many rotations as it saves).
             return Some(stream.opened);
         }
         Some(stream.opened + self.confirm_interval)

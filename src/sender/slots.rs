@@ -39,6 +39,11 @@ impl<S> OpenStream<S> {
     pub fn is_idle(&self) -> bool {
         self.writing.is_none()
     }
+
+    /// The bytes of what it carried that is not yet confirmed.
+    pub fn unconfirmed_bytes(&self) -> usize {
+        self.unconfirmed.iter().map(|batch| batch.bytes.len()).sum()
+    }
 }
 
 /// A write the transport has not yet accepted.

@@ -41,6 +41,9 @@ pub(crate) struct Streams<T: Transport> {
     pub(super) delivery: Delivery,
     pub(super) write_timeout: Duration,
     pub(super) confirm_interval: Duration,
+    /// At least once: what a stream carries unconfirmed before it is
+    /// ended to be confirmed, half the replay buffer (see rotation.rs).
+    pub(super) confirm_at_bytes: usize,
     pub(super) confirm_timeout: Duration,
     pub(super) ledger: Ledger,
     pub(super) health: Health,
@@ -68,6 +71,7 @@ impl<T: Transport> Streams<T> {
             delivery: settings.delivery,
             write_timeout: settings.write_timeout,
             confirm_interval: settings.confirm_interval.min(LONGEST_WAIT),
+            confirm_at_bytes: settings.replay_buffer_bytes.div_ceil(2),
             confirm_timeout: settings.confirm_timeout,
             ledger: Ledger::new(
                 room,

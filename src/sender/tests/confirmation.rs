@@ -88,6 +88,44 @@ fn at_least_once_a_full_replay_buffer_confirms_at_once_instead_of_waiting() {
 }
 
 #[test]
+fn at_least_once_a_stream_carrying_half_the_replay_buffer_is_confirmed_while_the_next_is_written() {
+    // Confirmations never come: what is written is written while they wait.
+    let (_hold, script) = held_ends();
+    let settings = Settings {
+        delivery: Delivery::AtLeastOnce,
+        batch_max_envelopes: 1,
+        replay_buffer_bytes: 4 * one_log_bytes(),
+        ..settings()
+    };
+    let harness = start(settings, script);
+    // Numbered from 1: every one encodes to the same size.
+    for n in 1..=6 {
+        harness.emit(n);
+    }
+    let seen = harness.until_writes(4);
+    // Two batches, half the buffer, then a new stream takes the other half
+    // while the first waits to be confirmed; the rest waits for room.
+    assert_eq!(
+        seen.iter()
+            .filter(|s| !matches!(s, Seen::AtGate))
+            .collect::<Vec<_>>(),
+        [
+            &Seen::Opened,
+            &Seen::Batch(vec![1]),
+            &Seen::Batch(vec![2]),
+            &Seen::HalfClosed,
+            &Seen::Opened,
+            &Seen::Batch(vec![3]),
+            &Seen::Batch(vec![4]),
+        ],
+    );
+    // The buffer full, nothing more was written until close gave up.
+    let (_, rest, stats) = harness.close_within(Duration::from_millis(50));
+    assert_eq!(batches(&rest), Vec::<Vec<i64>>::new(), "{rest:?}");
+    assert_eq!((stats.sent, stats.dropped.gave_up), (0, 6), "{stats:?}");
+}
+
+#[test]
 fn at_least_once_close_gives_up_on_a_stream_whose_end_never_comes() {
     let (_hold, script) = held_ends();
     let settings = Settings {

@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use std::task::{Context, Poll};
 
 /// What the fake agent saw, sent to the test as it happens.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub(super) enum Seen {
     Opened,
     /// A write is waiting at the script's gate.
