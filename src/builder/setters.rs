@@ -177,7 +177,9 @@ impl IngressClientBuilder {
     }
 
     /// At least once: how long a stream is used before it is ended to
-    /// confirm what it carried (default [`DEFAULT_CONFIRM_INTERVAL`], 1 s).
+    /// confirm what it carried (default [`DEFAULT_CONFIRM_INTERVAL`], 1 s);
+    /// a stream that carries half of
+    /// [`replay_buffer_bytes`](Self::replay_buffer_bytes) is ended sooner.
     ///
     /// ```
     /// let builder = loggregator::IngressClient::builder()
@@ -190,8 +192,9 @@ impl IngressClientBuilder {
 
     /// At least once: the most encoded bytes written but not yet confirmed
     /// (default [`DEFAULT_REPLAY_BUFFER_BYTES`], 8 MiB; at least
-    /// `batch_max_bytes`). When it is full the client ends the stream to
-    /// confirm it and waits.
+    /// `batch_max_bytes`). A stream is ended to confirm it once it carries
+    /// half of this, and the next one is written meanwhile; when the buffer
+    /// is full the client waits for confirmations.
     ///
     /// ```
     /// let builder = loggregator::IngressClient::builder().replay_buffer_bytes(32 << 20);
