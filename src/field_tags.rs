@@ -7,7 +7,7 @@ use std::fmt;
 use std::ops::Range;
 
 use crate::client::IngressClient;
-use crate::wire::{Reader, framed_len, put_bytes, put_tag, put_varint};
+use crate::wire::{Reader, framed_len, put_bytes, put_tag, put_tag_entry, put_varint};
 
 /// The most tags a span's or an event's fields (`tracing`), or a record's
 /// key-values (`log`), add to one envelope; the rest are left off and
@@ -115,13 +115,7 @@ impl FieldTags {
                 let _ = text.write_str(value);
             });
         }
-        let (key, value) = (key.as_bytes(), value.as_bytes());
-        let entry_len = framed_len(key.len()) + framed_len(value.len());
-        self.encoded.reserve(framed_len(entry_len));
-        put_tag(&mut self.encoded, 9, 2);
-        put_varint(&mut self.encoded, entry_len as u64);
-        put_bytes(&mut self.encoded, 1, key);
-        put_bytes(&mut self.encoded, 2, value);
+        put_tag_entry(&mut self.encoded, key.as_bytes(), value.as_bytes());
         self.added(old);
     }
 

@@ -55,6 +55,18 @@ pub(crate) fn put_bytes(out: &mut Vec<u8>, field: u32, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
+/// Appends an entry of an envelope's `tags` map (field 9): a message of
+/// the key (1) and the value (2).
+#[inline(always)]
+pub(crate) fn put_tag_entry(out: &mut Vec<u8>, key: &[u8], value: &[u8]) {
+    let entry_len = framed_len(key.len()) + framed_len(value.len());
+    out.reserve(framed_len(entry_len));
+    put_tag(out, 9, 2);
+    put_varint(out, entry_len as u64);
+    put_bytes(out, 1, key);
+    put_bytes(out, 2, value);
+}
+
 /// Walks the fields of an encoded message: each tag with its contents (a
 /// varint's own bytes, a length-delimited field's contents).
 pub(crate) struct Reader<'a>(pub &'a [u8]);

@@ -6,7 +6,7 @@
 use std::marker::PhantomData;
 use std::sync::OnceLock;
 
-use crate::wire::{framed_len, put_bytes, put_tag, put_varint};
+use crate::wire::{put_bytes, put_tag, put_tag_entry, put_varint};
 
 use super::encoded::Encoded;
 use super::message::{self, Message};
@@ -128,13 +128,7 @@ impl Draft {
 
     #[inline(always)]
     fn tag(&mut self, key: &[u8], value: &[u8]) {
-        // A map entry: a message of the key (1) and the value (2).
-        let entry_len = framed_len(key.len()) + framed_len(value.len());
-        self.bytes.reserve(framed_len(entry_len));
-        put_tag(&mut self.bytes, 9, 2);
-        put_varint(&mut self.bytes, entry_len as u64);
-        put_bytes(&mut self.bytes, 1, key);
-        put_bytes(&mut self.bytes, 2, value);
+        put_tag_entry(&mut self.bytes, key, value);
         self.flags |= HAS_TAGS;
     }
 
