@@ -32,12 +32,14 @@ pub const MAX_FIELD_BYTES: usize = 1024;
 /// What the first tag reserves: room for a few short ones.
 const ENCODED_ROOM: usize = 128;
 
-/// Tags in the order they were first put, at most [`MAX_FIELD_TAGS`], each
+/// Tags in the order they were put, at most [`MAX_FIELD_TAGS`], each
 /// value at most [`MAX_FIELD_BYTES`], kept encoded as the envelope's `tags`
 /// map entries: a span's or an event's fields cost one allocation, each
 /// value is written once, where it is formatted, and the envelope takes
 /// them all in one copy. A key put again replaces its value (a span's
-/// field recorded twice), and costs no second slot.
+/// field recorded twice), which moves to the end, and costs no second
+/// slot; one put with `put_new` is not looked for (a key a callsite names
+/// twice is then sent twice, the last value winning where it is read).
 #[derive(Default)]
 pub(crate) struct FieldTags {
     encoded: Vec<u8>,

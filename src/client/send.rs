@@ -29,7 +29,10 @@ impl IngressClient {
     /// emit's counts in [`Stats`]; a failure counts in `errors`. It returns
     /// within `timeout` plus [`CLOSE_MARGIN`]: past its deadline it waits
     /// that much more for gRPC to let go of the batch, so the bytes it held
-    /// are back in `queued_bytes` when it returns.
+    /// are back in `queued_bytes` when it returns. gRPC does not retry it:
+    /// a call that meets the agent restarting fails (`UNAVAILABLE`), and
+    /// sending it again is the caller's choice, since the agent may have
+    /// read it.
     ///
     /// ```no_run
     /// # let client: loggregator::IngressClient = unimplemented!();

@@ -60,6 +60,8 @@ const HAS_TAGS: usize = 1 << 2;
 /// Made with [`CounterEnvelope::reset`], the only way to send a counter
 /// with `delta == 0 && total == 0`.
 const RESET: usize = 1 << 3;
+/// A log sent to stdout: its type field was taken out.
+const LOG_STDOUT: usize = 1 << 4;
 const KIND_SHIFT: u32 = 8;
 
 /// Room for the usual source ids, tags and timestamp after the message,
@@ -105,6 +107,13 @@ impl Draft {
     /// Marks a counter as a deliberate reset.
     pub(super) fn set_reset(&mut self) {
         self.flags |= RESET;
+    }
+
+    /// Sends a log to stderr (`ERR`) or stdout (`OUT`).
+    pub(super) fn set_log_stderr(&mut self, stderr: bool) {
+        let was_stderr = !self.has(LOG_STDOUT);
+        message::set_log_stderr(&mut self.message, &mut self.bytes, was_stderr, stderr);
+        self.set(LOG_STDOUT, !stderr);
     }
 
     #[inline(always)]

@@ -154,8 +154,7 @@ impl EnvelopeBuilder<kind::Log> {
     }
 
     fn log_stderr(mut self, stderr: bool) -> Self {
-        let draft = &mut self.draft;
-        message::set_log_stderr(&mut draft.message, &mut draft.bytes, stderr);
+        self.draft.set_log_stderr(stderr);
         self
     }
 }

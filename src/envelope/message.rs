@@ -129,14 +129,19 @@ pub(super) fn start_log(out: &mut Vec<u8>, payload: &[u8]) -> Message {
     message
 }
 
-/// Sets a log's type: `stderr` (ERR) is a field at the end of the body,
-/// `OUT` none.
-pub(super) fn set_log_stderr(message: &mut Message, bytes: &mut Vec<u8>, stderr: bool) {
+/// Sets a log's type, which is `was_stderr` now: `stderr` (ERR) is a
+/// field at the end of the body, `OUT` none. The caller keeps the type:
+/// the body's last bytes may be the payload's, whatever they look like.
+pub(super) fn set_log_stderr(
+    message: &mut Message,
+    bytes: &mut Vec<u8>,
+    was_stderr: bool,
+    stderr: bool,
+) {
     let body = message.body_len();
-    let has_type = message.body(bytes).ends_with(&LOG_TYPE_ERR);
-    match (stderr, has_type) {
-        (true, false) => message.append(bytes, &LOG_TYPE_ERR),
-        (false, true) => message.splice(bytes, body - LOG_TYPE_ERR.len()..body, &[]),
+    match (was_stderr, stderr) {
+        (false, true) => message.append(bytes, &LOG_TYPE_ERR),
+        (true, false) => message.splice(bytes, body - LOG_TYPE_ERR.len()..body, &[]),
         _ => {}
     }
 }
@@ -212,7 +217,8 @@ pub(super) fn put_gauge_metric(
             }
         }
     }
-    let value_len = string_len(unit) + if value.to_bits() == 0 { 0 } else { 9 };
+    // Zero is left out, as protobuf leaves it out (-0.0 with it).
+    let value_len = string_len(unit) + if value == 0.0 { 0 } else { 9 };
     let entry_len = 1 + varint_len(name.len() as u64) + name.len() + framed_len(value_len);
     let mut entry = Vec::with_capacity(1 + varint_len(entry_len as u64) + entry_len);
     put_tag(&mut entry, 1, 2);
@@ -221,7 +227,7 @@ pub(super) fn put_gauge_metric(
     put_tag(&mut entry, 2, 2);
     put_varint(&mut entry, value_len as u64);
     put_string(&mut entry, 1, unit);
-    if value.to_bits() != 0 {
+    if value != 0.0 {
         put_tag(&mut entry, 2, 1);
         entry.extend_from_slice(&value.to_le_bytes());
     }
@@ -321,6 +327,33 @@ mod tests {
                 assert_eq!(built(envelope.clone()), canonical(&envelope), "{envelope}");
             }
         }
+    }
+
+    #[test]
+    fn a_payload_that_ends_like_a_log_type_is_left_whole() {
+        // The bytes of the type field ERR, as a payload.
+        let payload = [2 << 3, 1];
+        let logs = [
+            Envelope::log(payload).stdout().stdout(),
+            Envelope::log(payload).stdout().stderr(),
+            Envelope::log(payload).stderr().stdout().stdout().stderr(),
+            Envelope::log(b"\x0a\x02\x10\x01").stdout(),
+        ];
+        for log in logs {
+            let log = log.timestamp(0).build();
+            assert_eq!(built(log.clone()), canonical(&log), "{log}");
+        }
+        let out = Envelope::log(payload).stdout().stdout().build();
+        assert_eq!(out.as_proto().log().payload, payload);
+        assert_eq!(
+            out.as_proto().log().type_.enum_value(),
+            Ok(pb::log::Type::OUT)
+        );
+        let err = Envelope::log(payload).stdout().stderr().build();
+        assert_eq!(
+            err.as_proto().log().type_.enum_value(),
+            Ok(pb::log::Type::ERR)
+        );
     }
 
     #[test]

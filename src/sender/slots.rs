@@ -26,6 +26,9 @@ pub(super) struct OpenStream<S> {
     /// The connection it rides (see [`Slots::connection`]).
     pub connection: u64,
     pub unconfirmed: Vec<Batch>,
+    /// The bytes of `unconfirmed`, kept as it grows: it is read at every
+    /// write, and a stream may carry thousands of small batches.
+    unconfirmed_bytes: usize,
     /// The batch whose write is in flight.
     pub writing: Option<Writing>,
 }
@@ -42,7 +45,13 @@ impl<S> OpenStream<S> {
 
     /// The bytes of what it carried that is not yet confirmed.
     pub fn unconfirmed_bytes(&self) -> usize {
-        self.unconfirmed.iter().map(|batch| batch.bytes.len()).sum()
+        self.unconfirmed_bytes
+    }
+
+    /// It carried `batch`, which waits for the stream to be confirmed.
+    pub fn carried(&mut self, batch: Batch) {
+        self.unconfirmed_bytes += batch.bytes.len();
+        self.unconfirmed.push(batch);
     }
 }
 
@@ -202,6 +211,7 @@ impl<S> Slots<S> {
                 opened: Instant::now(),
                 connection: self.connection,
                 unconfirmed: Vec::new(),
+                unconfirmed_bytes: 0,
                 writing: None,
             });
         }

@@ -348,7 +348,7 @@ impl<T: Transport> Streams<T> {
             return;
         };
         let isolate = batch.isolate;
-        stream.unconfirmed.push(batch);
+        stream.carried(batch);
         if isolate {
             self.rotate(slot);
         }

@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use futures::TryStreamExt;
 use grpcio::{
     CertificateRequestType, ChannelBuilder, ClientStreamingSink, Environment, Marshaller,
-    MessageReader, Method, MethodType, RequestStream, RpcContext, Server, ServerBuilder,
-    ServerCredentialsBuilder, Service, ServiceBuilder, UnarySink,
+    MessageReader, Method, MethodType, RequestStream, RpcContext, RpcStatus, RpcStatusCode, Server,
+    ServerBuilder, ServerCredentialsBuilder, Service, ServiceBuilder, UnarySink,
 };
 use protobuf::Message;
 
@@ -122,15 +122,17 @@ fn service(state: &Arc<State>) -> Service {
                   sink: ClientStreamingSink<BatchSenderResponse>| {
                 serve_stream(&ctx, state.clone(), stream, sink, |state, _, batch| {
                     let envelopes = if state.decode.load(Ordering::Relaxed) {
-                        // Decoded as a real agent does, then dropped; what
-                        // does not decode is not counted.
+                        // Decoded as a real agent does, then dropped; one
+                        // that does not decode ends the stream, as there.
                         EnvelopeBatch::parse_from_bytes(&batch.bytes)
-                            .map_or(0, |decoded| decoded.batch.len() as u64)
+                            .ok()?
+                            .batch
+                            .len() as u64
                     } else {
                         batch.envelopes
                     };
                     state.record.count(envelopes, batch.bytes.len());
-                    envelopes
+                    Some(envelopes)
                 })
             }
         })
@@ -146,7 +148,7 @@ fn service(state: &Arc<State>) -> Service {
                     state
                         .record
                         .read(Rpc::BatchSender, call, batch.batch, bytes);
-                    count
+                    Some(count)
                 })
             }
         })
@@ -165,7 +167,7 @@ fn service(state: &Arc<State>) -> Service {
                     |state, call, envelope| {
                         let bytes = envelope.compute_size() as usize;
                         state.record.read(Rpc::Sender, call, vec![envelope], bytes);
-                        1
+                        Some(1)
                     },
                 )
             }
@@ -185,14 +187,15 @@ fn service(state: &Arc<State>) -> Service {
 }
 
 /// Reads a client stream to its end, recording each message with `record`
-/// (which returns how many envelopes it held), then ends the call as the spy
-/// is told to.
+/// (which returns how many envelopes it held, or `None` for a message it
+/// could not read, which ends the call with INVALID_ARGUMENT), then ends
+/// the call as the spy is told to.
 fn serve_stream<Req, Resp>(
     ctx: &RpcContext<'_>,
     state: Arc<State>,
     mut stream: RequestStream<Req>,
     sink: ClientStreamingSink<Resp>,
-    record: fn(&State, u64, Req) -> u64,
+    record: fn(&State, u64, Req) -> Option<u64>,
 ) where
     Req: Send + 'static,
     Resp: Message + Send + 'static,
@@ -209,7 +212,15 @@ fn serve_stream<Req, Resp>(
                         state.record.end_stream();
                         return;
                     }
-                    let envelopes = record(&state, call, message);
+                    let Some(envelopes) = record(&state, call, message) else {
+                        let status = RpcStatus::with_message(
+                            RpcStatusCode::INVALID_ARGUMENT,
+                            "a batch that does not decode".into(),
+                        );
+                        let _ = sink.fail(status).await;
+                        state.record.end_stream();
+                        return;
+                    };
                     state.pacing.pace(envelopes);
                     state.pacing.stream_pace(&mut pace, envelopes).await;
                 }
