@@ -7,7 +7,7 @@ use std::fmt;
 use std::ops::Range;
 
 use crate::client::IngressClient;
-use crate::wire::{Reader, framed_len, put_bytes, put_tag, put_tag_entry, put_varint};
+use crate::wire::{Reader, framed_len, put_tag_entry, put_tag_entry_head, put_varint};
 
 /// The most tags a span's or an event's fields (`tracing`), or a record's
 /// key-values (`log`), add to one envelope; the rest are left off and
@@ -148,11 +148,7 @@ impl FieldTags {
             self.encoded[start + 1] = entry_len as u8;
         } else {
             let mut header = Vec::with_capacity(value_at - start + 8);
-            put_tag(&mut header, 9, 2);
-            put_varint(&mut header, entry_len as u64);
-            put_bytes(&mut header, 1, key.as_bytes());
-            put_tag(&mut header, 2, 2);
-            put_varint(&mut header, value_len as u64);
+            put_tag_entry_head(&mut header, key.as_bytes(), value_len);
             self.encoded.splice(start..value_at, header);
         }
         self.added(old);

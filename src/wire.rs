@@ -59,12 +59,20 @@ pub(crate) fn put_bytes(out: &mut Vec<u8>, field: u32, bytes: &[u8]) {
 /// the key (1) and the value (2).
 #[inline(always)]
 pub(crate) fn put_tag_entry(out: &mut Vec<u8>, key: &[u8], value: &[u8]) {
-    let entry_len = framed_len(key.len()) + framed_len(value.len());
-    out.reserve(framed_len(entry_len));
+    out.reserve(framed_len(framed_len(key.len()) + framed_len(value.len())));
+    put_tag_entry_head(out, key, value.len());
+    out.extend_from_slice(value);
+}
+
+/// Appends a `tags` map entry up to its value, a value of `value_len`
+/// bytes: what follows is the value.
+#[inline(always)]
+pub(crate) fn put_tag_entry_head(out: &mut Vec<u8>, key: &[u8], value_len: usize) {
     put_tag(out, 9, 2);
-    put_varint(out, entry_len as u64);
+    put_varint(out, (framed_len(key.len()) + framed_len(value_len)) as u64);
     put_bytes(out, 1, key);
-    put_bytes(out, 2, value);
+    put_tag(out, 2, 2);
+    put_varint(out, value_len as u64);
 }
 
 /// Walks the fields of an encoded message: each tag with its contents (a

@@ -95,21 +95,16 @@ impl Envelope {
         start: impl Into<UnixNanos>,
         stop: impl Into<UnixNanos>,
     ) -> TimerEnvelope {
-        let name = name.as_ref().as_bytes();
-        let (start, stop) = (start.into().as_i64(), stop.into().as_i64());
-        EnvelopeBuilder::new(EnvelopeKind::Timer, name.len(), |out| {
-            message::start_timer(out, name, start, stop)
-        })
+        let (start, stop) = (start.into(), stop.into());
+        timer_at(name.as_ref(), start, stop, UnixNanos::now())
     }
 
     /// A timer from `start` until now, stamped now: one clock read for the
     /// stop and the timestamp, for timers that end as they are sent (a
     /// span closing, a timer guard dropped).
     pub(crate) fn timer_until_now(name: &str, start: impl Into<UnixNanos>) -> TimerEnvelope {
-        let (start, now) = (start.into().as_i64(), UnixNanos::now());
-        EnvelopeBuilder::new_at(EnvelopeKind::Timer, name.len(), now, |out| {
-            message::start_timer(out, name.as_bytes(), start, now.as_i64())
-        })
+        let now = UnixNanos::now();
+        timer_at(name, start.into(), now, now)
     }
 
     /// An event with a title and a body.
@@ -124,6 +119,14 @@ impl Envelope {
             message::start_event(out, title, body)
         })
     }
+}
+
+/// A timer envelope stamped at `timestamp`.
+fn timer_at(name: &str, start: UnixNanos, stop: UnixNanos, timestamp: UnixNanos) -> TimerEnvelope {
+    let name = name.as_bytes();
+    EnvelopeBuilder::new_at(EnvelopeKind::Timer, name.len(), timestamp, |out| {
+        message::start_timer(out, name, start.as_i64(), stop.as_i64())
+    })
 }
 
 impl EnvelopeBuilder<kind::Log> {
@@ -171,8 +174,7 @@ impl EnvelopeBuilder<kind::Counter> {
     /// assert_eq!(env.as_proto().counter().delta, 1024);
     /// ```
     pub fn delta(mut self, delta: u64) -> Self {
-        let (_, total, _) = message::counter_numbers(&self.draft.message, &self.draft.bytes);
-        self.set_numbers(delta, total);
+        self.set_numbers(|_, total| (delta, total));
         self
     }
 
@@ -192,7 +194,7 @@ impl EnvelopeBuilder<kind::Counter> {
     /// assert_eq!((counter.delta, counter.total), (0, 3));
     /// ```
     pub fn total(mut self, total: u64) -> Self {
-        self.set_numbers(0, total);
+        self.set_numbers(|_, _| (0, total));
         self
     }
 
@@ -205,14 +207,14 @@ impl EnvelopeBuilder<kind::Counter> {
     /// assert_eq!((counter.delta, counter.total), (0, 0));
     /// ```
     pub fn reset(mut self) -> Self {
-        self.set_numbers(0, 0);
+        self.set_numbers(|_, _| (0, 0));
         self.draft.set_reset();
         self
     }
 
-    fn set_numbers(&mut self, delta: u64, total: u64) {
+    fn set_numbers(&mut self, numbers: impl FnOnce(u64, u64) -> (u64, u64)) {
         let draft = &mut self.draft;
-        message::set_counter_numbers(&mut draft.message, &mut draft.bytes, delta, total);
+        message::set_counter_numbers(&mut draft.message, &mut draft.bytes, numbers);
     }
 }
 

@@ -172,13 +172,14 @@ pub(super) fn counter_numbers(message: &Message, bytes: &[u8]) -> (u64, u64, usi
 }
 
 /// Re-encodes a counter's delta and total, which follow its name.
+/// `numbers` makes the new ones of the present delta and total.
 pub(super) fn set_counter_numbers(
     message: &mut Message,
     bytes: &mut Vec<u8>,
-    delta: u64,
-    total: u64,
+    numbers: impl FnOnce(u64, u64) -> (u64, u64),
 ) {
-    let (_, _, name_len) = counter_numbers(message, bytes);
+    let (delta, total, name_len) = counter_numbers(message, bytes);
+    let (delta, total) = numbers(delta, total);
     let mut numbers = Vec::with_capacity(22);
     put_number(&mut numbers, 2, delta);
     put_number(&mut numbers, 3, total);
