@@ -9,6 +9,7 @@ use log::{Level, LevelFilter, Log, Metadata, Record};
 use crate::client::IngressClient;
 use crate::envelope::Envelope;
 use crate::field_tags::FieldTags;
+use crate::queue::Pushed;
 use crate::source::SourceInfo;
 
 /// The tags the bridge sets itself; with [`LogBridge::with_location`], also
@@ -142,8 +143,8 @@ impl LogBridge {
         Ok(())
     }
 
-    /// The envelope for a record; what its key-values lost is counted.
-    fn envelope(&self, record: &Record<'_>) -> Envelope {
+    /// The envelope for a record, and what its key-values lost.
+    fn envelope(&self, record: &Record<'_>) -> (Envelope, FieldTags) {
         // A message without arguments is copied once, into the envelope.
         let log = match record.args().as_str() {
             Some(message) => Envelope::log(message),
@@ -177,8 +178,7 @@ impl LogBridge {
         // The visitor never fails: a source that does is sent with what it gave.
         let _ = record.key_values().visit(&mut key_values);
         log.push_tags(key_values.tags.encoded());
-        key_values.tags.count_losses(&self.client);
-        log.build_in_place()
+        (log.build_in_place(), key_values.tags)
     }
 }
 
@@ -201,7 +201,12 @@ impl Log for LogBridge {
             );
         }
         if !crate::is_internal(record.target()) {
-            self.client.emit(self.envelope(record));
+            let (envelope, tags) = self.envelope(record);
+            // What a dropped record lost is not counted: it is counted
+            // dropped, whole.
+            if self.client.emit_reporting(envelope) == Pushed::Queued {
+                tags.count_losses(&self.client);
+            }
         }
     }
 

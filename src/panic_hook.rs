@@ -12,6 +12,7 @@ use crate::client::IngressClient;
 use crate::envelope::{Envelope, EnvelopeBuilder};
 use crate::error::{Error, Result};
 use crate::policy::Overflow;
+use crate::queue::Pushed;
 use crate::source::SourceInfo;
 
 /// How long the hook waits, by default, for the agent to confirm a panic's
@@ -64,13 +65,17 @@ thread_local! {
 /// close. A send that fails leaves the envelopes in the queue instead.
 ///
 /// It never waits where waiting could hang: with a `flush_timeout` of
-/// zero, on the client's own threads (the sender, gRPC's, the pulse: they
-/// are what a wait would wait for) and after the client is closed it only
-/// queues, or drops and counts. It never runs inside itself, and it runs
-/// none of your code but the previous hook. A log that would not fit
-/// [`MAX_PANIC_LOG_BYTES`] or the client's `batch_max_bytes` (with its
-/// tags) is cut, the backtrace first, says so at its end, and is counted
-/// in [`Stats::values_cut`](crate::Stats::values_cut).
+/// zero and on the client's own threads (the sender, gRPC's, the pulse:
+/// they are what a wait would wait for) it only queues, or drops and
+/// counts. After the client is closed both envelopes are counted in
+/// [`Stats::emitted`](crate::Stats::emitted) and dropped as
+/// [`Dropped::closed`](crate::Dropped::closed): a panic is never lost
+/// unseen. It never runs inside itself, and it runs none of your code but
+/// the previous hook. A log that would not fit [`MAX_PANIC_LOG_BYTES`] or
+/// the client's `batch_max_bytes` (with its tags) is cut, the backtrace
+/// first, says so at its end, and, once sent or queued, is counted in
+/// [`Stats::values_cut`](crate::Stats::values_cut) (a dropped one is
+/// counted dropped only).
 ///
 /// Several hooks, of one client or of several, chain: each sends, then
 /// calls the one installed before it. The installed hook keeps a handle to
@@ -194,36 +199,53 @@ impl PanicHook {
         // three lengths around it (the payload's, the log's, the envelope's).
         let room = batch_max.saturating_sub(counter_bytes + log_bytes + 3 * 4);
         let (payload, cut) = panic.payload(room.min(MAX_PANIC_LOG_BYTES));
-        if cut {
-            self.client.count_cut_values(1);
-        }
         let log = self.stamp(Envelope::log(payload).stderr()).build();
         let envelopes = vec![log, counter];
-        if self.flush_timeout.is_zero() || crate::on_own_thread() {
-            return self.queue(envelopes, Duration::ZERO);
+        let log_kept = if self.flush_timeout.is_zero() || crate::on_own_thread() {
+            self.queue(envelopes, Duration::ZERO)
+        } else {
+            self.send_and_flush(envelopes)
+        };
+        // A cut log that was dropped is counted dropped, not cut.
+        if cut && log_kept {
+            self.client.count_cut_values(1);
         }
-        let started = Instant::now();
-        let left = || self.flush_timeout.saturating_sub(started.elapsed());
-        match self.client.send(envelopes.clone(), self.flush_timeout) {
-            Ok(()) => {}
-            Err(Error::Closed) => return,
-            // Queued, it still goes out if the process lives on.
-            Err(_) => self.queue(envelopes, left()),
-        }
-        // What the program said just before it panicked.
-        let _ = self.client.flush(left());
     }
 
-    /// Queues, waiting for room at most `wait`.
-    fn queue(&self, envelopes: Vec<Envelope>, wait: Duration) {
+    /// Sends the envelopes and waits for what was queued before them;
+    /// true if the log was sent or queued.
+    fn send_and_flush(&self, envelopes: Vec<Envelope>) -> bool {
+        let started = Instant::now();
+        let left = || self.flush_timeout.saturating_sub(started.elapsed());
+        let log_kept = match self.client.send(envelopes.clone(), self.flush_timeout) {
+            Ok(()) => true,
+            // Emitted on a closed client, they are dropped and counted
+            // (reason `closed`): a panic is never lost unseen.
+            Err(Error::Closed) => return self.queue(envelopes, Duration::ZERO),
+            // Queued, it still goes out if the process lives on.
+            Err(_) => self.queue(envelopes, left()),
+        };
+        // What the program said just before it panicked.
+        let _ = self.client.flush(left());
+        log_kept
+    }
+
+    /// Queues, waiting for room at most `wait`; true if the log (the first
+    /// envelope) went into the queue.
+    fn queue(&self, envelopes: Vec<Envelope>, wait: Duration) -> bool {
         let overflow = if wait.is_zero() {
             Overflow::DropNewest
         } else {
             Overflow::BlockFor(wait)
         };
-        for envelope in envelopes {
-            self.client.emit_as(envelope, overflow);
+        let mut log_queued = false;
+        for (index, envelope) in envelopes.into_iter().enumerate() {
+            let pushed = self.client.emit_as(envelope, overflow);
+            if index == 0 {
+                log_queued = pushed == Pushed::Queued;
+            }
         }
+        log_queued
     }
 
     fn stamp<K>(&self, mut builder: EnvelopeBuilder<K>) -> EnvelopeBuilder<K> {
@@ -507,6 +529,38 @@ mod tests {
         assert_eq!(stats.emitted, 4, "{stats:?}");
         assert_eq!(stats.dropped.total(), 0, "{stats:?}");
         let _ = client.close(Duration::from_millis(10));
+    }
+
+    /// After `close` nothing is sent and nothing waits, but the panic is
+    /// not lost unseen: both envelopes are emitted and dropped as
+    /// `closed`, and a cut log dropped is not counted as cut.
+    #[cfg(feature = "testing")]
+    #[test]
+    fn on_a_closed_client_both_envelopes_are_counted_dropped_as_closed() {
+        let certs = crate::spy::TestCerts::generate().unwrap();
+        let agent = crate::spy::SpyAgent::start(&certs).unwrap();
+        let client = IngressClient::builder()
+            .addr(agent.addr())
+            .tls(certs.client_tls().unwrap())
+            .build()
+            .unwrap();
+        client.close(Duration::from_secs(20)).unwrap();
+        let long = Duration::from_secs(60);
+        let waiting = PanicHook::new(client.clone()).flush_timeout(long);
+        let zero = PanicHook::new(client.clone()).flush_timeout(Duration::ZERO);
+        let too_long = "x".repeat(2 * MAX_PANIC_LOG_BYTES);
+        let started = Instant::now();
+        waiting.send(&panic(&too_long, 3));
+        zero.send(&panic(&too_long, 3));
+        assert!(started.elapsed() < long / 4, "{:?}", started.elapsed());
+        let stats = client.stats();
+        assert_eq!(
+            (stats.emitted, stats.dropped.closed, stats.dropped.total()),
+            (4, 4, 4),
+            "{stats:?}"
+        );
+        assert_eq!(stats.values_cut, 0, "{stats:?}");
+        assert!(agent.envelopes().is_empty());
     }
 
     #[test]

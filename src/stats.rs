@@ -48,20 +48,25 @@ pub struct Stats {
     /// Tags the tracing layer and the `log` bridge left off envelopes:
     /// fields or key-values beyond `MAX_FIELD_TAGS` on one span, event or
     /// record, and key-values named like a tag the bridge sets itself
-    /// (`level`, `target`). The envelopes themselves were sent.
+    /// (`level`, `target`). Counted only for envelopes that went into the
+    /// queue: one that was dropped counts in `dropped` alone.
     pub tags_dropped: u64,
     /// Field values and key-values the tracing layer and the `log` bridge
     /// cut to `MAX_FIELD_BYTES` (they end with `…`), and panic logs the
     /// panic hook cut to fit an envelope (they say so). An event's or a
-    /// record's message is never cut. The envelopes themselves were emitted.
+    /// record's message is never cut. Counted only for envelopes that went
+    /// into the queue (or, a panic's log, were sent): one that was dropped
+    /// counts in `dropped` alone.
     ///
     /// ```
     /// assert_eq!(loggregator::Stats::default().values_cut, 0);
     /// ```
     pub values_cut: u64,
     /// New series the metrics recorder (feature `metrics`) refused because
-    /// it already held `max_series` live ones; what was recorded on them was
-    /// not sent.
+    /// it already held `max_series` live ones, or because they would send a
+    /// gauge a live series sends (a gauge `h_sum` beside a histogram `h`
+    /// with the same labels, or the histogram beside the gauge); what was
+    /// recorded on them was not sent. One count per refused registration.
     ///
     /// ```
     /// assert_eq!(loggregator::Stats::default().series_dropped, 0);

@@ -11,6 +11,7 @@ use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::process::ProcessMeter;
 use crate::pulse::{Counter, Gauge, PulseCommand};
+use crate::queue::Pushed;
 use crate::sender::{Control, LONGEST_WAIT, deadline_after};
 use crate::stats::Stats;
 
@@ -81,15 +82,24 @@ impl IngressClient {
     /// client.emit(loggregator::Envelope::log("hello").source("my-app", "0"));
     /// ```
     pub fn emit(&self, envelope: impl Into<Envelope>) {
-        self.inner.queue.emit(envelope.into());
+        // Whether it went in is the bridges' concern only: the caller's
+        // `emit` returns nothing, and pays nothing for the answer.
+        let _ = self.inner.queue.emit(envelope.into());
+    }
+
+    /// As [`emit`](Self::emit), and says whether the envelope went into
+    /// the queue: a bridge counts what it left off an envelope's tags only
+    /// for envelopes that were queued.
+    pub(crate) fn emit_reporting(&self, envelope: Envelope) -> Pushed {
+        self.inner.queue.emit(envelope)
     }
 
     /// Queues an envelope, or drops and counts it, but never waits for
     /// room: `Block` and `BlockFor` act as `DropNewest`. For emits made
     /// from inside other code's callbacks (a tracing layer).
     #[cfg(feature = "tracing")]
-    pub(crate) fn emit_never_waiting(&self, envelope: Envelope) {
-        self.inner.queue.emit_never_waiting(envelope);
+    pub(crate) fn emit_never_waiting(&self, envelope: Envelope) -> Pushed {
+        self.inner.queue.emit_never_waiting(envelope)
     }
 
     /// Reports `source` with every pulse, and lets it do its upkeep every
@@ -139,8 +149,8 @@ impl IngressClient {
 
     /// Queues an envelope as `overflow` says, whatever the client's policy
     /// (the panic hook waits for room within its own time limit).
-    pub(crate) fn emit_as(&self, envelope: Envelope, overflow: crate::policy::Overflow) {
-        self.inner.queue.push(envelope, overflow);
+    pub(crate) fn emit_as(&self, envelope: Envelope, overflow: crate::policy::Overflow) -> Pushed {
+        self.inner.queue.push(envelope, overflow)
     }
 
     /// The bytes `envelope` takes in a unary send's batch once the client's

@@ -28,6 +28,7 @@ use crate::client::IngressClient;
 use crate::error::{Error, Result};
 
 mod cells;
+mod clash;
 mod fold;
 mod forget;
 mod gather;
@@ -150,7 +151,14 @@ const FOLD_INTERVAL: Duration = Duration::from_secs(1);
 /// (default [`DEFAULT_MAX_SERIES`]) series are live at once: beyond it a
 /// new series is not kept, what is recorded on it is not sent, and every
 /// such registration counts in
-/// [`Stats::series_dropped`](crate::Stats::series_dropped). Of forgotten
+/// [`Stats::series_dropped`](crate::Stats::series_dropped). A series that
+/// exists is never refused: new series are made one at a time, and a
+/// registration that finds its series missing looks again once it is its
+/// turn. Two series never send the same gauge: a gauge named `h_sum` with
+/// the labels of a live histogram `h` (or one of the histogram's quantile
+/// gauges), or the histogram beside such a gauge, would overwrite the
+/// other's metric in every pulse, so the one registered second is refused
+/// and counted there too. Of forgotten
 /// series the recorder remembers the value of `absolute` counters and the
 /// running sum of histograms (whose counts go on adding up at the agent),
 /// up to `max_series` of each, the longest forgotten let go first: a

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
 
+use super::clash::SeriesKind;
 use super::state::State;
 use super::{FOLD_INTERVAL, MetricsRecorder};
 
@@ -56,7 +57,12 @@ impl Recorder for MetricsRecorder {
             return Counter::from_arc(cell);
         }
         state
-            .admit(|| state.registry.get_or_create_counter(key, Arc::clone))
+            .admit(
+                key,
+                SeriesKind::Counter,
+                || state.registry.get_counter(key),
+                || state.registry.get_or_create_counter(key, Arc::clone),
+            )
             .map_or_else(Counter::noop, Counter::from_arc)
     }
 
@@ -68,7 +74,12 @@ impl Recorder for MetricsRecorder {
             return Gauge::from_arc(cell);
         }
         state
-            .admit(|| state.registry.get_or_create_gauge(key, Arc::clone))
+            .admit(
+                key,
+                SeriesKind::Gauge,
+                || state.registry.get_gauge(key),
+                || state.registry.get_or_create_gauge(key, Arc::clone),
+            )
             .map_or_else(Gauge::noop, Gauge::from_arc)
     }
 
@@ -80,7 +91,12 @@ impl Recorder for MetricsRecorder {
             return Histogram::from_arc(cell);
         }
         state
-            .admit(|| state.registry.get_or_create_histogram(key, Arc::clone))
+            .admit(
+                key,
+                SeriesKind::Histogram,
+                || state.registry.get_histogram(key),
+                || state.registry.get_or_create_histogram(key, Arc::clone),
+            )
             .map_or_else(Histogram::noop, Histogram::from_arc)
     }
 }

@@ -12,6 +12,7 @@ use parking_lot::Mutex;
 
 use super::Settings;
 use super::cells::{Ended, MADE_SERIES, PulseSide, SeriesStorage};
+use super::clash::SeriesKind;
 use super::forget::Memory;
 use crate::envelope::Envelope;
 use crate::pulse::PulseSource;
@@ -38,6 +39,13 @@ pub(super) struct State {
     pub leftovers: Mutex<Vec<Arc<CounterSeries>>>,
     pub idle_timeout: Duration,
     pub max_series: usize,
+    /// The histograms' quantiles and buckets, for what a new series sends.
+    pub settings: Settings,
+    /// Held while a new series is made: the check that it may be (the
+    /// cap, a clash) and its making are one step, so a thread that finds a
+    /// series missing and the cap reached waits for one making it instead
+    /// of refusing it.
+    pub making: Mutex<()>,
 }
 
 impl State {
@@ -47,6 +55,8 @@ impl State {
         State {
             idle_timeout: settings.idle_timeout,
             max_series: settings.max_series,
+            settings: settings.clone(),
+            making: Mutex::new(()),
             registry: Registry::new(SeriesStorage {
                 settings,
                 ended: ended.clone(),
@@ -70,11 +80,28 @@ impl State {
         }
     }
 
-    /// Runs `create` (a registry's `get_or_create`) if a series may be made,
-    /// and counts the refusal otherwise. The slot is taken before and given
-    /// back if another thread made the series first, so the cap is exact
-    /// however many threads register at once.
-    pub(super) fn admit<T>(&self, create: impl FnOnce() -> T) -> Option<T> {
+    /// The series for `key`: the one `existing` finds (a registry's `get`),
+    /// or one `create` makes (its `get_or_create`) if a series may be made,
+    /// counting the refusal otherwise. New series are made one at a time:
+    /// a registration that finds its series missing looks again under the
+    /// lock, so a series another thread made meanwhile is found, never
+    /// refused at the cap, and the cap stays exact however many threads
+    /// register at once.
+    pub(super) fn admit<T>(
+        &self,
+        key: &Key,
+        kind: SeriesKind,
+        existing: impl FnOnce() -> Option<T>,
+        create: impl FnOnce() -> T,
+    ) -> Option<T> {
+        let _one_at_a_time = self.making.lock();
+        if let Some(series) = existing() {
+            return Some(series);
+        }
+        if self.clashes(key, kind) {
+            self.counters.series_dropped.fetch_add(1, Relaxed);
+            return None;
+        }
         let reserved = self
             .live
             .fetch_update(Relaxed, Relaxed, |live| {

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 use metrics::{CounterFn, HistogramFn, Key};
 
 use super::cells::HistogramCell;
+use super::clash::SeriesKind;
 use super::fold::Folded;
 use super::labels::labels_of;
 use super::state::{Ending, State};
@@ -36,7 +37,12 @@ fn record(state: &State, key: &Key) -> Option<Arc<HistogramCell>> {
     if let Some(cell) = state.registry.get_histogram(key) {
         return Some(cell);
     }
-    state.admit(|| state.registry.get_or_create_histogram(key, Arc::clone))
+    state.admit(
+        key,
+        SeriesKind::Histogram,
+        || None,
+        || state.registry.get_or_create_histogram(key, Arc::clone),
+    )
 }
 
 fn quantile(envelopes: &[Envelope], q: &str) -> Option<f64> {
@@ -166,7 +172,12 @@ fn an_idle_series_is_kept_while_its_delta_may_come_back_or_a_handle_is_held() {
     let state = state(settings());
     let key = Key::from_name("hits");
     let cell = state
-        .admit(|| state.registry.get_or_create_counter(&key, Arc::clone))
+        .admit(
+            &key,
+            SeriesKind::Counter,
+            || None,
+            || state.registry.get_or_create_counter(&key, Arc::clone),
+        )
         .unwrap();
     cell.increment(2);
     let queued = state.gather(Ending::No);
@@ -210,7 +221,12 @@ fn what_is_remembered_of_forgotten_series_is_bounded() {
     for round in 0..10u64 {
         let key = Key::from_name(format!("absolute_{round}"));
         let cell = state
-            .admit(|| state.registry.get_or_create_counter(&key, Arc::clone))
+            .admit(
+                &key,
+                SeriesKind::Counter,
+                || None,
+                || state.registry.get_or_create_counter(&key, Arc::clone),
+            )
             .unwrap();
         cell.absolute(100 + round);
         drop(cell);
@@ -221,7 +237,12 @@ fn what_is_remembered_of_forgotten_series_is_bounded() {
     let resumed = |round: u64| {
         let key = Key::from_name(format!("absolute_{round}"));
         let cell = state
-            .admit(|| state.registry.get_or_create_counter(&key, Arc::clone))
+            .admit(
+                &key,
+                SeriesKind::Counter,
+                || None,
+                || state.registry.get_or_create_counter(&key, Arc::clone),
+            )
             .unwrap();
         cell.absolute(200);
         let report = sent(state.gather(Ending::No));
@@ -238,7 +259,12 @@ fn a_dropped_recorder_reports_once_then_only_deltas_that_come_back_then_finishes
     let state = state(settings());
     let key = Key::from_name("hits");
     let cell = state
-        .admit(|| state.registry.get_or_create_counter(&key, Arc::clone))
+        .admit(
+            &key,
+            SeriesKind::Counter,
+            || None,
+            || state.registry.get_or_create_counter(&key, Arc::clone),
+        )
         .unwrap();
     cell.increment(3);
     state.dropped.store(true, Relaxed);
@@ -281,7 +307,12 @@ fn dropped_recorders_leave_the_pulse() {
         pulses.add_source(state.clone());
         let key = Key::from_name("hits");
         let cell = state
-            .admit(|| state.registry.get_or_create_counter(&key, Arc::clone))
+            .admit(
+                &key,
+                SeriesKind::Counter,
+                || None,
+                || state.registry.get_or_create_counter(&key, Arc::clone),
+            )
             .unwrap();
         cell.increment(1);
         state.dropped.store(true, Relaxed);

@@ -101,6 +101,16 @@ pub(crate) struct Queue {
     stopped: AtomicBool,
 }
 
+/// What became of an envelope handed to the queue: the bridges count what
+/// they left off its tags only when it went in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Pushed {
+    /// It is in the queue, the sender thread's to deliver.
+    Queued,
+    /// It was dropped and counted in `stats().dropped`.
+    Dropped,
+}
+
 /// Why an envelope did not go into the queue.
 enum Refused {
     Full(Queued),
@@ -143,23 +153,23 @@ impl Queue {
 
     /// Queues an envelope, or drops and counts it, as the client's overflow
     /// policy says.
-    pub(crate) fn emit(&self, envelope: Envelope) {
-        self.push(envelope, self.settings.overflow);
+    pub(crate) fn emit(&self, envelope: Envelope) -> Pushed {
+        self.push(envelope, self.settings.overflow)
     }
 
     /// As [`emit`](Self::emit), but `Block` and `BlockFor` drop instead of waiting.
     #[cfg(feature = "tracing")]
-    pub(crate) fn emit_never_waiting(&self, envelope: Envelope) {
+    pub(crate) fn emit_never_waiting(&self, envelope: Envelope) -> Pushed {
         let overflow = match self.settings.overflow {
             Overflow::Block | Overflow::BlockFor(_) => Overflow::DropNewest,
             other => other,
         };
-        self.push(envelope, overflow);
+        self.push(envelope, overflow)
     }
 
     /// Queues an envelope, or drops and counts it, as `overflow` says.
-    pub(crate) fn push(&self, envelope: Envelope, overflow: Overflow) {
-        self.push_carried(envelope, overflow, None);
+    pub(crate) fn push(&self, envelope: Envelope, overflow: Overflow) -> Pushed {
+        self.push_carried(envelope, overflow, None)
     }
 
     /// As [`push`](Self::push), for a counter delta that must survive the
@@ -176,13 +186,13 @@ impl Queue {
         envelope: Envelope,
         overflow: Overflow,
         carried: Option<Carried>,
-    ) {
+    ) -> Pushed {
         let counted_before = self.counters.emitted.add(1);
         if self.closed.load(Ordering::Acquire) {
-            return self.drop_envelopes(DropReason::Closed, 1);
+            return self.refuse(DropReason::Closed);
         }
         if envelope.is_accidental_reset() {
-            return self.drop_envelopes(DropReason::ZeroCounter, 1);
+            return self.refuse(DropReason::ZeroCounter);
         }
         let envelope = envelope.into_encoded();
         let queued = Queued {
@@ -196,7 +206,7 @@ impl Queue {
             if let Some(carried) = queued.carried {
                 carried.never_fits();
             }
-            return self.drop_envelopes(DropReason::TooLarge, 1);
+            return self.refuse(DropReason::TooLarge);
         }
         let queued = match self.try_push(queued) {
             Ok(()) => {
@@ -210,14 +220,14 @@ impl Queue {
                 let _ = self.nudge.try_send(());
                 queued
             }
-            Err(Refused::Closed) => return self.drop_envelopes(DropReason::Closed, 1),
+            Err(Refused::Closed) => return self.refuse(DropReason::Closed),
         };
         match overflow {
-            Overflow::DropNewest => self.drop_envelopes(DropReason::QueueFull, 1),
+            Overflow::DropNewest => self.refuse(DropReason::QueueFull),
             Overflow::DropOldest => self.evict_oldest_for(queued),
             // Waiting here could wait on this very thread.
             Overflow::Block | Overflow::BlockFor(_) if crate::on_own_thread() => {
-                self.drop_envelopes(DropReason::QueueFull, 1)
+                self.refuse(DropReason::QueueFull)
             }
             Overflow::Block => self.block_for(queued, None),
             Overflow::BlockFor(wait) => self.block_for(queued, Some(wait)),
@@ -259,14 +269,23 @@ impl Queue {
         }
     }
 
-    /// After an envelope went into the queue.
-    fn queued(&self) {
+    /// Counts one envelope dropped for `reason`, the one being pushed.
+    fn refuse(&self, reason: DropReason) -> Pushed {
+        self.drop_envelopes(reason, 1);
+        Pushed::Dropped
+    }
+
+    /// After an envelope went into the queue: `Dropped` if the sender
+    /// thread had stopped, so that it was counted as left behind.
+    fn queued(&self) -> Pushed {
         // Pairs with the fence in `stopped`: either the closer's last drain
         // sees this envelope, or this sees `stopped`.
         fence(Ordering::SeqCst);
         if self.stopped.load(Ordering::Relaxed) {
             self.drain_leftovers();
+            return Pushed::Dropped;
         }
+        Pushed::Queued
     }
 
     /// Refuses later emits and releases waiting emitters.

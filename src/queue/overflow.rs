@@ -10,7 +10,7 @@ use crate::stats::DropReason;
 use crate::wire::framed_len;
 
 use super::room::Reservation;
-use super::{Queue, Queued, Refused};
+use super::{Pushed, Queue, Queued, Refused};
 
 /// How many envelopes one `DropOldest` emit evicts, beyond the bytes it
 /// needs, before it drops its own (other emitters may keep taking the room
@@ -23,16 +23,16 @@ impl Queue {
     /// room first. Envelopes the sender thread already holds cannot be
     /// evicted: when they alone leave no room, or none is left in the
     /// queue, the new one is dropped instead.
-    pub(super) fn evict_oldest_for(&self, mut queued: Queued) {
+    pub(super) fn evict_oldest_for(&self, mut queued: Queued) -> Pushed {
         let needed = queued.framed();
         if !self.room.evicting_can_fit(needed) {
-            return self.drop_envelopes(DropReason::QueueFull, 1);
+            return self.refuse(DropReason::QueueFull);
         }
         let mut evicted_bytes = 0;
         let mut evictions = 0;
         loop {
             let Ok(oldest) = self.leftovers.try_recv() else {
-                return self.drop_envelopes(DropReason::QueueFull, 1);
+                return self.refuse(DropReason::QueueFull);
             };
             evicted_bytes += oldest.framed();
             self.room.release(oldest.framed());
@@ -40,17 +40,17 @@ impl Queue {
             queued = match self.try_push(queued) {
                 Ok(()) => return self.queued(),
                 Err(Refused::Full(queued)) => queued,
-                Err(Refused::Closed) => return self.drop_envelopes(DropReason::Closed, 1),
+                Err(Refused::Closed) => return self.refuse(DropReason::Closed),
             };
             evictions += 1;
             if evictions >= MAX_EVICTIONS && evicted_bytes >= needed {
-                return self.drop_envelopes(DropReason::QueueFull, 1);
+                return self.refuse(DropReason::QueueFull);
             }
         }
     }
 
     /// Waits for room, at most `wait`, and never past the start of close.
-    pub(super) fn block_for(&self, queued: Queued, wait: Option<Duration>) {
+    pub(super) fn block_for(&self, queued: Queued, wait: Option<Duration>) -> Pushed {
         let mut queued = Some(queued);
         let outcome = self.wait_for_room(wait.map(crate::policy::deadline_after), || match queued
             .take()
@@ -65,8 +65,8 @@ impl Queue {
         });
         match outcome {
             Waited::Done => self.queued(),
-            Waited::Closed => self.drop_envelopes(DropReason::Closed, 1),
-            Waited::TimedOut => self.drop_envelopes(DropReason::QueueFull, 1),
+            Waited::Closed => self.refuse(DropReason::Closed),
+            Waited::TimedOut => self.refuse(DropReason::QueueFull),
         }
     }
 

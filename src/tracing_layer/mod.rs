@@ -18,6 +18,7 @@ use tracing_subscriber::registry::LookupSpan;
 
 use crate::client::IngressClient;
 use crate::envelope::{Envelope, EnvelopeBuilder};
+use crate::queue::Pushed;
 use crate::source::SourceInfo;
 
 use fields::Fields;
@@ -127,8 +128,12 @@ impl TracingLayer {
         builder
     }
 
-    fn emit(&self, envelope: Envelope) {
-        self.client.emit_never_waiting(envelope);
+    /// Queues the envelope; counts what its fields lost only if it went
+    /// in (a dropped envelope is counted dropped, whole).
+    fn emit(&self, envelope: Envelope, fields: &Fields) {
+        if self.client.emit_never_waiting(envelope) == Pushed::Queued {
+            fields.count_losses(&self.client);
+        }
     }
 }
 
@@ -227,8 +232,7 @@ where
             log.push_tag(b"trace_id", Hex::new(&ids.trace_id).digits());
             log.push_tag(b"span_id", Hex::new(&ids.span_id).digits());
         }
-        fields.count_losses(&self.client);
-        self.emit(log.build_in_place());
+        self.emit(log.build_in_place(), &fields);
     }
 
     fn on_close(&self, id: Id, ctx: Context<'_, S>) {
@@ -250,8 +254,7 @@ where
         if let Some(parent) = &ids.parent_span_id {
             timer.push_tag(b"parent_span_id", Hex::new(parent).digits());
         }
-        fields.count_losses(&self.client);
-        self.emit(timer.build_in_place());
+        self.emit(timer.build_in_place(), &fields);
     }
 }
 

@@ -3,6 +3,7 @@
 mod bad_input;
 mod batching;
 mod bounds;
+mod bridge_losses;
 mod common;
 mod connection_faults;
 mod delivery;
@@ -11,7 +12,9 @@ mod fault_proxy;
 mod faults;
 mod metrics;
 mod metrics_recorder;
+mod metrics_series_admission;
 mod pipe;
+mod pipe_multiline;
 mod properties;
 mod round_trip;
 mod spy;

@@ -184,8 +184,8 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
             Some(deadline) => lines.recv_deadline(deadline),
             None => lines.recv().map_err(|_| RecvTimeoutError::Disconnected),
         };
-        let mut line = match next {
-            Ok(Ok(line)) => line,
+        let (mut line, read_at) = match next {
+            Ok(Ok(read)) => read,
             Ok(Err(error)) => {
                 // Still close and report: what was read is not lost.
                 eprintln!("loggregator-pipe: reading input: {error}");
@@ -210,7 +210,12 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
         strip_line_ending(&mut line);
         match &mut joiner {
             Some(joiner) => {
-                if let Some(record) = joiner.push(line, Instant::now()) {
+                // Timed by when it was read, not when this loop got to it:
+                // a blocked emit must not make a late line join the record
+                // its timeout had already ended.
+                let ended = joiner.expire(read_at);
+                let completed = joiner.push(line, read_at);
+                for record in ended.into_iter().chain(completed) {
                     records += 1;
                     send(&record);
                 }
@@ -245,10 +250,11 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
 }
 
 /// Reads standard input on a thread of its own, so that a joined log can
-/// be sent when its time is up while no line comes. Each line keeps its
-/// line ending (for `--tee`); the channel ends with the input, after an
-/// error if reading failed.
-fn read_lines() -> crossbeam_channel::Receiver<std::io::Result<Vec<u8>>> {
+/// be sent when its time is up while no line comes, and so that each line
+/// is timed when it is read (up to [`LINES_AHEAD`] lines ahead of an emit
+/// that waits for room). Each line keeps its line ending (for `--tee`);
+/// the channel ends with the input, after an error if reading failed.
+fn read_lines() -> crossbeam_channel::Receiver<std::io::Result<(Vec<u8>, Instant)>> {
     let (lines, received) = crossbeam_channel::bounded(LINES_AHEAD);
     std::thread::spawn(move || {
         let stdin = std::io::stdin();
@@ -257,7 +263,7 @@ fn read_lines() -> crossbeam_channel::Receiver<std::io::Result<Vec<u8>>> {
             let mut line = Vec::new();
             let read = match input.read_until(b'\n', &mut line) {
                 Ok(0) => return,
-                Ok(_) => Ok(line),
+                Ok(_) => Ok((line, Instant::now())),
                 Err(error) => Err(error),
             };
             let failed = read.is_err();
