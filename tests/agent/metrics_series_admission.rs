@@ -15,7 +15,7 @@ use crate::common::{WAIT, setup};
 use crate::metrics::agent_totals;
 
 const THREADS: usize = 8;
-const ROUNDS: usize = 100;
+const ROUNDS: usize = 300;
 
 /// Each round a recorder with room for one series more, and threads that
 /// all register the same new counter at once: every one of them must get
