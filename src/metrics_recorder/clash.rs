@@ -23,8 +23,16 @@ type GaugeMetric = (String, SeriesLabels);
 
 impl State {
     /// Whether a new series for `key` would send a gauge metric that a live
-    /// series already sends. Counters send none.
+    /// series already sends, where a histogram takes part (two gauges with
+    /// one key are one series). Counters send none.
     pub(super) fn clashes(&self, key: &Key, kind: SeriesKind) -> bool {
+        // A gauge can only be a histogram's sum or quantile by its name or
+        // its labels: most new gauges look at no other series.
+        let maybe_histograms =
+            key.name().ends_with("_sum") || key.labels().any(|label| label.key() == "quantile");
+        if kind == SeriesKind::Gauge && !maybe_histograms {
+            return false;
+        }
         let wanted = self.gauge_metrics(key, kind);
         if wanted.is_empty() {
             return false;

@@ -17,7 +17,7 @@
 //! `state.rs` what the recorder and the pulses share; `gather.rs` one
 //! pulse's report; `forget.rs` idle series and what is remembered of them;
 //! `fold.rs` a histogram's values between pulses; `gauges.rs` gauges
-//! packed by label set.
+//! packed by label set; `clash.rs` the gauges two series would both send.
 
 use std::fmt;
 use std::sync::atomic::Ordering::Relaxed;
@@ -154,11 +154,11 @@ const FOLD_INTERVAL: Duration = Duration::from_secs(1);
 /// [`Stats::series_dropped`](crate::Stats::series_dropped). A series that
 /// exists is never refused: new series are made one at a time, and a
 /// registration that finds its series missing looks again once it is its
-/// turn. Two series never send the same gauge: a gauge named `h_sum` with
-/// the labels of a live histogram `h` (or one of the histogram's quantile
-/// gauges), or the histogram beside such a gauge, would overwrite the
-/// other's metric in every pulse, so the one registered second is refused
-/// and counted there too. Of forgotten
+/// turn. A histogram's gauges and a gauge never overwrite each other: a
+/// gauge named `h_sum` with the labels of a live histogram `h` (or named
+/// like one of its quantile gauges), or the histogram beside such a gauge,
+/// would overwrite the other's metric in every pulse, so the one
+/// registered second is refused and counted there too. Of forgotten
 /// series the recorder remembers the value of `absolute` counters and the
 /// running sum of histograms (whose counts go on adding up at the agent),
 /// up to `max_series` of each, the longest forgotten let go first: a

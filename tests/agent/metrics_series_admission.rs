@@ -1,6 +1,6 @@
 //! Which series the metrics recorder makes: a series that exists is never
 //! refused at the cap because threads registered it at once, and two
-//! series never send the same gauge (a histogram's `_sum` and a gauge of
+//! series never send the same gauge metric (a histogram's `_sum` and a gauge of
 //! that name with the same labels): the one registered second is refused
 //! and counted.
 
@@ -89,6 +89,8 @@ fn a_gauge_named_like_a_histograms_sum_and_the_histogram_never_overwrite_each_ot
         histogram!("mr_clash_a", "route" => "/x").record(2.0);
         histogram!("mr_clash_a", "route" => "/x").record(3.0);
         gauge!("mr_clash_a_sum", "route" => "/x").set(99.0);
+        // Named like one of its quantiles: refused too.
+        gauge!("mr_clash_a", "route" => "/x", "quantile" => "0.5").set(99.0);
         // The gauge first: the histogram is refused.
         gauge!("mr_clash_b_sum", "route" => "/x").set(7.0);
         histogram!("mr_clash_b", "route" => "/x").record(1000.0);
@@ -97,7 +99,7 @@ fn a_gauge_named_like_a_histograms_sum_and_the_histogram_never_overwrite_each_ot
     });
     let refused = client.stats().series_dropped;
     client.close(WAIT).unwrap();
-    assert_eq!(refused, 2, "the second of each pair");
+    assert_eq!(refused, 3, "the second of each pair");
     let received = setup.agent.envelopes();
     let on = |route: &str| -> Vec<pb::Envelope> {
         received
@@ -109,6 +111,13 @@ fn a_gauge_named_like_a_histograms_sum_and_the_histogram_never_overwrite_each_ot
     let (x, y) = (on("/x"), on("/y"));
     assert_eq!(gauge_values(&x, "mr_clash_a_sum"), vec![5.0], "{x:?}");
     assert!(has_counter(&x, "mr_clash_a_count"), "{x:?}");
+    let median: Vec<&pb::Envelope> = x
+        .iter()
+        .filter(|e| e.tags.get("quantile").map(String::as_str) == Some("0.5"))
+        .collect();
+    assert_eq!(median.len(), 1, "{x:?}");
+    let median = median[0].gauge().metrics["mr_clash_a"].value;
+    assert!((2.0..=3.0).contains(&median), "{median}");
     assert_eq!(gauge_values(&x, "mr_clash_b_sum"), vec![7.0], "{x:?}");
     assert!(!has_counter(&x, "mr_clash_b_count"), "{x:?}");
     assert_eq!(gauge_values(&y, "mr_clash_a_sum"), vec![6.0], "{y:?}");
