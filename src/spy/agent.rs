@@ -284,6 +284,19 @@ impl SpyAgent {
         self.state.record.look(|record| record.envelopes.clone())
     }
 
+    /// Every envelope read so far, in order, as the generated protobuf
+    /// messages: for a field the readable envelopes do not show.
+    ///
+    /// ```
+    /// # let certs = loggregator::spy::TestCerts::generate()?;
+    /// # let agent = loggregator::spy::SpyAgent::start(&certs)?;
+    /// assert!(agent.proto_envelopes().is_empty());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn proto_envelopes(&self) -> Vec<Envelope> {
+        self.state.record.look(|record| record.envelopes.clone())
+    }
+
     /// Every message read so far, in order.
     ///
     /// ```
@@ -324,6 +337,23 @@ impl SpyAgent {
             .record
             .wait_until(timeout, |record| record.envelopes.len() >= count);
         self.envelopes()
+    }
+
+    /// Waits as [`wait_for_envelopes`](Self::wait_for_envelopes) does;
+    /// returns the generated protobuf messages.
+    ///
+    /// ```
+    /// # let certs = loggregator::spy::TestCerts::generate()?;
+    /// # let agent = loggregator::spy::SpyAgent::start(&certs)?;
+    /// let got = agent.wait_for_proto_envelopes(0, std::time::Duration::from_secs(1));
+    /// assert!(got.is_empty());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn wait_for_proto_envelopes(&self, count: usize, timeout: Duration) -> Vec<Envelope> {
+        self.state
+            .record
+            .wait_until(timeout, |record| record.envelopes.len() >= count);
+        self.proto_envelopes()
     }
 
     /// How much has been read so far.
