@@ -248,11 +248,21 @@ impl From<pb::Envelope> for Envelope {
 /// ```
 impl std::fmt::Display for Envelope {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        describe(self.as_proto(), f)
+    }
+}
+
+/// An envelope's one readable line, for [`Envelope`]'s and the spy's
+/// received envelopes' `Display`.
+pub(crate) fn describe(env: &pb::Envelope, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         use pb::envelope::Message;
-        let env = self.as_proto();
-        let kind = match self.kind() {
-            Some(kind) => format!("{kind:?}").to_lowercase(),
-            None => "empty".to_string(),
+        let kind = match &env.message {
+            None => "empty",
+            Some(Message::Log(_)) => "log",
+            Some(Message::Counter(_)) => "counter",
+            Some(Message::Gauge(_)) => "gauge",
+            Some(Message::Timer(_)) => "timer",
+            Some(Message::Event(_)) => "event",
         };
         write!(f, "{kind} {}/{}", env.source_id, env.instance_id)?;
         match &env.message {
@@ -286,5 +296,4 @@ impl std::fmt::Display for Envelope {
             write!(f, " {{{}}}", tags.join(", "))?;
         }
         Ok(())
-    }
 }
