@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use ::metrics::{Unit, counter, describe_gauge, describe_histogram, gauge, histogram};
 use loggregator::proto::envelope as pb;
 use loggregator::spy::TestCerts;
-use loggregator::{Envelope, Error, IngressClient, MetricsRecorder, Overflow, SourceInfo};
+use loggregator::{
+    Envelope, Error, GlobalSlot, IngressClient, MetricsRecorder, Overflow, SourceInfo,
+};
 
 use crate::common::{
     WAIT, absent_agent, assert_closed_accounting, setup, start_agent, wait_for_stats,
@@ -534,10 +536,21 @@ fn install_sets_the_global_recorder_once_and_a_second_is_refused() {
         .install()
         .unwrap();
     let other = MetricsRecorder::new(client.clone()).install();
-    assert!(matches!(other, Err(Error::RecorderAlreadySet)), "{other:?}");
     assert!(
-        other.unwrap_err().to_string().contains("already installed"),
-        "readable"
+        matches!(
+            other,
+            Err(Error::AlreadyInstalled {
+                slot: GlobalSlot::MetricsRecorder,
+                holder: "a MetricsRecorder installed before",
+                ..
+            })
+        ),
+        "{other:?}"
+    );
+    let message = other.unwrap_err().to_string();
+    assert!(
+        message.starts_with("the `metrics` facade's global recorder is already set"),
+        "{message}"
     );
     std::thread::spawn(|| counter!("mr_global").increment(3))
         .join()
