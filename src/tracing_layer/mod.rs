@@ -13,6 +13,7 @@ mod span;
 
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Level, Subscriber};
+use tracing_log::NormalizeEvent;
 use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
 
@@ -204,11 +205,19 @@ where
     }
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
-        let metadata = event.metadata();
+        // A `log` record that tracing-log made an event (as
+        // tracing-subscriber's `init()` arranges) carries tracing-log's
+        // metadata, target `log`; the record's own target and level are
+        // what the tags and the check for our own diagnostics must see.
+        let log_record = event.normalized_metadata();
+        let metadata = log_record.as_ref().unwrap_or_else(|| event.metadata());
         if crate::is_internal(metadata.target()) {
             return;
         }
-        let mut fields = Fields::for_event();
+        let mut fields = match log_record {
+            Some(_) => Fields::for_log_record(),
+            None => Fields::for_event(),
+        };
         event.record(&mut fields);
         let ids = ctx
             .event_span(event)
