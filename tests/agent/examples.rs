@@ -24,7 +24,7 @@ fn example(name: &str) -> Command {
 }
 
 /// Runs an example with no arguments; what it printed, once it succeeded.
-fn successful_stdout(name: &str) -> String {
+pub(crate) fn successful_stdout(name: &str) -> String {
     let output = example(name).output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
