@@ -45,7 +45,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     client.emit(Envelope::timer("job", start, SystemTime::now()));
                 }
                 client.emit(Envelope::gauge().metric("backlog", 0.0, "count"));
-                client.emit(Envelope::event("worker finished", format!("worker {worker}")));
+                client.emit(Envelope::event(
+                    "worker finished",
+                    format!("worker {worker}"),
+                ));
             })
         })
         .collect();

@@ -75,14 +75,20 @@ fn both_facades_from_many_threads_arrive_once_each_without_feedback() {
     }
     for thread in 0..THREADS {
         for seq in 0..PER_THREAD {
-            for text in [format!("log {thread} {seq}"), format!("tracing {thread} {seq}")] {
+            for text in [
+                format!("log {thread} {seq}"),
+                format!("tracing {thread} {seq}"),
+            ] {
                 assert_eq!(seen.get(&text), Some(&1), "{text}");
             }
         }
     }
     let counts = agent.kind_counts();
     assert_eq!(counts.log as usize, 2 * THREADS * PER_THREAD, "{counts}");
-    assert_eq!(counts.timer as usize, THREADS, "one span a thread: {counts}");
+    assert_eq!(
+        counts.timer as usize, THREADS,
+        "one span a thread: {counts}"
+    );
 
     // A `log` record reads as the bridge would send it: its own target and
     // level, no tracing-log metadata as tags; and the trace it was in.

@@ -16,8 +16,7 @@ fn the_first_hour_program_runs_and_everything_arrives_once() {
     // gauge: each worker's backlog, `job_seconds_sum` and 3 quantiles;
     // timer: a timer a job and a span a worker; event: one a worker.
     assert_eq!(
-        received,
-        "received 321 envelopes: log=200 counter=5 gauge=8 timer=104 event=4; dropped 0",
+        received, "received 321 envelopes: log=200 counter=5 gauge=8 timer=104 event=4; dropped 0",
         "{stdout}"
     );
     assert_eq!(client, "client: sent 321 dropped 0 queued 0", "{stdout}");

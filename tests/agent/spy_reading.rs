@@ -81,12 +81,21 @@ fn every_kind_reads_field_by_field_and_counts_by_kind() {
             body: "v42"
         })
     );
-    assert_eq!(event.to_string(), "event / \"deploy\": \"v42\" {deployment=cf}");
+    assert_eq!(
+        event.to_string(),
+        "event / \"deploy\": \"v42\" {deployment=cf}"
+    );
     assert_eq!(event.proto().event().title, "deploy");
 
     let counts = setup.agent.kind_counts();
     assert_eq!(
-        (counts.log, counts.counter, counts.gauge, counts.timer, counts.event),
+        (
+            counts.log,
+            counts.counter,
+            counts.gauge,
+            counts.timer,
+            counts.event
+        ),
         (2, 1, 1, 1, 1)
     );
     assert_eq!(counts.of(EnvelopeKind::Log), 2);
