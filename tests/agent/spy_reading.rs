@@ -14,11 +14,7 @@ fn every_kind_reads_field_by_field_and_counts_by_kind() {
     let client = setup.builder().tag("deployment", "cf").build().unwrap();
     let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1);
     let stop = start + Duration::from_millis(3);
-    client.emit(
-        Envelope::log(b"out \xff".to_vec())
-            .source("app", "1")
-            .stdout(),
-    );
+    client.emit(Envelope::log(b"out \xff").source("app", "1").stdout());
     client.emit(Envelope::log("err"));
     client.emit(Envelope::counter("requests").delta(5));
     client.emit(
