@@ -41,6 +41,13 @@ use span::{Hex, LayerId, SpanIds, SpanState, parse_traceparent, random_id};
 ///   [`Dropped::too_large`](crate::Dropped::too_large), as any log), ERROR
 ///   and WARN to stderr (`ERR`), the rest `OUT`, tagged `level`, `target`,
 ///   each field, and its span's `trace_id` and `span_id`.
+/// - A `log` record that tracing-log made an event (as
+///   `tracing-subscriber`'s `init()` does with its default features) is
+///   sent as [`LogBridge`](crate::LogBridge) sends it: tagged with the
+///   record's own `level` and `target`, without tracing-log's `log.*`
+///   fields, plus its span's ids. So with `init()` one layer sends both
+///   facades and no `LogBridge` is installed (tracing-log does not carry a
+///   record's key-values).
 /// - Field tags are capped: [`MAX_FIELD_TAGS`](crate::MAX_FIELD_TAGS) per
 ///   envelope and [`MAX_FIELD_BYTES`](crate::MAX_FIELD_BYTES) per value;
 ///   what is left off or cut is counted in
