@@ -118,18 +118,7 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     let closed = client.close(Duration::from_secs(5));
     let stats = client.stats();
-    println!(
-        "emitted {} sent {} dropped {} ({:?}) batches {} errors {}",
-        stats.emitted,
-        stats.sent,
-        stats.dropped.total(),
-        stats.dropped,
-        stats.batches,
-        stats.errors
-    );
-    if let Some(error) = stats.last_error {
-        println!("last error: {error}");
-    }
+    println!("emitted {}: {stats}", stats.emitted);
     Ok(closed?)
 }
 

@@ -6,7 +6,7 @@
 use std::time::{Duration, SystemTime};
 
 use loggregator::spy::{SpyAgent, TestCerts};
-use loggregator::{Envelope, EnvelopeKind, IngressClient};
+use loggregator::{Envelope, IngressClient};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let certs = TestCerts::generate()?;
@@ -56,25 +56,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     client.close(Duration::from_secs(5))?;
     let stats = client.stats();
 
-    let received = agent.envelopes();
-    let mut counts = [0usize; 5];
-    for envelope in received {
-        let envelope = Envelope::from_proto(envelope);
-        let slot = match envelope.kind() {
-            Some(EnvelopeKind::Log) => 0,
-            Some(EnvelopeKind::Counter) => 1,
-            Some(EnvelopeKind::Gauge) => 2,
-            Some(EnvelopeKind::Timer) => 3,
-            Some(EnvelopeKind::Event) => 4,
-            _ => continue,
-        };
-        counts[slot] += 1;
+    for envelope in agent.envelopes() {
         println!("  {envelope}");
     }
-    let [log, counter, gauge, timer, event] = counts;
+    println!("client: {stats}");
+    let counts = agent.kind_counts();
     println!(
-        "received {} envelopes: log={log} counter={counter} gauge={gauge} timer={timer} event={event}; dropped {}",
-        counts.iter().sum::<usize>(),
+        "received {} envelopes: {counts}; dropped {}",
+        counts.total(),
         stats.dropped.total()
     );
     Ok(())

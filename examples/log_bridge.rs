@@ -27,7 +27,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // The bridge keeps a handle to the client: close it to deliver the rest.
     client.close(Duration::from_secs(5))?;
-    for envelope in agent.envelopes() {
+    for envelope in agent.proto_envelopes() {
         println!("  {}", Envelope::from_proto(envelope));
     }
     Ok(())

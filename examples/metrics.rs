@@ -48,7 +48,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Close sends the last pulse: everything recorded since the previous one.
     client.close(Duration::from_secs(5))?;
     let mut lines: Vec<String> = agent
-        .envelopes()
+        .proto_envelopes()
         .into_iter()
         .map(|envelope| Envelope::from_proto(envelope).to_string())
         .collect();

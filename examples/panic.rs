@@ -32,7 +32,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // The hook returned only once the agent had confirmed the log: it is
     // there now, without a flush or a close.
-    let received = agent.envelopes();
+    let received = agent.proto_envelopes();
     for envelope in &received {
         match &envelope.message {
             Some(loggregator::proto::envelope::envelope::Message::Log(log)) => {

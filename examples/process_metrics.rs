@@ -29,7 +29,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("worked: sum {sum}, buffer {} KiB", buffer.len() / 1024);
 
     client.close(Duration::from_secs(5))?;
-    for envelope in agent.envelopes() {
+    for envelope in agent.proto_envelopes() {
         println!("  {}", Envelope::from_proto(envelope));
     }
     Ok(())

@@ -63,13 +63,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     client.close(Duration::from_secs(5))?;
-    for envelope in agent.envelopes() {
+    for envelope in agent.proto_envelopes() {
         println!("  {}", Envelope::from_proto(envelope));
     }
     let stats = client.stats();
     println!(
         "received {} envelopes; dropped {}",
-        agent.envelopes().len(),
+        agent.proto_envelopes().len(),
         stats.dropped.total()
     );
     Ok(())

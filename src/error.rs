@@ -98,16 +98,71 @@ pub enum Error {
     #[error("cannot start the sender thread: {0}")]
     Spawn(#[source] std::io::Error),
 
-    /// A global `metrics` recorder is already installed (by this crate or
-    /// another); the facade takes one per process, so this one was not.
-    #[error(
-        "a global metrics recorder is already installed; the metrics facade takes one per process"
-    )]
-    RecorderAlreadySet,
+    /// An install found its process-wide slot taken: the `log` crate's
+    /// logger ([`LogBridge::install`](crate::LogBridge::install)) or the
+    /// `metrics` facade's recorder (`MetricsRecorder::install`, feature
+    /// `metrics`). Each takes one per process, so this one was not
+    /// installed; the message says what holds the slot, as far as the
+    /// crate can tell, and what to do instead.
+    ///
+    /// ```
+    /// use loggregator::{Error, GlobalSlot};
+    ///
+    /// struct Other;
+    /// impl log::Log for Other {
+    ///     fn enabled(&self, _: &log::Metadata<'_>) -> bool { false }
+    ///     fn log(&self, _: &log::Record<'_>) {}
+    ///     fn flush(&self) {}
+    /// }
+    /// log::set_logger(&Other).unwrap();
+    ///
+    /// let certs = loggregator::spy::TestCerts::generate()?;
+    /// let client = loggregator::IngressClient::builder().tls(certs.client_tls()?).build()?;
+    /// match loggregator::LogBridge::new(client).install() {
+    ///     Err(Error::AlreadyInstalled { slot: GlobalSlot::Logger, .. }) => {}
+    ///     other => panic!("unexpected: {other:?}"),
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[error("{slot} is already set, by {holder}, so this one was not installed: {instead}")]
+    AlreadyInstalled {
+        /// The slot that was taken.
+        slot: GlobalSlot,
+        /// What holds it, as far as the crate can tell.
+        holder: &'static str,
+        /// What to do instead.
+        instead: &'static str,
+    },
 
     /// The client was closed; nothing more can be sent with it.
     #[error("the client is closed")]
     Closed,
+}
+
+/// A process-wide slot that one of the crate's integrations installs
+/// itself in, named by [`Error::AlreadyInstalled`].
+///
+/// ```
+/// assert_eq!(loggregator::GlobalSlot::Logger.to_string(), "the `log` crate's logger");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum GlobalSlot {
+    /// The `log` crate's logger, which `log::set_logger` sets once per
+    /// process.
+    Logger,
+    /// The `metrics` facade's global recorder, which
+    /// `metrics::set_global_recorder` sets once per process.
+    MetricsRecorder,
+}
+
+impl std::fmt::Display for GlobalSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            GlobalSlot::Logger => "the `log` crate's logger",
+            GlobalSlot::MetricsRecorder => "the `metrics` facade's global recorder",
+        })
+    }
 }
 
 fn hint_suffix(hint: &Option<String>) -> String {

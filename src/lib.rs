@@ -102,6 +102,17 @@ mod wire;
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod spy;
 
+// The complete programs in the README and docs/integrations.md run as doc
+// tests, so the docs cannot drift from the code; their fragments, which
+// need a client from the text around them, are marked `ignore`.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeExamples;
+
+#[cfg(doctest)]
+#[doc = include_str!("../docs/integrations.md")]
+struct IntegrationsExamples;
+
 pub use builder::{
     AGENT_MAX_MESSAGE_BYTES, DEFAULT_ADDR, DEFAULT_BATCH_MAX_BYTES, DEFAULT_BATCH_MAX_ENVELOPES,
     DEFAULT_CLOSE_ON_DROP_TIMEOUT, DEFAULT_CONFIRM_INTERVAL, DEFAULT_FLUSH_INTERVAL,
@@ -115,7 +126,7 @@ pub use envelope::{
     CounterEnvelope, Envelope, EnvelopeBuilder, EnvelopeKind, EventEnvelope, GaugeEnvelope,
     LogEnvelope, TimerEnvelope, UnixNanos, kind,
 };
-pub use error::{Error, Result};
+pub use error::{Error, GlobalSlot, Result};
 pub use field_tags::{MAX_FIELD_BYTES, MAX_FIELD_TAGS};
 pub use log_bridge::LogBridge;
 #[cfg(feature = "metrics")]

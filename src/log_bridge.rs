@@ -2,12 +2,14 @@
 //! its key-values as tags.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use log::kv::{Key, Value, VisitSource};
 use log::{Level, LevelFilter, Log, Metadata, Record};
 
 use crate::client::IngressClient;
 use crate::envelope::Envelope;
+use crate::error::{Error, GlobalSlot};
 use crate::field_tags::FieldTags;
 use crate::queue::Pushed;
 use crate::source::SourceInfo;
@@ -52,8 +54,7 @@ const LOCATION_TAGS: [&str; 3] = ["module", "file", "line"];
 ///     .level(log::LevelFilter::Info)
 ///     .source(SourceInfo::new("my-app", "0"))
 ///     .echo_to_stderr(true)
-///     .install()
-///     .expect("no other logger is installed");
+///     .install()?; // Error::AlreadyInstalled when another logger is set
 /// log::info!("hello from the log crate");
 /// # Ok::<(), loggregator::Error>(())
 /// ```
@@ -129,16 +130,31 @@ impl LogBridge {
     }
 
     /// Installs the bridge as the process's logger and sets `log`'s maximum
-    /// level; fails if a logger is already installed.
+    /// level. `log` takes one logger per process: when one is set already
+    /// this fails with [`Error::AlreadyInstalled`], naming the slot, what
+    /// holds it as far as can be told, and what to do instead. A program
+    /// that also uses `tracing` with `tracing-subscriber`'s default
+    /// features installs no `LogBridge`: its `init()` sets tracing-log's
+    /// logger, which hands `log` records to the
+    /// [`TracingLayer`](https://docs.rs/loggregator/latest/loggregator/struct.TracingLayer.html)
+    /// (docs/integrations.md, "`log` and `tracing` in one program").
     ///
     /// ```no_run
     /// # let client: loggregator::IngressClient = unimplemented!();
-    /// loggregator::LogBridge::new(client).install().expect("first logger");
+    /// loggregator::LogBridge::new(client).install()?;
+    /// # Ok::<(), loggregator::Error>(())
     /// ```
-    pub fn install(self) -> Result<(), log::SetLoggerError> {
+    pub fn install(self) -> Result<(), Error> {
+        // Whether the slot is ours, for the error of a second install.
+        static INSTALLED: AtomicBool = AtomicBool::new(false);
         let level = self.level;
-        // The logger lives for the rest of the process, as `log` requires.
-        log::set_logger(Box::leak(Box::new(self)))?;
+        // The logger lives for the rest of the process, as `log` requires;
+        // a refused one is dropped, and its handle with it, so the client
+        // can still close when the program drops its own handles.
+        if log::set_boxed_logger(Box::new(self)).is_err() {
+            return Err(logger_taken(INSTALLED.load(Ordering::Acquire)));
+        }
+        INSTALLED.store(true, Ordering::Release);
         log::set_max_level(level);
         Ok(())
     }
@@ -211,6 +227,42 @@ impl Log for LogBridge {
     }
 
     fn flush(&self) {}
+}
+
+/// The error of an install that found `log`'s logger set: by a bridge of
+/// ours, or by another logger, most often tracing-log's, which
+/// `tracing-subscriber`'s `init()` sets with its default features.
+fn logger_taken(by_a_bridge: bool) -> Error {
+    if by_a_bridge {
+        return Error::AlreadyInstalled {
+            slot: GlobalSlot::Logger,
+            holder: "a LogBridge installed before",
+            instead: "a process has one `log` logger: install one LogBridge",
+        };
+    }
+    let tracing_set = tracing_dispatcher_set();
+    Error::AlreadyInstalled {
+        slot: GlobalSlot::Logger,
+        holder: if tracing_set {
+            "another logger, most likely tracing-log's, which tracing-subscriber's `init()` sets \
+             with its default features"
+        } else {
+            "another logger"
+        },
+        instead: "with tracing-subscriber's `init()` and a TracingLayer, `log` records already \
+                  reach the client through the layer: leave the LogBridge out; otherwise \
+                  install the LogBridge before any other logger",
+    }
+}
+
+#[cfg(feature = "tracing")]
+fn tracing_dispatcher_set() -> bool {
+    tracing::dispatcher::has_been_set()
+}
+
+#[cfg(not(feature = "tracing"))]
+fn tracing_dispatcher_set() -> bool {
+    false
 }
 
 /// A record's key-values as capped tags.

@@ -1,5 +1,6 @@
 //! Delivery counters shared by the handle and the sender thread, and their snapshot.
 
+use std::fmt;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 use crossbeam_utils::CachePadded;
@@ -112,6 +113,87 @@ impl Dropped {
     /// ```
     pub fn total(&self) -> u64 {
         self.queue_full + self.too_large + self.closed + self.gave_up + self.zero_counter
+    }
+}
+
+impl Dropped {
+    /// Each reason with its count, named as the self-metrics' `reason` tag.
+    fn by_reason(&self) -> [(&'static str, u64); 5] {
+        [
+            ("queue_full", self.queue_full),
+            ("too_large", self.too_large),
+            ("closed", self.closed),
+            ("gave_up", self.gave_up),
+            ("zero_counter", self.zero_counter),
+        ]
+    }
+}
+
+/// The total, then the reasons that are not zero:
+/// `3 (queue_full 2, too_large 1)`, or `0`.
+///
+/// ```
+/// let mut dropped = loggregator::Dropped::default();
+/// assert_eq!(dropped.to_string(), "0");
+/// dropped.queue_full = 2;
+/// dropped.too_large = 1;
+/// assert_eq!(dropped.to_string(), "3 (queue_full 2, too_large 1)");
+/// ```
+impl fmt::Display for Dropped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.total())?;
+        let mut reasons = self.by_reason().into_iter().filter(|(_, n)| *n > 0);
+        if let Some((reason, count)) = reasons.next() {
+            write!(f, " ({reason} {count}")?;
+            for (reason, count) in reasons {
+                write!(f, ", {reason} {count}")?;
+            }
+            f.write_str(")")?;
+        }
+        Ok(())
+    }
+}
+
+/// A short summary on one line: what was sent, what was dropped and why
+/// (the reasons that are not zero), what is queued, then what is not zero
+/// of in flight, errors, reconnects and replayed, and the last error.
+/// `{:?}` shows every field.
+///
+/// ```
+/// let mut stats = loggregator::Stats::default();
+/// stats.emitted = 125;
+/// stats.sent = 120;
+/// stats.dropped.queue_full = 5;
+/// assert_eq!(stats.to_string(), "sent 120 dropped 5 (queue_full 5) queued 0");
+/// stats.errors = 1;
+/// stats.last_error = Some("agent at localhost:3458: UNAVAILABLE".into());
+/// assert_eq!(
+///     stats.to_string(),
+///     "sent 120 dropped 5 (queue_full 5) queued 0 errors 1; last error: agent at localhost:3458: UNAVAILABLE"
+/// );
+/// ```
+impl fmt::Display for Stats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "sent {} dropped {} queued {}",
+            self.sent, self.dropped, self.queued
+        )?;
+        let rare = [
+            ("in flight", self.in_flight),
+            ("errors", self.errors),
+            ("reconnects", self.reconnects),
+            ("replayed", self.replayed),
+        ];
+        for (name, count) in rare {
+            if count > 0 {
+                write!(f, " {name} {count}")?;
+            }
+        }
+        if let Some(error) = &self.last_error {
+            write!(f, "; last error: {error}")?;
+        }
+        Ok(())
     }
 }
 

@@ -208,7 +208,7 @@ fn a_logger_feeding_the_client_under_block_never_deadlocks_its_threads() {
         stats.sent + stats.dropped.total(),
         "{stats:?}"
     );
-    assert_eq!(agent.envelopes().len() as u64, stats.sent);
+    assert_eq!(agent.proto_envelopes().len() as u64, stats.sent);
 }
 
 #[test]
@@ -335,7 +335,7 @@ fn the_tracing_layer_sends_nothing_recorded_on_the_clients_threads_but_a_user_th
     let _ = away.close(Duration::from_millis(100));
     traced.close(WAIT).unwrap();
     let payloads: Vec<String> = agent
-        .envelopes()
+        .proto_envelopes()
         .iter()
         .map(|e| String::from_utf8_lossy(&e.log().payload).into_owned())
         .collect();
@@ -379,7 +379,7 @@ fn the_metrics_recorder_keeps_nothing_recorded_on_the_clients_threads_but_a_user
     let _ = away.close(Duration::from_millis(100));
     counted.close(WAIT).unwrap();
     let names: Vec<String> = agent
-        .envelopes()
+        .proto_envelopes()
         .iter()
         .map(|e| e.counter().name.clone())
         .collect();
@@ -411,7 +411,7 @@ fn a_metrics_handle_taken_on_a_program_thread_records_nothing_on_the_clients_thr
     let _ = away.close(Duration::from_millis(100));
     counted.close(WAIT).unwrap();
     let deltas: Vec<u64> = agent
-        .envelopes()
+        .proto_envelopes()
         .iter()
         .map(|e| e.counter().delta)
         .collect();

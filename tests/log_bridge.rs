@@ -62,7 +62,7 @@ fn records_become_log_envelopes_and_the_clients_own_never_feed_back() {
     let _ = unreachable.close(Duration::from_millis(300));
 
     client.close(WAIT).unwrap();
-    let received = agent.envelopes();
+    let received = agent.proto_envelopes();
     let payloads: Vec<String> = received
         .iter()
         .map(|e| String::from_utf8_lossy(&e.log().payload).into_owned())

@@ -184,7 +184,7 @@ impl Agent {
             status,
             stdout,
             stderr,
-            received: self.spy.envelopes(),
+            received: self.spy.proto_envelopes(),
         }
     }
 }

@@ -50,5 +50,5 @@ fn an_emitter_waiting_for_more_than_half_the_byte_budget_does_not_make_the_clien
     );
     emitter.join().unwrap();
     client.close(Duration::from_secs(20)).unwrap();
-    assert_eq!(agent.envelopes().len(), 3);
+    assert_eq!(agent.proto_envelopes().len(), 3);
 }

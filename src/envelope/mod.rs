@@ -248,43 +248,50 @@ impl From<pb::Envelope> for Envelope {
 /// ```
 impl std::fmt::Display for Envelope {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        use pb::envelope::Message;
-        let env = self.as_proto();
-        let kind = match self.kind() {
-            Some(kind) => format!("{kind:?}").to_lowercase(),
-            None => "empty".to_string(),
-        };
-        write!(f, "{kind} {}/{}", env.source_id, env.instance_id)?;
-        match &env.message {
-            Some(Message::Log(log)) => {
-                let stream = match log.type_.enum_value() {
-                    Ok(pb::log::Type::OUT) => "OUT",
-                    _ => "ERR",
-                };
-                write!(f, " {stream} \"{}\"", log.payload.escape_ascii())?;
-            }
-            Some(Message::Counter(c)) => {
-                write!(f, " {} delta={} total={}", c.name, c.delta, c.total)?
-            }
-            Some(Message::Gauge(g)) => {
-                let mut metrics: Vec<_> = g.metrics.iter().collect();
-                metrics.sort_by(|a, b| a.0.cmp(b.0));
-                for (name, metric) in metrics {
-                    write!(f, " {name}={}[{}]", metric.value, metric.unit)?;
-                }
-            }
-            Some(Message::Timer(t)) => {
-                write!(f, " {} {}ns", t.name, t.stop.saturating_sub(t.start))?;
-            }
-            Some(Message::Event(e)) => write!(f, " \"{}\": \"{}\"", e.title, e.body)?,
-            None => {}
-        }
-        let mut tags: Vec<_> = env.tags.iter().collect();
-        tags.sort();
-        if !tags.is_empty() {
-            let tags: Vec<String> = tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            write!(f, " {{{}}}", tags.join(", "))?;
-        }
-        Ok(())
+        describe(self.as_proto(), f)
     }
+}
+
+/// An envelope's one readable line, for [`Envelope`]'s and the spy's
+/// received envelopes' `Display`.
+pub(crate) fn describe(env: &pb::Envelope, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    use pb::envelope::Message;
+    let kind = match &env.message {
+        None => "empty",
+        Some(Message::Log(_)) => "log",
+        Some(Message::Counter(_)) => "counter",
+        Some(Message::Gauge(_)) => "gauge",
+        Some(Message::Timer(_)) => "timer",
+        Some(Message::Event(_)) => "event",
+    };
+    write!(f, "{kind} {}/{}", env.source_id, env.instance_id)?;
+    match &env.message {
+        Some(Message::Log(log)) => {
+            let stream = match log.type_.enum_value() {
+                Ok(pb::log::Type::OUT) => "OUT",
+                _ => "ERR",
+            };
+            write!(f, " {stream} \"{}\"", log.payload.escape_ascii())?;
+        }
+        Some(Message::Counter(c)) => write!(f, " {} delta={} total={}", c.name, c.delta, c.total)?,
+        Some(Message::Gauge(g)) => {
+            let mut metrics: Vec<_> = g.metrics.iter().collect();
+            metrics.sort_by(|a, b| a.0.cmp(b.0));
+            for (name, metric) in metrics {
+                write!(f, " {name}={}[{}]", metric.value, metric.unit)?;
+            }
+        }
+        Some(Message::Timer(t)) => {
+            write!(f, " {} {}ns", t.name, t.stop.saturating_sub(t.start))?;
+        }
+        Some(Message::Event(e)) => write!(f, " \"{}\": \"{}\"", e.title, e.body)?,
+        None => {}
+    }
+    let mut tags: Vec<_> = env.tags.iter().collect();
+    tags.sort();
+    if !tags.is_empty() {
+        let tags: Vec<String> = tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        write!(f, " {{{}}}", tags.join(", "))?;
+    }
+    Ok(())
 }

@@ -341,9 +341,10 @@ impl MetricsRecorder {
     }
 
     /// Installs the recorder as the `metrics` facade's global recorder.
-    /// Returns [`Error::RecorderAlreadySet`] when one is installed already
-    /// (the facade takes one per process); what is recorded before this
-    /// call is lost, as with any recorder.
+    /// Returns [`Error::AlreadyInstalled`] when one is installed already
+    /// (the facade takes one per process), saying whether it is a
+    /// `MetricsRecorder` and what to do instead; what is recorded before
+    /// this call is lost, as with any recorder.
     ///
     /// ```no_run
     /// # let client: loggregator::IngressClient = unimplemented!();
@@ -351,7 +352,28 @@ impl MetricsRecorder {
     /// # Ok::<(), loggregator::Error>(())
     /// ```
     pub fn install(self) -> Result<()> {
-        metrics::set_global_recorder(self).map_err(|_| Error::RecorderAlreadySet)
+        // Whether the slot is ours, for the error of a second install.
+        static INSTALLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if metrics::set_global_recorder(self).is_err() {
+            return Err(if INSTALLED.load(std::sync::atomic::Ordering::Acquire) {
+                Error::AlreadyInstalled {
+                    slot: crate::GlobalSlot::MetricsRecorder,
+                    holder: "a MetricsRecorder installed before",
+                    instead: "the facade takes one recorder per process: install one \
+                              MetricsRecorder, or use another with `metrics::with_local_recorder`",
+                }
+            } else {
+                Error::AlreadyInstalled {
+                    slot: crate::GlobalSlot::MetricsRecorder,
+                    holder: "another recorder",
+                    instead: "the facade takes one recorder per process: install the \
+                              MetricsRecorder instead of the other one, or both behind \
+                              metrics-util's `FanoutBuilder`",
+                }
+            });
+        }
+        INSTALLED.store(true, std::sync::atomic::Ordering::Release);
+        Ok(())
     }
 }
 

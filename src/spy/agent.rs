@@ -14,6 +14,7 @@ use crate::proto::envelope::Envelope;
 
 use super::certs::TestCerts;
 use super::faults::{StatusCode, StreamEnd};
+use super::received::{KindCounts, ReceivedEnvelope};
 use super::record::{ReceivedBatch, SpyCounts};
 use super::service::{ServerConfig, State, serve, stop};
 
@@ -272,7 +273,9 @@ impl SpyAgent {
         self.state.faults.set_stream_end(end);
     }
 
-    /// Every envelope read so far, in order.
+    /// Every envelope read so far, in order, to read field by field (see
+    /// [`ReceivedEnvelope`]); [`proto_envelopes`](Self::proto_envelopes)
+    /// gives the generated protobuf messages.
     ///
     /// ```
     /// # let certs = loggregator::spy::TestCerts::generate()?;
@@ -280,7 +283,55 @@ impl SpyAgent {
     /// assert!(agent.envelopes().is_empty());
     /// # Ok::<(), std::io::Error>(())
     /// ```
-    pub fn envelopes(&self) -> Vec<Envelope> {
+    pub fn envelopes(&self) -> Vec<ReceivedEnvelope> {
+        self.state.record.look(|record| {
+            record
+                .envelopes
+                .iter()
+                .cloned()
+                .map(ReceivedEnvelope::new)
+                .collect()
+        })
+    }
+
+    /// How many envelopes of each kind were read so far (none are kept in
+    /// [`count_only`](SpyAgentBuilder::count_only) mode: all zero there).
+    ///
+    /// ```
+    /// use loggregator::spy::{SpyAgent, TestCerts};
+    /// use loggregator::{Envelope, IngressClient};
+    ///
+    /// let certs = TestCerts::generate()?;
+    /// let agent = SpyAgent::start(&certs)?;
+    /// let client = IngressClient::builder().addr(agent.addr()).tls(certs.client_tls()?).build()?;
+    /// client.emit(Envelope::log("hello"));
+    /// client.emit(Envelope::event("deploy", "v42"));
+    /// client.close(std::time::Duration::from_secs(5))?;
+    /// let counts = agent.kind_counts();
+    /// assert_eq!((counts.log, counts.event, counts.total()), (1, 1, 2));
+    /// assert_eq!(counts.to_string(), "log=1 counter=0 gauge=0 timer=0 event=1");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn kind_counts(&self) -> KindCounts {
+        self.state.record.look(|record| {
+            let mut counts = KindCounts::default();
+            for envelope in &record.envelopes {
+                counts.count(envelope);
+            }
+            counts
+        })
+    }
+
+    /// Every envelope read so far, in order, as the generated protobuf
+    /// messages: for a field the readable envelopes do not show.
+    ///
+    /// ```
+    /// # let certs = loggregator::spy::TestCerts::generate()?;
+    /// # let agent = loggregator::spy::SpyAgent::start(&certs)?;
+    /// assert!(agent.proto_envelopes().is_empty());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn proto_envelopes(&self) -> Vec<Envelope> {
         self.state.record.look(|record| record.envelopes.clone())
     }
 
@@ -319,11 +370,28 @@ impl SpyAgent {
     /// assert!(got.is_empty());
     /// # Ok::<(), std::io::Error>(())
     /// ```
-    pub fn wait_for_envelopes(&self, count: usize, timeout: Duration) -> Vec<Envelope> {
+    pub fn wait_for_envelopes(&self, count: usize, timeout: Duration) -> Vec<ReceivedEnvelope> {
         self.state
             .record
             .wait_until(timeout, |record| record.envelopes.len() >= count);
         self.envelopes()
+    }
+
+    /// Waits as [`wait_for_envelopes`](Self::wait_for_envelopes) does;
+    /// returns the generated protobuf messages.
+    ///
+    /// ```
+    /// # let certs = loggregator::spy::TestCerts::generate()?;
+    /// # let agent = loggregator::spy::SpyAgent::start(&certs)?;
+    /// let got = agent.wait_for_proto_envelopes(0, std::time::Duration::from_secs(1));
+    /// assert!(got.is_empty());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn wait_for_proto_envelopes(&self, count: usize, timeout: Duration) -> Vec<Envelope> {
+        self.state
+            .record
+            .wait_until(timeout, |record| record.envelopes.len() >= count);
+        self.proto_envelopes()
     }
 
     /// How much has been read so far.

@@ -16,7 +16,9 @@
 //! let client = IngressClient::builder().addr(agent.addr()).tls(certs.client_tls()?).build()?;
 //! client.emit(Envelope::log("hello"));
 //! client.close(Duration::from_secs(5))?;
-//! assert_eq!(agent.envelopes().len(), 1);
+//! let received = agent.envelopes();
+//! assert_eq!(received.len(), 1);
+//! assert_eq!(received[0].text().as_deref(), Some("hello"));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
@@ -24,10 +26,14 @@ mod agent;
 mod certs;
 mod faults;
 mod pace;
+mod received;
 mod record;
 mod service;
 
 pub use agent::{SpyAgent, SpyAgentBuilder};
 pub use certs::TestCerts;
 pub use faults::{StatusCode, StreamEnd};
+pub use received::{
+    KindCounts, ReceivedCounter, ReceivedEnvelope, ReceivedEvent, ReceivedMetric, ReceivedTimer,
+};
 pub use record::{ReceivedBatch, Rpc, SpyCounts};

@@ -17,6 +17,10 @@ pub(super) struct Fields {
     /// log's payload.
     pub message: Option<String>,
     keep_message: bool,
+    /// Recording a `log` record that tracing-log made an event: its
+    /// `log.target`, `log.module_path`, `log.file` and `log.line` fields
+    /// are the record's metadata, not tags.
+    log_record: bool,
     /// Recording a callsite's own fields, each named once: a value put
     /// now replaces none.
     pub fresh: bool,
@@ -43,8 +47,23 @@ impl Fields {
         }
     }
 
+    /// For a `log` record that tracing-log made an event.
+    pub(super) fn for_log_record() -> Fields {
+        Fields {
+            log_record: true,
+            ..Fields::for_event()
+        }
+    }
+
+    /// Whether a field is a `log` record's metadata, which tracing-log
+    /// passes as fields named `log.*`.
+    fn is_log_metadata(&self, name: &str) -> bool {
+        self.log_record && name.starts_with("log.")
+    }
+
     pub(super) fn put(&mut self, name: &'static str, value: &str) {
-        if self.keep_message && name == "message" {
+        if self.is_log_metadata(name) {
+        } else if self.keep_message && name == "message" {
             self.message = Some(value.to_string());
         } else if !self.keep_message && ID_TAGS.contains(&name) {
         } else if self.fresh {
@@ -56,6 +75,9 @@ impl Fields {
 
     /// Puts the value `write` writes.
     fn put_with(&mut self, name: &'static str, write: impl FnOnce(&mut dyn fmt::Write)) {
+        if self.is_log_metadata(name) {
+            return;
+        }
         if self.keep_message && name == "message" {
             let mut message = String::new();
             write(&mut message);

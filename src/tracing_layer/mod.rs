@@ -13,6 +13,7 @@ mod span;
 
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Level, Subscriber};
+use tracing_log::NormalizeEvent;
 use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
 
@@ -41,6 +42,13 @@ use span::{Hex, LayerId, SpanIds, SpanState, parse_traceparent, random_id};
 ///   [`Dropped::too_large`](crate::Dropped::too_large), as any log), ERROR
 ///   and WARN to stderr (`ERR`), the rest `OUT`, tagged `level`, `target`,
 ///   each field, and its span's `trace_id` and `span_id`.
+/// - A `log` record that tracing-log made an event (as
+///   `tracing-subscriber`'s `init()` does with its default features) is
+///   sent as [`LogBridge`](crate::LogBridge) sends it: tagged with the
+///   record's own `level` and `target`, without tracing-log's `log.*`
+///   fields, plus its span's ids. So with `init()` one layer sends both
+///   facades and no `LogBridge` is installed (tracing-log does not carry a
+///   record's key-values).
 /// - Field tags are capped: [`MAX_FIELD_TAGS`](crate::MAX_FIELD_TAGS) per
 ///   envelope and [`MAX_FIELD_BYTES`](crate::MAX_FIELD_BYTES) per value;
 ///   what is left off or cut is counted in
@@ -209,11 +217,19 @@ where
     }
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
-        let metadata = event.metadata();
+        // A `log` record that tracing-log made an event (as
+        // tracing-subscriber's `init()` arranges) carries tracing-log's
+        // metadata, target `log`; the record's own target and level are
+        // what the tags and the check for our own diagnostics must see.
+        let log_record = event.normalized_metadata();
+        let metadata = log_record.as_ref().unwrap_or_else(|| event.metadata());
         if crate::is_internal(metadata.target()) {
             return;
         }
-        let mut fields = Fields::for_event();
+        let mut fields = match log_record {
+            Some(_) => Fields::for_log_record(),
+            None => Fields::for_event(),
+        };
         event.record(&mut fields);
         let ids = ctx
             .event_span(event)

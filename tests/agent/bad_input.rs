@@ -219,7 +219,7 @@ fn a_client_certificate_from_another_ca_is_refused_and_reported() {
     let stranger = TestCerts::generate().unwrap();
     let client = mixed_client(&setup, &setup.certs, &stranger);
     assert_refused(client, "refused the client certificate");
-    assert!(setup.agent.envelopes().is_empty());
+    assert!(setup.agent.proto_envelopes().is_empty());
 }
 
 #[test]
@@ -232,7 +232,7 @@ fn a_wrong_server_name_is_refused_and_the_hint_names_it() {
         .build()
         .unwrap();
     assert_refused(client, "`metron`");
-    assert!(agent.envelopes().is_empty());
+    assert!(agent.proto_envelopes().is_empty());
 
     // The same agent with the right name works.
     let client = IngressClient::builder()
@@ -242,7 +242,7 @@ fn a_wrong_server_name_is_refused_and_the_hint_names_it() {
         .unwrap();
     client.emit(Envelope::log("ok"));
     client.close(WAIT).unwrap();
-    assert_eq!(agent.envelopes().len(), 1);
+    assert_eq!(agent.proto_envelopes().len(), 1);
 }
 
 #[test]
@@ -252,5 +252,5 @@ fn an_agent_certificate_from_another_ca_is_refused_and_reported() {
     // The client trusts only the stranger's CA, which did not sign the agent.
     let client = mixed_client(&setup, &stranger, &setup.certs);
     assert_refused(client, "not signed by the CA the client trusts");
-    assert!(setup.agent.envelopes().is_empty());
+    assert!(setup.agent.proto_envelopes().is_empty());
 }

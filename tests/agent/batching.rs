@@ -23,7 +23,7 @@ fn a_batch_closes_at_the_envelope_count() {
         client.emit(Envelope::log(format!("{n}")));
     }
     client.flush(WAIT).unwrap();
-    setup.agent.wait_for_envelopes(25, WAIT);
+    setup.agent.wait_for_proto_envelopes(25, WAIT);
     let sizes: Vec<usize> = setup.agent.batches().iter().map(|b| b.envelopes).collect();
     assert_eq!(sizes, vec![10, 10, 5]);
     assert!(
@@ -51,7 +51,7 @@ fn a_batch_closes_before_it_would_pass_the_byte_limit() {
         client.emit(Envelope::log(vec![b'a' + n as u8; 1100]));
     }
     client.flush(WAIT).unwrap();
-    let received = setup.agent.wait_for_envelopes(20, WAIT);
+    let received = setup.agent.wait_for_proto_envelopes(20, WAIT);
     assert_eq!(received.len(), 20);
     let batches = setup.agent.batches();
     // Each envelope takes 1,121 bytes in a batch: three fit in 4 KiB, four do not.
@@ -70,7 +70,7 @@ fn an_envelope_larger_than_the_byte_limit_is_dropped_at_emit() {
     client.emit(Envelope::log(vec![b'x'; 5000]));
     client.emit(Envelope::log("small"));
     client.close(WAIT).unwrap();
-    let received = setup.agent.envelopes();
+    let received = setup.agent.proto_envelopes();
     assert_eq!(received.len(), 1);
     assert_eq!(received[0].log().payload, b"small");
     let stats = client.stats();
@@ -98,7 +98,7 @@ fn a_partial_batch_is_sent_when_the_interval_passes() {
     // interval can send these, one after the other.
     for n in 1..=3 {
         client.emit(Envelope::log(format!("{n}")));
-        let received = setup.agent.wait_for_envelopes(n, WAIT);
+        let received = setup.agent.wait_for_proto_envelopes(n, WAIT);
         assert_eq!(received.len(), n, "envelope {n} was held");
     }
     assert_eq!(setup.agent.batches().len(), 3);

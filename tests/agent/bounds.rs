@@ -36,7 +36,7 @@ fn large_envelopes_during_an_outage_are_held_up_to_queue_max_bytes() {
     assert_eq!(stats.dropped.queue_full, 85, "{stats:?}");
     let agent = start_agent(&certs, &addr);
     client.close(WAIT).unwrap();
-    assert_eq!(agent.envelopes().len(), 15);
+    assert_eq!(agent.proto_envelopes().len(), 15);
     let stats = client.stats();
     assert_eq!(stats.queued_bytes, 0, "{stats:?}");
     assert_closed_accounting(&stats);
@@ -77,7 +77,7 @@ fn flushing_per_request_during_an_outage_holds_no_more_than_the_queue() {
     client.flush(WAIT).unwrap();
     client.close(WAIT).unwrap();
     let stats = client.stats();
-    assert_eq!(agent.envelopes().len() as u64, stats.sent);
+    assert_eq!(agent.proto_envelopes().len() as u64, stats.sent);
     assert_closed_accounting(&stats);
 }
 
@@ -114,7 +114,7 @@ fn block_waits_for_bytes_as_for_room_and_loses_nothing() {
     let agent = start_agent(&certs, &addr);
     emitter.join().unwrap();
     client.close(WAIT).unwrap();
-    assert_eq!(agent.envelopes().len(), 6);
+    assert_eq!(agent.proto_envelopes().len(), 6);
     let stats = client.stats();
     assert_eq!(stats.dropped.total(), 0, "{stats:?}");
     assert_closed_accounting(&stats);
@@ -146,7 +146,11 @@ fn drop_oldest_evicts_as_many_small_envelopes_as_a_large_one_needs() {
     assert!((6..=8).contains(&evicted), "{stats:?}");
     let agent = start_agent(&certs, &addr);
     client.close(WAIT).unwrap();
-    let received: Vec<i64> = agent.envelopes().iter().map(|e| e.timestamp).collect();
+    let received: Vec<i64> = agent
+        .proto_envelopes()
+        .iter()
+        .map(|e| e.timestamp)
+        .collect();
     // The first, then the newest small ones, then the large one: the oldest went.
     let mut expected = vec![0];
     expected.extend(evicted + 1..=40);
@@ -180,7 +184,11 @@ fn drop_oldest_keeps_the_queue_when_the_room_is_held_by_the_sender() {
     assert_eq!(stats.dropped.queue_full, 1, "{stats:?}");
     let agent = start_agent(&certs, &addr);
     client.close(WAIT).unwrap();
-    let received: Vec<i64> = agent.envelopes().iter().map(|e| e.timestamp).collect();
+    let received: Vec<i64> = agent
+        .proto_envelopes()
+        .iter()
+        .map(|e| e.timestamp)
+        .collect();
     assert_eq!(received, (0..=30).collect::<Vec<_>>());
     assert_closed_accounting(&client.stats());
 }

@@ -48,7 +48,7 @@ fn the_log_bridge_counts_the_losses_of_a_queued_record_and_not_of_a_dropped_one(
         "{queued:?}"
     );
     client.close(WAIT).unwrap();
-    assert_eq!(setup.agent.envelopes().len(), 1);
+    assert_eq!(setup.agent.proto_envelopes().len(), 1);
 
     // Closed: the record is dropped, and only that is counted.
     log_many_key_values(&bridge, "many key-values");
@@ -131,7 +131,7 @@ fn the_tracing_layer_counts_the_losses_of_queued_envelopes_and_not_of_dropped_on
         "a span and an event: {queued:?}"
     );
     client.close(WAIT).unwrap();
-    assert_eq!(setup.agent.envelopes().len(), 2);
+    assert_eq!(setup.agent.proto_envelopes().len(), 2);
 
     trace_many_fields(&client);
     let dropped = client.stats();

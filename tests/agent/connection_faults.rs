@@ -258,7 +258,9 @@ fn at_most_once_a_reset_or_closed_connection_loses_at_most_a_batch_or_two_a_stre
             client.emit(numbered(n));
         }
         client.flush(WAIT).unwrap();
-        proxied.agent.wait_for_envelopes(BEFORE as usize, WAIT);
+        proxied
+            .agent
+            .wait_for_proto_envelopes(BEFORE as usize, WAIT);
         proxied.proxy.set_mode(fault);
         let mut n = BEFORE;
         while client.stats().errors == 0 {
@@ -334,7 +336,7 @@ fn assert_half_open_left_within(
         );
         proxied
             .agent
-            .wait_for_envelopes(proxied.agent.envelopes().len() + 1, left);
+            .wait_for_proto_envelopes(proxied.agent.proto_envelopes().len() + 1, left);
     }
     eprintln!("left a half-open connection after {:?}", since.elapsed());
 }
@@ -386,7 +388,7 @@ fn at_least_once_a_half_open_connection_is_left_when_a_write_is_held() {
     };
     client.emit(big(0));
     client.flush(WAIT).unwrap();
-    proxied.agent.wait_for_envelopes(1, WAIT);
+    proxied.agent.wait_for_proto_envelopes(1, WAIT);
     let accepted = proxied.proxy.accepted();
     proxied.proxy.set_mode(Mode::HalfOpen);
     // Until a write is held: HTTP/2 flow control stops it once the windows
@@ -467,7 +469,9 @@ fn at_most_once_a_half_open_connection_loses_only_what_was_written_on_it_and_is_
         client.emit(log(n));
     }
     client.flush(WAIT).unwrap();
-    proxied.agent.wait_for_envelopes(BEFORE as usize, WAIT);
+    proxied
+        .agent
+        .wait_for_proto_envelopes(BEFORE as usize, WAIT);
     let accepted = proxied.proxy.accepted();
     proxied.proxy.set_mode(Mode::HalfOpen);
     // Written into windows the agent will never read, until a write is

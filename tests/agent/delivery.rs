@@ -44,7 +44,7 @@ fn eight_threads_of_ten_thousand_arrive_exactly_once_in_order() {
     );
 
     let mut seen: HashMap<String, Vec<i64>> = HashMap::new();
-    for envelope in setup.agent.envelopes() {
+    for envelope in setup.agent.proto_envelopes() {
         seen.entry(envelope.source_id.clone())
             .or_default()
             .push(envelope.timestamp);
@@ -70,7 +70,7 @@ fn flush_writes_everything_emitted_before_it() {
     client.flush(WAIT).unwrap();
     // The batch never fills and the interval is an hour: the agent can only
     // have these because flush wrote them.
-    assert_eq!(setup.agent.wait_for_envelopes(5, WAIT).len(), 5);
+    assert_eq!(setup.agent.wait_for_proto_envelopes(5, WAIT).len(), 5);
     let stats = client.stats();
     assert_eq!((stats.sent, stats.queued, stats.in_flight), (5, 0, 0));
     client.close(WAIT).unwrap();
@@ -87,7 +87,7 @@ fn close_confirms_the_stream_when_the_agent_answers_eof_or_ok() {
             .close(WAIT)
             .unwrap_or_else(|e| panic!("{end:?}: {e}"));
         assert!(setup.agent.wait_for_streams_ended(1, WAIT), "{end:?}");
-        assert_eq!(setup.agent.envelopes().len(), 1, "{end:?}");
+        assert_eq!(setup.agent.proto_envelopes().len(), 1, "{end:?}");
     }
 }
 
@@ -123,7 +123,7 @@ fn after_close_emits_are_dropped_and_counted_and_calls_say_closed() {
     client.close(WAIT).unwrap();
     let stats = client.stats();
     assert_eq!((stats.emitted, stats.sent, stats.dropped.closed), (2, 1, 1));
-    assert_eq!(setup.agent.envelopes().len(), 1);
+    assert_eq!(setup.agent.proto_envelopes().len(), 1);
 }
 
 #[test]
@@ -140,12 +140,12 @@ fn dropping_a_clone_does_nothing_and_dropping_the_last_handle_delivers() {
     drop(clone);
     client.emit(Envelope::log("from the original"));
     client.flush(WAIT).unwrap();
-    assert_eq!(setup.agent.wait_for_envelopes(2, WAIT).len(), 2);
+    assert_eq!(setup.agent.wait_for_proto_envelopes(2, WAIT).len(), 2);
 
     client.emit(Envelope::log("queued at drop"));
     drop(client);
     // Drop closed the client: the last envelope was written and the stream ended.
-    assert_eq!(setup.agent.envelopes().len(), 3);
+    assert_eq!(setup.agent.proto_envelopes().len(), 3);
     assert!(setup.agent.wait_for_streams_ended(1, WAIT));
 }
 
@@ -208,5 +208,5 @@ fn the_longest_timeouts_are_accepted_without_overflow() {
         .send(vec![Envelope::log("y").into()], Duration::MAX)
         .unwrap();
     client.close(Duration::MAX).unwrap();
-    assert_eq!(setup.agent.envelopes().len(), 2);
+    assert_eq!(setup.agent.proto_envelopes().len(), 2);
 }

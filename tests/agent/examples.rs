@@ -24,7 +24,7 @@ fn example(name: &str) -> Command {
 }
 
 /// Runs an example with no arguments; what it printed, once it succeeded.
-fn successful_stdout(name: &str) -> String {
+pub(crate) fn successful_stdout(name: &str) -> String {
     let output = example(name).output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
@@ -105,7 +105,7 @@ fn the_agent_example_sends_logs_and_metrics_until_its_duration_ends() {
         "{stdout}{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let received = setup.agent.envelopes();
+    let received = setup.agent.proto_envelopes();
     assert!(received.iter().all(|e| e.source_id == "example-test"));
     let logs = received.iter().filter(|e| e.has_log()).count();
     assert!(logs >= 2, "{logs} logs");

@@ -34,7 +34,7 @@ pub fn numbered(n: u64) -> Envelope {
 
 pub fn seqs(agent: &SpyAgent) -> Vec<u64> {
     agent
-        .envelopes()
+        .proto_envelopes()
         .iter()
         .map(|e| e.timestamp as u64)
         .collect()
@@ -59,7 +59,7 @@ fn an_agent_absent_at_build_gets_everything_once_it_starts() {
         .start(&certs)
         .unwrap();
     client.flush(WAIT).unwrap();
-    agent.wait_for_envelopes(500, WAIT);
+    agent.wait_for_proto_envelopes(500, WAIT);
     assert_eq!(seqs(&agent), (0..500).collect::<Vec<_>>());
     client.close(WAIT).unwrap();
     let stats = client.stats();
@@ -88,7 +88,7 @@ pub fn emit_through_restarts(client: &IngressClient, agent: &SpyAgent, total: u6
     };
     let mut shutdowns = Vec::new();
     for round in 1..=3 {
-        agent.wait_for_envelopes((total as usize / 4) * round, WAIT);
+        agent.wait_for_proto_envelopes((total as usize / 4) * round, WAIT);
         agent.shutdown();
         agent.restart().unwrap();
         shutdowns.push(progress.load(Ordering::SeqCst));
@@ -129,7 +129,7 @@ fn at_least_once_every_envelope_survives_three_agent_restarts() {
     assert!(stats.reconnects >= 3, "{stats:?}");
     eprintln!(
         "at least once through 3 restarts: received {} for {TOTAL}, replayed {}",
-        agent.envelopes().len(),
+        agent.proto_envelopes().len(),
         stats.replayed
     );
     assert_closed_accounting(&stats);
@@ -399,7 +399,7 @@ fn at_most_once_an_envelope_over_the_agents_limit_is_counted_or_reported() {
     }
     assert!(stats.errors >= 1, "{stats:?}");
     assert!(stats.last_error.unwrap().contains("RESOURCE_EXHAUSTED"));
-    assert!(agent.envelopes().is_empty());
+    assert!(agent.proto_envelopes().is_empty());
     assert_closed_accounting(&client.stats());
 }
 

@@ -36,11 +36,11 @@ fn a_counter_pulses_its_delta_with_total_0_and_stays_silent_when_idle() {
         .unwrap();
     let requests = client.counter("requests");
     requests.add(3);
-    setup.agent.wait_for_envelopes(1, WAIT);
+    setup.agent.wait_for_proto_envelopes(1, WAIT);
     requests.add(2);
-    setup.agent.wait_for_envelopes(2, WAIT);
+    setup.agent.wait_for_proto_envelopes(2, WAIT);
     requests.inc();
-    setup.agent.wait_for_envelopes(3, WAIT);
+    setup.agent.wait_for_proto_envelopes(3, WAIT);
     // Many idle intervals pass before close: none may send `delta 0, total 0`
     // or anything else for this counter.
     client.flush(WAIT).unwrap();
@@ -48,7 +48,7 @@ fn a_counter_pulses_its_delta_with_total_0_and_stays_silent_when_idle() {
     clone.add(4);
     drop((requests, clone));
     client.close(WAIT).unwrap();
-    let sent = counters(&setup.agent.envelopes());
+    let sent = counters(&setup.agent.proto_envelopes());
     assert_eq!(
         sent,
         vec![
@@ -110,13 +110,13 @@ fn two_clients_counting_one_counter_add_up_in_the_agent() {
         }
         if round % 10 == 0 {
             // Interleave several pulses of each client.
-            setup.agent.wait_for_envelopes(round / 10 + 1, WAIT);
+            setup.agent.wait_for_proto_envelopes(round / 10 + 1, WAIT);
         }
     }
     drop(counters);
     first.close(WAIT).unwrap();
     second.close(WAIT).unwrap();
-    let received = setup.agent.envelopes();
+    let received = setup.agent.proto_envelopes();
     assert!(
         counters_of(&received) > 2,
         "several pulses from each: {received:?}"
@@ -136,7 +136,7 @@ fn two_clients_counting_one_counter_add_up_in_the_agent() {
         .counter_with_tags("acc_pulse", &[("route", "/a")])
         .add(3);
     third.close(WAIT).unwrap();
-    let received = setup.agent.envelopes();
+    let received = setup.agent.proto_envelopes();
     let totals = agent_totals(&received);
     assert_eq!(totals.get(&key), Some(&10), "{totals:?}");
 }
@@ -157,7 +157,7 @@ fn gauges_of_one_interval_share_an_envelope_with_exact_values() {
     let temperature = client.gauge("temperature", "celsius");
     temperature.set(-3.25);
     client.close(WAIT).unwrap();
-    let received = setup.agent.envelopes();
+    let received = setup.agent.proto_envelopes();
     assert_eq!(received.len(), 1, "{received:?}");
     let metrics = &received[0].gauge().metrics;
     assert_eq!(
@@ -186,7 +186,7 @@ fn a_timer_guard_sends_real_start_and_stop_times_unless_cancelled() {
     client.timer("cancelled").cancel();
     let after = UnixNanos::from(SystemTime::now()).as_i64();
     client.close(WAIT).unwrap();
-    let received = setup.agent.envelopes();
+    let received = setup.agent.proto_envelopes();
     let names: Vec<&str> = received.iter().map(|e| e.timer().name.as_str()).collect();
     assert_eq!(names, vec!["db_query", "stopped"]);
     let timer = received[0].timer();
@@ -202,7 +202,7 @@ fn process_metrics_report_memory_cpu_threads_and_descriptors() {
     let setup = setup();
     let client = setup.client();
     client.process_metrics(Duration::from_millis(20)).unwrap();
-    let received = setup.agent.wait_for_envelopes(2, WAIT);
+    let received = setup.agent.wait_for_proto_envelopes(2, WAIT);
     client.close(WAIT).unwrap();
     let metrics = &received[0].gauge().metrics;
     for (name, unit) in [
@@ -237,7 +237,7 @@ fn the_default_source_fills_in_envelopes_that_name_none() {
     client.close(WAIT).unwrap();
     let ids: Vec<(String, String)> = setup
         .agent
-        .envelopes()
+        .proto_envelopes()
         .iter()
         .map(|e| (e.source_id.clone(), e.instance_id.clone()))
         .collect();
@@ -360,7 +360,7 @@ fn counter_through_an_outage_with_the_queue_full(overflow: Overflow, source: &st
     client.close(WAIT).unwrap();
     let stats = client.stats();
     assert_closed_accounting(&stats);
-    let received = agent.envelopes();
+    let received = agent.proto_envelopes();
     let totals = agent_totals(&received);
     assert_eq!(
         totals.get(&acc_pulse(source)),
@@ -454,7 +454,7 @@ fn self_metrics_go_quiet_and_add_up(delivery: Delivery, source: &str) {
     client.close(WAIT).unwrap();
     let closed = client.stats();
     assert_closed_accounting(&closed);
-    let received = setup.agent.envelopes();
+    let received = setup.agent.proto_envelopes();
     assert_eq!(received.len() as u64, closed.sent, "{closed:?}");
     assert_eq!(
         self_reported(&received, source),
@@ -516,7 +516,7 @@ fn self_metrics_carry_the_drops_of_an_outage_to_the_agent() {
     let quiet = wait_until_quiet(&client, Duration::from_millis(100));
     client.close(WAIT).unwrap();
     assert_closed_accounting(&client.stats());
-    let (emitted, sent, queue_full) = self_reported(&agent.envelopes(), source);
+    let (emitted, sent, queue_full) = self_reported(&agent.proto_envelopes(), source);
     assert!(quiet.dropped.queue_full > 10, "{quiet:?}");
     assert_eq!(
         (emitted, sent, queue_full),

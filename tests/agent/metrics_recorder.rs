@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use ::metrics::{Unit, counter, describe_gauge, describe_histogram, gauge, histogram};
 use loggregator::proto::envelope as pb;
 use loggregator::spy::TestCerts;
-use loggregator::{Envelope, Error, IngressClient, MetricsRecorder, Overflow, SourceInfo};
+use loggregator::{
+    Envelope, Error, GlobalSlot, IngressClient, MetricsRecorder, Overflow, SourceInfo,
+};
 
 use crate::common::{
     WAIT, absent_agent, assert_closed_accounting, setup, start_agent, wait_for_stats,
@@ -67,12 +69,12 @@ fn two_recorders_sharing_a_counter_add_up_in_the_agent() {
         }
         if round % 5 == 0 {
             // Several pulses of each client, interleaved.
-            setup.agent.wait_for_envelopes(round / 5 + 1, WAIT);
+            setup.agent.wait_for_proto_envelopes(round / 5 + 1, WAIT);
         }
     }
     first.close(WAIT).unwrap();
     second.close(WAIT).unwrap();
-    let received = setup.agent.envelopes();
+    let received = setup.agent.proto_envelopes();
     let shared = counters_named(&received, "mr_shared");
     assert!(shared.len() > 2, "several pulses: {received:?}");
     assert!(shared.iter().all(|e| e.counter().total == 0), "{shared:?}");
@@ -100,7 +102,7 @@ fn absolute_sends_each_rise_and_a_smaller_reading_changes_nothing() {
     let sent = |count: usize| {
         let deadline = Instant::now() + WAIT;
         loop {
-            let received = setup.agent.envelopes();
+            let received = setup.agent.proto_envelopes();
             let deltas: Vec<u64> = counters_named(&received, "mr_absolute")
                 .iter()
                 .map(|e| e.counter().delta)
@@ -120,7 +122,7 @@ fn absolute_sends_each_rise_and_a_smaller_reading_changes_nothing() {
     absolute(4);
     absolute(20);
     client.close(WAIT).unwrap();
-    let received = setup.agent.envelopes();
+    let received = setup.agent.proto_envelopes();
     assert_eq!(sent(3), vec![10, 5, 5], "{received:?}");
     assert_eq!(
         agent_totals(&received).get(&key("mr_absolute", "mr-absolute", &[])),
@@ -145,7 +147,7 @@ fn absolute_totals_the_highest_reading_across_threads_and_idle_forgetting() {
         ::metrics::with_local_recorder(&recorder, || counter!(name).absolute(value));
     };
     let total = |name: &str| {
-        agent_totals(&setup.agent.envelopes())
+        agent_totals(&setup.agent.proto_envelopes())
             .get(&key(name, "mr-absolute-max", &[]))
             .copied()
     };
@@ -194,7 +196,7 @@ fn histograms_send_count_sum_and_quantiles_or_cumulative_buckets() {
         }
     });
     client.close(WAIT).unwrap();
-    let received = setup.agent.envelopes();
+    let received = setup.agent.proto_envelopes();
 
     let count = counters_named(&received, "mr_latency_count");
     assert_eq!(count.len(), 1, "{received:?}");
@@ -287,7 +289,7 @@ fn labels_become_tags_ids_and_gauges_of_a_label_set_share_an_envelope_with_units
         counter!("mr_unlabeled").increment(1);
     });
     client.close(WAIT).unwrap();
-    let received = setup.agent.envelopes();
+    let received = setup.agent.proto_envelopes();
 
     let labeled = counters_named(&received, "mr_labeled")[0];
     assert_eq!(
@@ -355,8 +357,8 @@ fn an_idle_series_stops_being_sent_and_a_live_one_goes_on() {
     let deadline = Instant::now() + WAIT;
     loop {
         set("mr_idle_live", f64::from(rounds));
-        let seen = setup.agent.envelopes().len();
-        let received = setup.agent.wait_for_envelopes(seen + 1, WAIT);
+        let seen = setup.agent.proto_envelopes().len();
+        let received = setup.agent.wait_for_proto_envelopes(seen + 1, WAIT);
         let last = received.last().unwrap();
         let with_idle = last.gauge().metrics.contains_key("mr_idle_once");
         match (with_idle, gone_at) {
@@ -375,7 +377,7 @@ fn an_idle_series_stops_being_sent_and_a_live_one_goes_on() {
         "it stopped only once idle for {idle_timeout:?}"
     );
     client.close(WAIT).unwrap();
-    let received = setup.agent.envelopes();
+    let received = setup.agent.proto_envelopes();
     let with_idle = gauges_with(&received, "mr_idle_once");
     assert!(
         with_idle.len() >= 2,
@@ -409,7 +411,7 @@ fn the_series_cap_counts_every_registration_it_refuses() {
     });
     assert_eq!(client.stats().series_dropped, 3);
     client.close(WAIT).unwrap();
-    let received = setup.agent.envelopes();
+    let received = setup.agent.proto_envelopes();
     assert_eq!(counters_named(&received, "mr_cap_a")[0].counter().delta, 2);
     assert_eq!(gauges_with(&received, "mr_cap_b").len(), 1);
     assert_eq!(counters_named(&received, "mr_cap_c_count").len(), 1);
@@ -480,7 +482,7 @@ fn counts_through_an_outage_with_the_queue_full(overflow: Overflow, source: &str
     client.close(WAIT).unwrap();
     let stats = client.stats();
     assert_closed_accounting(&stats);
-    let received = agent.envelopes();
+    let received = agent.proto_envelopes();
     let totals = agent_totals(&received);
     let total = |name: &str, tags: &[(&str, &str)]| totals.get(&key(name, source, tags)).copied();
     assert_eq!(total("mr_outage", &[]), Some(60), "{totals:?} {stats:?}");
@@ -534,16 +536,27 @@ fn install_sets_the_global_recorder_once_and_a_second_is_refused() {
         .install()
         .unwrap();
     let other = MetricsRecorder::new(client.clone()).install();
-    assert!(matches!(other, Err(Error::RecorderAlreadySet)), "{other:?}");
     assert!(
-        other.unwrap_err().to_string().contains("already installed"),
-        "readable"
+        matches!(
+            other,
+            Err(Error::AlreadyInstalled {
+                slot: GlobalSlot::MetricsRecorder,
+                holder: "a MetricsRecorder installed before",
+                ..
+            })
+        ),
+        "{other:?}"
+    );
+    let message = other.unwrap_err().to_string();
+    assert!(
+        message.starts_with("the `metrics` facade's global recorder is already set"),
+        "{message}"
     );
     std::thread::spawn(|| counter!("mr_global").increment(3))
         .join()
         .unwrap();
     client.close(WAIT).unwrap();
-    let received = setup.agent.envelopes();
+    let received = setup.agent.proto_envelopes();
     assert_eq!(counters_named(&received, "mr_global")[0].counter().delta, 3);
     // After close nothing is kept: were new series kept, the cap of one
     // would refuse one of them and count it.
@@ -567,7 +580,7 @@ fn nothing_is_recorded_once_the_client_has_closed() {
         counter!("mr_after_close_counter").increment(1);
         gauge!("mr_after_close_gauge").set(1.0);
     });
-    let received = setup.agent.envelopes();
+    let received = setup.agent.proto_envelopes();
     assert_eq!(
         counters_named(&received, "mr_after_close_count")[0]
             .counter()
@@ -599,7 +612,7 @@ fn a_dropped_recorder_sends_what_it_gathered_then_nothing() {
         .unwrap();
     let beat = client.gauge("mr_dropped_beat", "");
     beat.set(1.0);
-    let beats = || gauges_with(&setup.agent.envelopes(), "mr_dropped_beat").len();
+    let beats = || gauges_with(&setup.agent.proto_envelopes(), "mr_dropped_beat").len();
     for _ in 0..10_000 {
         let recorder = MetricsRecorder::new(client.clone());
         ::metrics::with_local_recorder(&recorder, || counter!("mr_dropped_many").increment(1));
@@ -612,7 +625,7 @@ fn a_dropped_recorder_sends_what_it_gathered_then_nothing() {
     latency.record(1.0);
     drop(recorder);
     let total = |name: &str| {
-        agent_totals(&setup.agent.envelopes())
+        agent_totals(&setup.agent.proto_envelopes())
             .get(&key(name, "mr-dropped", &[]))
             .copied()
     };
@@ -664,7 +677,7 @@ fn a_pulse_larger_than_the_queue_arrives_whole_with_default_settings() {
         std::thread::yield_now();
     }
     setup.agent.resume_reading();
-    let received = setup.agent.wait_for_envelopes(13_000, WAIT);
+    let received = setup.agent.wait_for_proto_envelopes(13_000, WAIT);
     let stats = client.stats();
     assert_eq!(stats.dropped.total(), 0, "{stats:?}");
     let totals = agent_totals(&received);
@@ -710,7 +723,7 @@ fn the_sum_runs_on_after_its_series_was_forgotten() {
         ::metrics::with_local_recorder(&recorder, || histogram!("mr_forgotten").record(value));
     };
     let sums = || -> Vec<f64> {
-        gauges_with(&setup.agent.envelopes(), "mr_forgotten_sum")
+        gauges_with(&setup.agent.proto_envelopes(), "mr_forgotten_sum")
             .iter()
             .map(|e| e.gauge().metrics["mr_forgotten_sum"].value)
             .collect()
@@ -720,7 +733,7 @@ fn the_sum_runs_on_after_its_series_was_forgotten() {
     wait_until(|| live_series(&recorder) == Some(0));
     record(3.0);
     client.close(WAIT).unwrap();
-    let received = setup.agent.envelopes();
+    let received = setup.agent.proto_envelopes();
     assert_eq!(sums().last(), Some(&5.0), "{:?}", sums());
     let counts: Vec<u64> = counters_named(&received, "mr_forgotten_count")
         .iter()
@@ -745,7 +758,7 @@ fn infinite_values_are_counted_but_stay_out_of_the_sum() {
         }
     });
     client.close(WAIT).unwrap();
-    let received = setup.agent.envelopes();
+    let received = setup.agent.proto_envelopes();
     let sum = &gauges_with(&received, "mr_infinite_sum")[0].gauge().metrics["mr_infinite_sum"];
     assert_eq!(sum.value, 2.5, "{sum:?}");
     let totals = agent_totals(&received);
@@ -774,7 +787,7 @@ fn a_counter_too_large_for_any_batch_is_counted_once_and_let_go() {
         .unwrap();
     let beat = client.gauge("mr_too_large_beat", "");
     beat.set(1.0);
-    let beats = || gauges_with(&setup.agent.envelopes(), "mr_too_large_beat").len();
+    let beats = || gauges_with(&setup.agent.proto_envelopes(), "mr_too_large_beat").len();
     let recorder = MetricsRecorder::new(client.clone()).max_series(1);
     let blob = "x".repeat(2_000);
     ::metrics::with_local_recorder(&recorder, || {
@@ -793,7 +806,7 @@ fn a_counter_too_large_for_any_batch_is_counted_once_and_let_go() {
         (1, 0),
         "{stats:?}"
     );
-    let totals = agent_totals(&setup.agent.envelopes());
+    let totals = agent_totals(&setup.agent.proto_envelopes());
     assert_eq!(totals.get(&key("mr_fits", "mr-too-large", &[])), Some(&1));
 }
 

@@ -51,7 +51,7 @@ fn threads_registering_one_new_series_at_the_cap_all_get_it() {
     let refused = client.stats().series_dropped;
     client.close(WAIT).unwrap();
     assert_eq!(refused, 0, "registrations refused at the cap");
-    let totals = agent_totals(&setup.agent.envelopes());
+    let totals = agent_totals(&setup.agent.proto_envelopes());
     for round in 0..ROUNDS {
         let key = (format!("mr_race_{round}"), "mr-race".to_string(), vec![]);
         assert_eq!(totals.get(&key), Some(&(THREADS as u64)), "round {round}");
@@ -100,7 +100,7 @@ fn a_gauge_named_like_a_histograms_sum_and_the_histogram_never_overwrite_each_ot
     let refused = client.stats().series_dropped;
     client.close(WAIT).unwrap();
     assert_eq!(refused, 3, "the second of each pair");
-    let received = setup.agent.envelopes();
+    let received = setup.agent.proto_envelopes();
     let on = |route: &str| -> Vec<pb::Envelope> {
         received
             .iter()

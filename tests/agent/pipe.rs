@@ -62,7 +62,7 @@ fn every_line_arrives_in_order_with_its_bytes_tags_and_source() {
     );
     assert_eq!(output.stdout, input, "--tee copies the input unchanged");
 
-    let received = setup.agent.envelopes();
+    let received = setup.agent.proto_envelopes();
     assert_eq!(received.len(), 1003);
     for (n, envelope) in received.iter().take(1000).enumerate() {
         assert_eq!(envelope.log().payload, format!("line {n}").into_bytes());
@@ -101,7 +101,7 @@ fn in_cloud_foundry_the_source_comes_from_the_environment_and_stderr_is_marked()
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let received = setup.agent.envelopes();
+    let received = setup.agent.proto_envelopes();
     assert_eq!(received.len(), 2);
     assert_eq!(
         received[0].source_id,
@@ -209,7 +209,7 @@ fn with_multiline_start_a_rust_panic_and_a_java_stack_trace_each_arrive_as_one_l
     );
     let payloads: Vec<String> = setup
         .agent
-        .envelopes()
+        .proto_envelopes()
         .iter()
         .map(|e| String::from_utf8(e.log().payload.clone()).unwrap())
         .collect();
@@ -234,7 +234,7 @@ fn a_joined_log_is_sent_after_the_timeout_while_the_input_stays_open() {
     stdin.write_all(b"START one\n  more\n").unwrap();
     stdin.flush().unwrap();
     // No next line comes: the record is complete after the timeout alone.
-    let received = setup.agent.wait_for_envelopes(1, crate::common::WAIT);
+    let received = setup.agent.wait_for_proto_envelopes(1, crate::common::WAIT);
     assert_eq!(received.len(), 1);
     assert_eq!(received[0].log().payload, b"START one\n  more");
     stdin
@@ -246,7 +246,7 @@ fn a_joined_log_is_sent_after_the_timeout_while_the_input_stays_open() {
     assert!(output.status.success(), "{stderr}");
     let payloads: Vec<Vec<u8>> = setup
         .agent
-        .envelopes()
+        .proto_envelopes()
         .iter()
         .map(|e| e.log().payload.clone())
         .collect();
@@ -282,7 +282,7 @@ fn a_joined_log_stops_at_its_size_limit_and_the_split_is_counted() {
     );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
-    let received = setup.agent.envelopes();
+    let received = setup.agent.proto_envelopes();
     assert!(received.len() > 1, "{}", received.len());
     assert!(received.iter().all(|e| e.log().payload.len() <= 1000));
     let joined: Vec<u8> = received

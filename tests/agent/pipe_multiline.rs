@@ -75,7 +75,7 @@ fn a_line_read_after_the_timeout_begins_a_new_log_while_a_send_waits_for_room() 
     assert!(status.success(), "{stderr}");
     let payloads: Vec<Vec<u8>> = setup
         .agent
-        .envelopes()
+        .proto_envelopes()
         .iter()
         .map(|e| e.log().payload.clone())
         .collect();

@@ -62,7 +62,7 @@ fn every_kind_round_trips_with_every_field_exact() {
             raw
         })
         .collect();
-    let received = setup.agent.envelopes();
+    let received = setup.agent.proto_envelopes();
     assert_eq!(received, expected);
 
     // Spot-check the fields the builders set, so a builder bug cannot hide
@@ -127,7 +127,7 @@ fn an_accidental_zero_counter_is_dropped_and_an_explicit_reset_is_sent() {
     client.emit(Envelope::counter("requests").delta(0));
     client.emit(Envelope::counter("requests").reset());
     client.close(WAIT).unwrap();
-    let received = setup.agent.envelopes();
+    let received = setup.agent.proto_envelopes();
     assert_eq!(received.len(), 1);
     assert_eq!(
         (received[0].counter().delta, received[0].counter().total),

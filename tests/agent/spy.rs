@@ -38,7 +38,7 @@ fn a_counting_spy_counts_every_envelope_and_message_and_keeps_none() {
     assert_eq!(counts.messages, stats.batches, "{counts:?} {stats:?}");
     assert!(counts.messages >= 10, "{counts:?}");
     assert!(counts.bytes > 1_000 * 10, "{counts:?}");
-    assert!(agent.envelopes().is_empty());
+    assert!(agent.proto_envelopes().is_empty());
     assert!(agent.batches().is_empty());
 }
 

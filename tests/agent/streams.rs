@@ -152,7 +152,7 @@ fn at_most_once_with_several_streams_one_ended_by_the_agent_is_replaced_without_
     }
     client.flush(WAIT).unwrap();
     // Read, not only taken by gRPC: the failure hits what follows.
-    agent.wait_for_envelopes(2_000, WAIT);
+    agent.wait_for_proto_envelopes(2_000, WAIT);
     agent.fail_next_stream(StatusCode::Unavailable, "injected");
     let mut n = 2_000;
     while client.stats().errors == 0 {

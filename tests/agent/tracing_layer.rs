@@ -107,7 +107,7 @@ fn spans_become_timers_with_w3c_ids_that_link_children_to_parents() {
         request.record("status", 200);
     });
     client.close(WAIT).unwrap();
-    let received = setup.agent.envelopes();
+    let received = setup.agent.proto_envelopes();
     let timers = timers(&received);
     assert_eq!(timers.len(), 2, "{received:?}");
     let (query, request) = (timers[0], timers[1]);
@@ -162,7 +162,7 @@ fn a_traceparent_field_continues_its_trace_and_a_malformed_one_starts_a_new_one(
         }
     });
     client.close(WAIT).unwrap();
-    let received = setup.agent.envelopes();
+    let received = setup.agent.proto_envelopes();
     let by_name = |name: &str| -> Vec<&pb::Envelope> {
         timers(&received)
             .into_iter()
@@ -200,7 +200,7 @@ fn events_become_logs_tagged_with_their_spans_ids_and_current_traceparent_names_
         tracing::error!("outside any span");
     });
     client.close(WAIT).unwrap();
-    let received = setup.agent.envelopes();
+    let received = setup.agent.proto_envelopes();
     let span = timers(&received)[0];
     let logs = logs(&received);
     assert_eq!(logs.len(), 3, "{received:?}");
@@ -268,7 +268,7 @@ fn fields_are_capped_in_number_and_what_is_left_off_is_counted() {
         );
     });
     client.close(WAIT).unwrap();
-    let received = setup.agent.envelopes();
+    let received = setup.agent.proto_envelopes();
     let log = logs(&received)[0];
     let fields = log.tags.keys().filter(|k| k.starts_with('f')).count();
     assert_eq!(fields, MAX_FIELD_TAGS);
@@ -293,7 +293,7 @@ fn a_long_field_value_is_cut_at_a_character_boundary_and_counted_on_spans_and_ev
         });
     });
     client.close(WAIT).unwrap();
-    let received = setup.agent.wait_for_envelopes(2, WAIT);
+    let received = setup.agent.wait_for_proto_envelopes(2, WAIT);
     let (timer, log) = (timers(&received)[0], logs(&received)[0]);
     for cut in [&timer.tags["long"], &log.tags["long"]] {
         assert!(
@@ -324,7 +324,7 @@ fn an_event_message_is_the_logs_payload_whole_and_one_too_large_to_send_is_count
         tracing::error!(backtrace = trace.as_str(), "with a long field");
     });
     client.close(WAIT).unwrap();
-    let received = setup.agent.wait_for_envelopes(2, WAIT);
+    let received = setup.agent.wait_for_proto_envelopes(2, WAIT);
     let logs = logs(&received);
     assert_eq!(logs.len(), 2, "{received:?}");
     assert_eq!(logs[0].log().payload.len(), message.len());
@@ -370,8 +370,8 @@ fn two_layers_of_two_clients_on_one_registry_each_send_everything_with_one_ident
     let header = dispatcher::with_default(&Dispatch::new(subscriber), several_layers_scenario);
     a.close(WAIT).unwrap();
     b.close(WAIT).unwrap();
-    let from_a = first.agent.wait_for_envelopes(4, WAIT);
-    let from_b = second.agent.wait_for_envelopes(4, WAIT);
+    let from_a = first.agent.wait_for_proto_envelopes(4, WAIT);
+    let from_b = second.agent.wait_for_proto_envelopes(4, WAIT);
     for received in [&from_a, &from_b] {
         let (timers, logs) = (timers(received), logs(received));
         assert_eq!((timers.len(), logs.len()), (2, 2), "{received:?}");
@@ -427,7 +427,7 @@ fn copies_of_one_layer_on_one_registry_each_send_what_their_filter_lets_through(
     client.close(WAIT).unwrap();
     // Every copy sends the query and its event; the three unfiltered ones
     // the request and its event too.
-    let received = setup.agent.wait_for_envelopes(3 * 4 + 2, WAIT);
+    let received = setup.agent.wait_for_proto_envelopes(3 * 4 + 2, WAIT);
     let named = |name: &str| -> Vec<&pb::Envelope> {
         timers(&received)
             .into_iter()
@@ -479,7 +479,7 @@ fn nothing_from_the_clients_diagnostics_comes_back_and_the_layer_never_waits() {
         tracing::info!("sent");
     });
     client.close(WAIT).unwrap();
-    let received = setup.agent.envelopes();
+    let received = setup.agent.proto_envelopes();
     assert_eq!(received.len(), 1, "{received:?}");
     assert_eq!(received[0].log().payload, b"sent");
 

@@ -21,7 +21,7 @@ fn send_returns_after_the_agent_has_the_envelopes() {
         )
         .unwrap();
     // No waiting: the answer came after the agent read the batch.
-    let received = setup.agent.envelopes();
+    let received = setup.agent.proto_envelopes();
     assert_eq!(received.len(), 2);
     assert_eq!(received[0].event().body, "v42");
     assert_eq!(received[0].tags["deployment"], "cf");
@@ -63,5 +63,5 @@ fn send_refuses_a_batch_over_the_byte_limit() {
     let result = client.send(vec![Envelope::log(vec![b'x'; 5000]).into()], WAIT);
     assert!(matches!(result, Err(Error::Rejected(_))), "{result:?}");
     client.close(WAIT).unwrap();
-    assert!(setup.agent.envelopes().is_empty());
+    assert!(setup.agent.proto_envelopes().is_empty());
 }

@@ -236,13 +236,7 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
         Some(joiner) => format!(" records {records} split {}", joiner.split),
         None => String::new(),
     };
-    eprintln!(
-        "loggregator-pipe: lines {line_count}{joined} sent {} dropped {} ({:?}) errors {}",
-        stats.sent,
-        stats.dropped.total(),
-        stats.dropped,
-        stats.errors
-    );
+    eprintln!("loggregator-pipe: lines {line_count}{joined} {stats}");
     if let Err(error) = &closed {
         eprintln!("loggregator-pipe: close: {error}");
     }
