@@ -361,7 +361,9 @@ fn unary_sends_to_a_stalled_agent_hold_no_encoded_batch_beyond_the_byte_budget()
     // its batch has room in the budget, then their encoding in their place
     // (within the budget); gRPC carries each batch as it is. So the callers'
     // envelopes while they wait, and at most the budget more at a peak
-    // (callers encoding at that moment hold both).
+    // (callers encoding at that moment hold both). The margin also covers
+    // the callers' stacks, which grow inside `send` (about 2 MiB for 64
+    // threads in a debug build).
     let callers = (THREADS * PAYLOAD) as u64;
     let detail = format!("{THREADS} callers' envelopes {} MiB", callers / MIB);
     check_bound(
