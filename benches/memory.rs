@@ -44,9 +44,17 @@ fn report(_flags: &Flags, agent: &mut Agent) {
         loggregator::DEFAULT_QUEUE_CAPACITY,
         queue_bytes / MIB
     );
+    // docs/delivery.md's bound at most once, two emitting threads: the
+    // budget, gRPC's copy and the next batch, spare buffers, and (counted
+    // whole, encodings included) a full queue's envelopes.
+    let spares = (1024.0 + 32.0 + 2.0 * 32.0) * 1024.0;
+    let bound = (loggregator::DEFAULT_QUEUE_MAX_BYTES + 2 * loggregator::DEFAULT_BATCH_MAX_BYTES)
+        as f64
+        + spares
+        + queue_bytes;
     println!(
-        "  emitters outrun an agent reading {SLOW_AGENT_RATE} env/s 10:1 for {LONG_RUN:?}; bound = queue + 16 MiB = {:.1} MiB",
-        (queue_bytes + 16.0 * MIB) / MIB
+        "  emitters outrun an agent reading {SLOW_AGENT_RATE} env/s 10:1 for {LONG_RUN:?}; bound = queue_max_bytes + 2 x batch_max_bytes + spare buffers + a full queue = {:.1} MiB",
+        bound / MIB
     );
     agent.set_rate(SLOW_AGENT_RATE);
     let emit_rate = (SLOW_AGENT_RATE * 10).to_string();

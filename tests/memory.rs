@@ -104,6 +104,11 @@ fn measure_in_child(test: &str) -> bool {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // Read as it comes, so a child that prints much never waits on a full pipe.
+    let readers = [
+        read_all(child.stdout.take().unwrap()),
+        read_all(child.stderr.take().unwrap()),
+    ];
     let deadline = std::time::Instant::now() + CHILD_LIMIT;
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -116,12 +121,7 @@ fn measure_in_child(test: &str) -> bool {
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    let output = child.wait_with_output().unwrap();
-    let printed = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let printed: String = readers.map(|reader| reader.join().unwrap()).concat();
     println!("{printed}");
     assert!(status.success(), "{test} in its child: {printed}");
     assert!(
@@ -129,6 +129,14 @@ fn measure_in_child(test: &str) -> bool {
         "{test} did not run in its child: {printed}"
     );
     false
+}
+
+fn read_all(mut pipe: impl std::io::Read + Send + 'static) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = pipe.read_to_string(&mut text);
+        text
+    })
 }
 
 /// Checks `growth` against `bound` plus the margin, where the allocator
