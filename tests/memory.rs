@@ -302,7 +302,8 @@ fn unary_sends_to_a_stalled_agent_hold_no_encoded_batch_beyond_the_byte_budget()
     const THREADS: usize = 64;
     const PAYLOAD: usize = 900 << 10;
     const BUDGET: u64 = 16 * MIB;
-    const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+    const CALL_TIMEOUT: Duration = Duration::from_secs(4);
+    const STEADY_WINDOW: Duration = Duration::from_millis(300);
     let mut agent = ChildAgent::start(0);
     let proxy = fault_proxy::FaultProxy::start(&agent.addr);
     let client = IngressClient::builder()
@@ -350,13 +351,18 @@ fn unary_sends_to_a_stalled_agent_hold_no_encoded_batch_beyond_the_byte_budget()
         );
         std::thread::sleep(Duration::from_millis(5));
     }
-    // The least over a while: a caller copying its envelopes into a batch
-    // holds both for that moment only.
-    let mut steady = u64::MAX;
-    while sending.elapsed() < CALL_TIMEOUT / 2 {
-        steady = steady.min(anonymous_bytes());
+    // The least over a while, well before the calls time out: a caller
+    // copying its envelopes into a batch holds both for that moment only.
+    let mut steady = anonymous_bytes();
+    let sampled = std::time::Instant::now();
+    while sampled.elapsed() < STEADY_WINDOW {
         std::thread::sleep(Duration::from_millis(5));
+        steady = steady.min(anonymous_bytes());
     }
+    assert!(
+        sending.elapsed() < CALL_TIMEOUT,
+        "the calls may have ended while sampled"
+    );
     let failed = senders
         .into_iter()
         .map(|sender| sender.join().unwrap())
