@@ -96,11 +96,13 @@ fn report(_flags: &Flags, agent: &mut Agent) {
     agent.set_rate(0);
     println!();
 
-    let bound =
-        (loggregator::DEFAULT_QUEUE_MAX_BYTES + 2 * loggregator::DEFAULT_BATCH_MAX_BYTES) as f64;
+    // One emitting thread: its stash beside the sender's spare buffers.
+    let bound = (loggregator::DEFAULT_QUEUE_MAX_BYTES + 2 * loggregator::DEFAULT_BATCH_MAX_BYTES)
+        as f64
+        + (1024.0 + 32.0 + 32.0) * 1024.0;
     let bound_with_replay = bound + loggregator::DEFAULT_REPLAY_BUFFER_BYTES as f64;
     println!(
-        "memory while the agent is away, default settings: bound = queue_max_bytes + 2 x batch_max_bytes = {:.1} MiB over the idle client ({:.1} MiB with the at-least-once replay buffer)",
+        "memory while the agent is away, default settings: bound = queue_max_bytes + 2 x batch_max_bytes + spare buffers = {:.1} MiB over the idle client ({:.1} MiB with the at-least-once replay buffer)",
         bound / MIB,
         bound_with_replay / MIB
     );
