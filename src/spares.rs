@@ -13,9 +13,11 @@
 //! from that stash. One lock is taken per magazine, not per envelope.
 //!
 //! What is kept is bounded: buffers of at most [`MAX_SPARE_CAPACITY`]
-//! bytes, [`MAGAZINE`] of them in a thread's stash, and
-//! [`SPARE_MAGAZINES`] magazines waiting in a client's spares; the rest
-//! are freed as before.
+//! bytes, [`MAGAZINE`] of them in a thread's stash, [`SPARE_MAGAZINES`]
+//! magazines waiting in a client's spares and the one the sender thread is
+//! filling (fewer than [`MAGAZINE`]): 1 MiB + 32 KiB, and 32 KiB a thread,
+//! as the memory bound of docs/delivery.md counts them; the rest are freed
+//! as before.
 
 use std::cell::RefCell;
 use std::sync::Arc;

@@ -104,7 +104,14 @@ impl IngressClientBuilder {
     /// or `Block`/`BlockFor` wait for bytes as for room. With
     /// `queue_capacity`, it bounds what an outage can cost in memory,
     /// whatever the envelopes' sizes; the at-least-once replay buffer has
-    /// its own bound, `replay_buffer_bytes`.
+    /// its own bound, `replay_buffer_bytes`. The client holds at most
+    /// `queue_max_bytes + replay_buffer_bytes + 2 × batch_max_bytes`
+    /// beyond what it holds idle (gRPC's copy of the message in flight and
+    /// room for the next batch), plus a few hundred bytes per queued
+    /// envelope and at most 1 MiB + 32 KiB of small spare buffers (32 KiB
+    /// more per emitting thread). glibc's `malloc` can keep freed large
+    /// buffers resident beyond that: `MALLOC_MMAP_THRESHOLD_=131072` in the
+    /// environment has them returned (docs/delivery.md).
     ///
     /// ```
     /// let builder = loggregator::IngressClient::builder().queue_max_bytes(64 << 20);
