@@ -2,6 +2,7 @@
 //! a connection), the Ingress method descriptors, and grpcio's futures as
 //! the polled streams the sender loop drives.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io::Read;
 use std::pin::Pin;
@@ -86,10 +87,27 @@ pub(crate) struct GrpcTransport {
     channels_left: u64,
     /// Set once a write is accepted on the channel in use: it connected.
     was_connected: Arc<AtomicBool>,
+    /// The last connections left, newest last, for a wait that ran out on
+    /// one of them to be described as it was, not as the one in use.
+    left: VecDeque<LeftConnection>,
     client: Client,
     // Declared last so it is dropped after the channels that use it.
     env: Arc<Environment>,
 }
+
+/// A connection the client left because it stopped answering.
+struct LeftConnection {
+    /// Its number, counted as the sender loop counts connections.
+    number: u64,
+    /// How old it was when it was left, and when that was.
+    age: Duration,
+    left_at: Instant,
+    was_connected: bool,
+}
+
+/// How many left connections are remembered: a wait outlives its
+/// connection by at most one write or confirm timeout.
+const LEFT_REMEMBERED: usize = 8;
 
 impl GrpcTransport {
     /// Builds the channel; it connects on the first call.
@@ -109,6 +127,7 @@ impl GrpcTransport {
             channel_built: Instant::now(),
             channels_left: 0,
             was_connected: Arc::default(),
+            left: VecDeque::new(),
             env,
         }
     }
@@ -185,6 +204,15 @@ impl Transport for GrpcTransport {
     }
 
     fn abandon_connection(&mut self) {
+        if self.left.len() == LEFT_REMEMBERED {
+            self.left.pop_front();
+        }
+        self.left.push_back(LeftConnection {
+            number: self.channels_left,
+            age: self.channel_built.elapsed(),
+            left_at: Instant::now(),
+            was_connected: self.was_connected.load(Ordering::Relaxed),
+        });
         // Calls still open on the old channel keep it until they end; the
         // loop ends them, and its connection closes with the last one.
         self.channel = build_channel(&self.env, &self.settings);
@@ -194,8 +222,18 @@ impl Transport for GrpcTransport {
         self.was_connected = Arc::default();
     }
 
-    fn stalled(&self, stall: Stall) -> Error {
+    fn stalled(&self, stall: Stall, connection: u64) -> Error {
         let addr = &self.settings.addr;
+        let (what, waited) = match stall {
+            Stall::Write(waited) => ("write not accepted", waited),
+            Stall::Confirmation(waited) => ("the agent did not end a half-closed stream", waited),
+            Stall::Close { waited } => {
+                ("close's deadline passed: a write not yet accepted", waited)
+            }
+        };
+        if connection != self.channels_left {
+            return self.stalled_on_left(what, waited, connection);
+        }
         // Named by how old it is, and whether it replaced one that was
         // left: a wait on a fresh connection says little about the agent.
         let age = self.channel_built.elapsed();
@@ -205,13 +243,6 @@ impl Transport for GrpcTransport {
         };
         let ready =
             self.channel.check_connectivity_state(false) == ConnectivityState::GRPC_CHANNEL_READY;
-        let (what, waited) = match stall {
-            Stall::Write(waited) => ("write not accepted", waited),
-            Stall::Confirmation(waited) => ("the agent did not end a half-closed stream", waited),
-            Stall::Close { waited } => {
-                ("close's deadline passed: a write not yet accepted", waited)
-            }
-        };
         let (status, hint) = if ready {
             (
                 format!("{what} within {waited:?} on {connection}"),
@@ -241,6 +272,38 @@ impl Transport for GrpcTransport {
             addr: addr.clone(),
             status,
             hint,
+        }
+    }
+}
+
+impl GrpcTransport {
+    /// A wait that ran out on a connection already left (another wait on
+    /// it ran out first): described as that connection was, never as the
+    /// one in use, which it says nothing about.
+    fn stalled_on_left(&self, what: &str, waited: Duration, connection: u64) -> Error {
+        let addr = &self.settings.addr;
+        let left = self.left.iter().find(|left| left.number == connection);
+        let status = match left {
+            Some(left) => {
+                let (age, ago) = (left.age, left.left_at.elapsed());
+                let carried = if left.was_connected {
+                    "it had carried writes"
+                } else {
+                    "it never carried a write"
+                };
+                format!(
+                    "{what} within {waited:?} on a connection {age:.0?} old that stopped \
+                     answering ({carried}) and was left {ago:.0?} ago"
+                )
+            }
+            None => format!(
+                "{what} within {waited:?} on a connection that stopped answering and was left"
+            ),
+        };
+        Error::Agent {
+            addr: addr.clone(),
+            status,
+            hint: Some("the agent is not reading; it may be overloaded or stuck".to_string()),
         }
     }
 }
@@ -311,7 +374,7 @@ impl BatchStream for GrpcStream {
     fn half_close(self) -> GrpcClosing {
         GrpcClosing {
             stream: self,
-            half_closed: false,
+            half_close: HalfClose::Pending,
         }
     }
 
@@ -319,7 +382,7 @@ impl BatchStream for GrpcStream {
         // The call has ended: there is nothing to half-close.
         GrpcClosing {
             stream: self,
-            half_closed: true,
+            half_close: HalfClose::AfterFailedWrite,
         }
     }
 }
@@ -328,32 +391,58 @@ impl BatchStream for GrpcStream {
 /// call's status arrives.
 pub(crate) struct GrpcClosing {
     stream: GrpcStream,
-    half_closed: bool,
+    half_close: HalfClose,
+}
+
+/// Whether the agent heard the client's half-close before it ended the call.
+#[derive(Clone, Copy, PartialEq)]
+enum HalfClose {
+    /// Not sent yet.
+    Pending,
+    /// Sent: the call's status answers it.
+    Sent,
+    /// The call had ended before it: whatever the status, the agent ended
+    /// the stream without having read to its end.
+    CallEndedFirst,
+    /// None is sent: a write failed, and its own error stands unless the
+    /// status says more.
+    AfterFailedWrite,
 }
 
 impl Closing for GrpcClosing {
     fn poll_end(&mut self, context: &mut Context<'_>) -> Poll<std::result::Result<(), WriteError>> {
         let stream = &mut self.stream;
-        if !self.half_closed {
-            match Pin::new(&mut stream.sink).poll_close(context) {
+        if self.half_close == HalfClose::Pending {
+            self.half_close = match Pin::new(&mut stream.sink).poll_close(context) {
                 Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(())) => HalfClose::Sent,
                 // A call that already ended says why on the response side.
-                Poll::Ready(_) => self.half_closed = true,
-            }
+                Poll::Ready(Err(_)) => HalfClose::CallEndedFirst,
+            };
         }
         let ended = match Pin::new(&mut stream.response).poll(context) {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(ended) => ended,
         };
-        let error = match ended {
-            Ok(_) => return Poll::Ready(Ok(())),
-            Err(error) => error,
-        };
-        if is_clean_end(&error) {
-            return Poll::Ready(Ok(()));
+        match ended {
+            Err(error) if !is_clean_end(&error) => {
+                let described = agent_error(&stream.settings, &error);
+                Poll::Ready(Err(classify(described, &error)))
+            }
+            // OK, or UNKNOWN "EOF", before the agent had the half-close:
+            // it did not read to the end, so this confirms nothing, and
+            // what the stream carried is written again.
+            _ if self.half_close == HalfClose::CallEndedFirst => {
+                Poll::Ready(Err(WriteError::StreamEnded(Error::Agent {
+                    addr: stream.settings.addr.clone(),
+                    status: "the agent ended the stream cleanly before the client half-closed \
+                             it, which confirms none of its writes"
+                        .to_string(),
+                    hint: None,
+                })))
+            }
+            _ => Poll::Ready(Ok(())),
         }
-        let described = agent_error(&stream.settings, &error);
-        Poll::Ready(Err(classify(described, &error)))
     }
 }
 

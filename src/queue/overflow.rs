@@ -50,7 +50,20 @@ impl Queue {
     }
 
     /// Waits for room, at most `wait`, and never past the start of close.
+    /// An emitter still waiting when close begins has its envelope counted
+    /// lost, for that close to report: it was emitted before close.
     pub(super) fn block_for(&self, queued: Queued, wait: Option<Duration>) {
+        // Under the lock close begins with: either this emitter is counted
+        // blocked before close begins, and close waits for it, or it sees
+        // close begun and its envelope is one emitted after close.
+        {
+            let _locked = self.room.lock.lock();
+            if self.closed.load(Ordering::SeqCst) {
+                drop(_locked);
+                return self.drop_envelopes(DropReason::Closed, 1);
+            }
+            self.room.blocked_emitters.fetch_add(1, Ordering::SeqCst);
+        }
         let mut queued = Some(queued);
         let outcome = self.wait_for_room(wait.map(crate::policy::deadline_after), || match queued
             .take()
@@ -65,8 +78,34 @@ impl Queue {
         });
         match outcome {
             Waited::Done => self.queued(),
-            Waited::Closed => self.drop_envelopes(DropReason::Closed, 1),
+            Waited::Closed => {
+                self.drop_envelopes(DropReason::Closed, 1);
+                self.counters.count_lost(1);
+            }
             Waited::TimedOut => self.drop_envelopes(DropReason::QueueFull, 1),
+        }
+        self.unblocked();
+    }
+
+    /// A blocked emitter has counted or queued its envelope; close, which
+    /// waits for every emitter it released, hears of it.
+    fn unblocked(&self) {
+        let _locked = self.room.lock.lock();
+        self.room.blocked_emitters.fetch_sub(1, Ordering::SeqCst);
+        if self.closed.load(Ordering::SeqCst) {
+            self.room.freed.notify_all();
+        }
+    }
+
+    /// Close began: waits, until `deadline` at most, for the emitters that
+    /// were blocked for room to count or queue their envelopes.
+    pub(crate) fn wait_for_blocked_emitters(&self, deadline: Instant) {
+        let room = &*self.room;
+        let mut locked = room.lock.lock();
+        while room.blocked_emitters.load(Ordering::SeqCst) > 0 {
+            if room.freed.wait_until(&mut locked, deadline).timed_out() {
+                return;
+            }
         }
     }
 
