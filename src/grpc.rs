@@ -374,7 +374,7 @@ impl BatchStream for GrpcStream {
     fn half_close(self) -> GrpcClosing {
         GrpcClosing {
             stream: self,
-            half_close: HalfClose::Pending,
+            half_close: HalfClose::NotSent,
         }
     }
 
@@ -397,8 +397,10 @@ pub(crate) struct GrpcClosing {
 /// Whether the agent heard the client's half-close before it ended the call.
 #[derive(Clone, Copy, PartialEq)]
 enum HalfClose {
-    /// Not sent yet.
-    Pending,
+    /// Not started yet.
+    NotSent,
+    /// Started, and not yet accepted by gRPC.
+    InFlight,
     /// Sent: the call's status answers it.
     Sent,
     /// The call had ended before it: whatever the status, the agent ended
@@ -412,36 +414,60 @@ enum HalfClose {
 impl Closing for GrpcClosing {
     fn poll_end(&mut self, context: &mut Context<'_>) -> Poll<std::result::Result<(), WriteError>> {
         let stream = &mut self.stream;
-        if self.half_close == HalfClose::Pending {
+        if self.half_close == HalfClose::NotSent {
+            // Before the half-close goes out: has the call ended already?
+            // Then the agent ended the stream on its own.
+            if let Poll::Ready(ended) = Pin::new(&mut stream.response).poll(context) {
+                self.half_close = HalfClose::CallEndedFirst;
+                return Poll::Ready(self.ended(ended));
+            }
+            self.half_close = HalfClose::InFlight;
+        }
+        if self.half_close == HalfClose::InFlight {
             self.half_close = match Pin::new(&mut stream.sink).poll_close(context) {
-                Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(())) => HalfClose::Sent,
-                // A call that already ended says why on the response side.
+                // The call ended while the half-close was on its way (the
+                // agent may have answered it already): the half-close's
+                // own outcome, which wakes the loop, says whether it went
+                // out.
+                Poll::Pending | Poll::Ready(Err(grpcio::Error::RpcFinished(_))) => {
+                    return Poll::Pending;
+                }
+                // gRPC failed the half-close: the call had ended before it.
                 Poll::Ready(Err(_)) => HalfClose::CallEndedFirst,
             };
         }
-        let ended = match Pin::new(&mut stream.response).poll(context) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(ended) => ended,
-        };
+        match Pin::new(&mut stream.response).poll(context) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(ended) => Poll::Ready(self.ended(ended)),
+        }
+    }
+}
+
+impl GrpcClosing {
+    /// What the call's end says of the stream's writes.
+    fn ended(
+        &self,
+        ended: grpcio::Result<BatchSenderResponse>,
+    ) -> std::result::Result<(), WriteError> {
+        let settings = &self.stream.settings;
         match ended {
             Err(error) if !is_clean_end(&error) => {
-                let described = agent_error(&stream.settings, &error);
-                Poll::Ready(Err(classify(described, &error)))
+                Err(classify(agent_error(settings, &error), &error))
             }
             // OK, or UNKNOWN "EOF", before the agent had the half-close:
             // it did not read to the end, so this confirms nothing, and
             // what the stream carried is written again.
             _ if self.half_close == HalfClose::CallEndedFirst => {
-                Poll::Ready(Err(WriteError::StreamEnded(Error::Agent {
-                    addr: stream.settings.addr.clone(),
+                Err(WriteError::StreamEnded(Error::Agent {
+                    addr: settings.addr.clone(),
                     status: "the agent ended the stream cleanly before the client half-closed \
                              it, which confirms none of its writes"
                         .to_string(),
                     hint: None,
-                })))
+                }))
             }
-            _ => Poll::Ready(Ok(())),
+            _ => Ok(()),
         }
     }
 }

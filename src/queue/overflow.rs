@@ -65,16 +65,20 @@ impl Queue {
             self.room.blocked_emitters.fetch_add(1, Ordering::SeqCst);
         }
         let mut queued = Some(queued);
-        let outcome = self.wait_for_room(wait.map(crate::policy::deadline_after), || match queued
-            .take()
-            .map(|q| self.try_push(q))
-        {
-            Some(Ok(())) | None => Attempt::Done,
-            Some(Err(Refused::Full(again))) => {
-                queued = Some(again);
-                Attempt::Full
+        let outcome = self.wait_for_room(wait.map(crate::policy::deadline_after), || {
+            // Room close makes is not for this envelope: the sender thread
+            // takes nothing queued after close began.
+            if self.closed.load(Ordering::SeqCst) {
+                return Attempt::Closed;
             }
-            Some(Err(Refused::Closed)) => Attempt::Closed,
+            match queued.take().map(|q| self.try_push(q)) {
+                Some(Ok(())) | None => Attempt::Done,
+                Some(Err(Refused::Full(again))) => {
+                    queued = Some(again);
+                    Attempt::Full
+                }
+                Some(Err(Refused::Closed)) => Attempt::Closed,
+            }
         });
         match outcome {
             Waited::Done => self.queued(),

@@ -150,7 +150,7 @@ impl Transport for FakeTransport {
         self.seen.send(Seen::Stalled(connection)).unwrap();
         Error::Agent {
             addr: "fake".to_string(),
-            status: format!("stalled on connection {connection}: {stall:?}"),
+            status: format!("stalled: {stall:?} on connection {connection}"),
             hint: None,
         }
     }
