@@ -167,3 +167,42 @@ fn hint_for(status: &str, addr: &str, server_name: &str) -> Option<String> {
     };
     Some(hint)
 }
+
+#[cfg(all(test, feature = "testing"))]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::sender::Transport;
+
+    fn status(error: Error) -> String {
+        match error {
+            Error::Agent { status, .. } => status,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_wait_that_ran_out_on_a_connection_left_since_describes_that_one() {
+        let certs = crate::spy::TestCerts::generate().unwrap();
+        // Nothing listens here; the channel connects only on a call, and
+        // the test makes none.
+        let mut transport = GrpcTransport::new(&ChannelSettings {
+            addr: "127.0.0.1:9".to_string(),
+            tls: certs.client_tls().unwrap(),
+            keepalive: None,
+            reconnect_initial: Duration::from_secs(1),
+            reconnect_max: Duration::from_secs(1),
+        });
+        transport.abandon_connection();
+        let late = Stall::Confirmation(Duration::from_secs(10));
+        let on_left = status(transport.stalled(late, 0));
+        assert!(on_left.contains("was left"), "{on_left}");
+        assert!(on_left.contains("never carried a write"), "{on_left}");
+        let on_current = status(transport.stalled(late, 1));
+        assert!(
+            on_current.contains("made after the one before stopped answering"),
+            "{on_current}"
+        );
+    }
+}
