@@ -251,3 +251,48 @@ fn close_that_times_out_counts_blocked_emitters_among_the_undelivered() {
     );
     assert_closed_accounting(&stats);
 }
+
+#[test]
+fn close_against_a_paused_agent_reports_every_envelope_it_did_not_deliver() {
+    let certs = TestCerts::generate().unwrap();
+    let agent = SpyAgent::start(&certs).unwrap();
+    agent.pause_reading();
+    let client = builder(&certs, agent.addr())
+        .overflow(Overflow::Block)
+        .queue_capacity(8)
+        .build()
+        .unwrap();
+    let emitters: u64 = 3;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let threads: Vec<_> = (0..emitters)
+        .map(|_| {
+            let (client, stop) = (client.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    client.emit(Envelope::log(vec![b'p'; 16 * 1024]));
+                }
+            })
+        })
+        .collect();
+    // The agent reads nothing: the queue fills and the emitters wait for
+    // room (until HTTP/2's windows are full, gRPC still takes writes and
+    // the sender thread makes room now and then).
+    poll_stats(&client, |s| s.blocked_emitters == emitters);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    // Whatever close ran into (its deadline, the last stream not ended),
+    // every envelope it leaves undelivered is in its answer.
+    let reported = match client.close(Duration::from_millis(500)) {
+        Ok(()) | Err(Error::Agent { .. }) => 0,
+        Err(Error::Undelivered { count, .. }) => count,
+        Err(Error::Timeout { undelivered, .. }) => undelivered,
+        Err(other) => panic!("{other:?}"),
+    };
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    let stats = client.stats();
+    assert!(stats.dropped.closed <= emitters, "{stats:?}");
+    assert_eq!(reported, stats.dropped.total(), "{stats:?}");
+    assert_closed_accounting(&stats);
+    agent.resume_reading();
+}
