@@ -70,13 +70,29 @@ pub enum Error {
         hint: Option<String>,
     },
 
-    /// Envelopes covered by a flush or close were dropped because the agent
-    /// did not accept them; `stats()` has the counts by reason.
+    /// Envelopes that `emit` had accepted were lost afterwards, since the
+    /// last flush or close that reported losses: given up (`gave_up`),
+    /// refused by the agent as too large (`too_large`), or left behind by
+    /// close (`closed`: still queued when the sender thread stopped, or
+    /// waiting for room under `Block`/`BlockFor` when close began). Each
+    /// such loss is reported once, by the first `flush` or `close` to
+    /// return after it, whichever handle calls it (a flush that times out
+    /// leaves it to the next; a close that times out counts it in its
+    /// `Error::Timeout`). Drops `emit` makes itself by the overflow policy
+    /// or because it refuses the envelope (`queue_full`, `too_large` at
+    /// emit, `zero_counter`, emitted after close) are the caller's own and
+    /// are only counted in `stats()`, which has every count by reason.
+    ///
+    /// ```
+    /// let error = loggregator::Error::Undelivered { count: 2, cause: "RESOURCE_EXHAUSTED".into() };
+    /// assert_eq!(error.to_string(), "2 envelopes were not delivered: RESOURCE_EXHAUSTED");
+    /// ```
     #[error("{count} envelopes were not delivered: {cause}")]
     Undelivered {
-        /// How many envelopes were dropped during the call.
+        /// How many envelopes were lost and not reported before.
         count: u64,
-        /// The last error from the agent.
+        /// The last error seen (from the agent, or the client's own), or
+        /// "unknown".
         cause: String,
     },
 
@@ -85,7 +101,11 @@ pub enum Error {
     Timeout {
         /// How long the caller waited.
         waited: Duration,
-        /// Envelopes still queued or being written when the time ran out.
+        /// From `flush` or `send`: envelopes still queued or being written
+        /// when the time ran out (not lost: they stay queued). From
+        /// `close`: every envelope `emit` accepted that will not be
+        /// delivered and that no earlier flush or close reported, those
+        /// close gave up on included.
         undelivered: u64,
     },
 

@@ -9,8 +9,9 @@ use parking_lot::Mutex;
 /// A snapshot of what the client has done, from [`IngressClient::stats`](crate::IngressClient::stats).
 ///
 /// Every envelope passed to `emit` is counted once in `emitted` and ends up
-/// in exactly one of `sent`, `dropped`, `queued` or `in_flight`; after
-/// `close`, `emitted == sent + dropped.total()`.
+/// in exactly one of `sent`, `dropped`, `queued`, `in_flight` or (its
+/// emitter waiting for room) `blocked_emitters`; after `close`,
+/// `emitted == sent + dropped.total()`.
 ///
 /// ```
 /// use loggregator::Stats;
@@ -46,6 +47,15 @@ pub struct Stats {
     pub queued_bytes: u64,
     /// Envelopes taken from the queue by the sender thread and not yet sent or dropped.
     pub in_flight: u64,
+    /// Emitting threads waiting for room now (`Overflow::Block` or
+    /// `BlockFor`); their envelopes are counted in `emitted` and not yet
+    /// in any other count. Those still waiting when `close` begins are
+    /// counted `dropped.closed` and reported by that close.
+    ///
+    /// ```
+    /// assert_eq!(loggregator::Stats::default().blocked_emitters, 0);
+    /// ```
+    pub blocked_emitters: u64,
     /// Tags the tracing layer and the `log` bridge left off envelopes:
     /// fields or key-values beyond `MAX_FIELD_TAGS` on one span, event or
     /// record, and key-values named like a tag the bridge sets itself
@@ -90,13 +100,20 @@ pub struct Dropped {
     /// (`queue_max_bytes`), when `emit` was called, and the overflow policy
     /// dropped this envelope (or, `DropOldest`, evicted it).
     pub queue_full: u64,
-    /// The envelope alone encodes larger than `batch_max_bytes`.
+    /// The envelope alone encodes larger than `batch_max_bytes` (refused
+    /// by `emit`), or the agent refused it as too large (RESOURCE_EXHAUSTED
+    /// on a message that held it alone; the next flush or close reports it).
     pub too_large: u64,
-    /// Emitted after `close`, or still queued when close gave up.
+    /// Emitted after `close` began; or emitted before and still queued
+    /// when the sender thread stopped, or waiting for room (`Block`,
+    /// `BlockFor`) when close began: those `close` reports as
+    /// [`Error::Undelivered`](crate::Error::Undelivered) (or in its
+    /// `Error::Timeout`).
     pub closed: u64,
     /// The client gave up on it: it was still unwritten or unconfirmed when
     /// `close` ran out of time, or (at most once) a write holding it was cut
-    /// short and might have reached the agent.
+    /// short and might have reached the agent. The next flush or close
+    /// reports it.
     pub gave_up: u64,
     /// A counter with `delta == 0 && total == 0` not made with `reset()`.
     pub zero_counter: u64,
@@ -288,9 +305,13 @@ pub(crate) struct Counters {
     pub reconnects: AtomicU64,
     pub replayed: AtomicU64,
     pub in_flight: AtomicU64,
-    /// Envelopes the sender thread dropped after taking them (given up, or
-    /// refused as too large); flush and close report these.
-    pub undeliverable: AtomicU64,
+    /// Envelopes `emit` accepted and the client lost afterwards: given up,
+    /// refused by the agent as too large, or left behind by close (still
+    /// queued, or waiting for room, when it began). Flush and close report
+    /// these, each once ([`claim_unreported_losses`](Self::claim_unreported_losses)).
+    lost: AtomicU64,
+    /// How many of `lost` a flush or close has reported; only ever raised.
+    lost_reported: AtomicU64,
     pub tags_dropped: AtomicU64,
     pub values_cut: AtomicU64,
     pub series_dropped: AtomicU64,
@@ -367,8 +388,22 @@ impl Counters {
         }
     }
 
-    pub(crate) fn undeliverable(&self) -> u64 {
-        self.undeliverable.load(Relaxed)
+    /// Counts `count` envelopes that `emit` accepted as lost: a flush or
+    /// close will report them. Drops `emit` itself makes by the overflow
+    /// policy, or of envelopes it refuses, are the caller's own and are not
+    /// counted here.
+    pub(crate) fn count_lost(&self, count: u64) {
+        self.lost.fetch_add(count, Relaxed);
+    }
+
+    /// The losses no flush or close has reported yet, now reported: every
+    /// loss is claimed by exactly one caller, however many handles flush or
+    /// close at once, because the mark only rises and each caller takes
+    /// what lies between the mark it raised from and the one it raised to.
+    pub(crate) fn claim_unreported_losses(&self) -> u64 {
+        let lost = self.lost.load(Relaxed);
+        let reported_before = self.lost_reported.fetch_max(lost, Relaxed);
+        lost.saturating_sub(reported_before)
     }
 
     pub(crate) fn record_error(&self, error: &crate::Error) {
@@ -388,6 +423,7 @@ impl Counters {
             queued: queued as u64,
             queued_bytes: queued_bytes as u64,
             in_flight: self.in_flight.load(Relaxed),
+            blocked_emitters: 0,
             tags_dropped: self.tags_dropped.load(Relaxed),
             values_cut: self.values_cut.load(Relaxed),
             series_dropped: self.series_dropped.load(Relaxed),

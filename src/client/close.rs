@@ -21,19 +21,22 @@ pub const CLOSE_MARGIN: Duration = Duration::from_millis(250);
 const REPLY_GRACE: Duration = Duration::from_millis(100);
 
 impl Inner {
-    /// `Error::Undelivered` if batches were dropped since `failed_before`
-    /// was read; a flush or close covers everything queued before it, so any
-    /// such drop may be one of its envelopes.
-    pub(super) fn undelivered_since(&self, failed_before: u64) -> Result<()> {
-        let count = self.counters.undeliverable() - failed_before;
-        if count == 0 {
-            return Ok(());
+    /// `Error::Undelivered` for the envelopes `emit` accepted and the
+    /// client lost since the last flush or close that reported losses;
+    /// each loss is reported once, whichever handle asks first.
+    pub(super) fn report_losses(&self) -> Result<()> {
+        match self.counters.claim_unreported_losses() {
+            0 => Ok(()),
+            count => Err(self.undelivered(count)),
         }
+    }
+
+    fn undelivered(&self, count: u64) -> Error {
         let cause = self.counters.snapshot(0, 0).last_error;
-        Err(Error::Undelivered {
+        Error::Undelivered {
             count,
             cause: cause.unwrap_or_else(|| "unknown".to_string()),
-        })
+        }
     }
 
     pub(super) fn close(&self, timeout: Duration) -> Result<()> {
@@ -54,23 +57,9 @@ impl Inner {
         self.queue.close();
         drop(self.pulse_thread.lock().take());
         drop(self.close_signal.lock().take());
-        let failed_before = self.counters.undeliverable();
         let (reply, replied) = bounded(1);
         let _ = self.control.send(Control::Close { deadline, reply });
-        let result = match replied.recv_deadline(deadline + REPLY_GRACE) {
-            Ok(Err(Error::Timeout { undelivered, .. })) => Err(Error::Timeout {
-                waited: started.elapsed(),
-                undelivered,
-            }),
-            Ok(result) => self.undelivered_since(failed_before).and(result),
-            Err(_) => {
-                let undelivered = self.queue.undelivered();
-                Err(Error::Timeout {
-                    waited: started.elapsed(),
-                    undelivered,
-                })
-            }
-        };
+        let replied = replied.recv_deadline(deadline + REPLY_GRACE);
         // The thread ends right after replying: it never waits on gRPC.
         let exited = thread
             .exited
@@ -82,7 +71,30 @@ impl Inner {
         if !stopped || thread.handle.join().is_err() {
             log::error!(target: LOG_TARGET, "the sender thread did not stop; leaving it behind");
         }
+        // What emitters blocked for room when close began were holding,
+        // and what is still queued, is lost: counted before the answer, so
+        // that this close reports it. (Released by `queue.close()`, a
+        // blocked emitter either counted its envelope or queued it, which
+        // `stopped` then counts.)
+        self.queue
+            .wait_for_blocked_emitters(deadline + CLOSE_MARGIN);
         self.queue.stopped();
+        let lost = self.counters.claim_unreported_losses();
+        let waited = started.elapsed();
+        let result = match replied {
+            // Everything lost and not reported before, what close gave up
+            // on included.
+            Ok(Err(Error::Timeout { .. })) => Err(Error::Timeout {
+                waited,
+                undelivered: lost,
+            }),
+            Ok(_) if lost > 0 => Err(self.undelivered(lost)),
+            Ok(result) => result,
+            Err(_) => Err(Error::Timeout {
+                waited,
+                undelivered: self.queue.undelivered() + lost,
+            }),
+        };
         // A first drop the sender thread did not live to log.
         self.counters.log_first_drop();
         let stats = self.counters.snapshot(self.queue.len(), self.queue.bytes());

@@ -238,9 +238,16 @@ impl IngressClient {
     /// Waits until everything emitted before this call has been written to
     /// the agent's stream, at most `timeout`.
     ///
-    /// Returns [`Error::Undelivered`] when some of it was dropped because the
-    /// agent did not accept it, [`Error::Timeout`] when time ran out (the
-    /// envelopes stay queued), and [`Error::Closed`] after `close`.
+    /// Returns [`Error::Undelivered`] when envelopes that `emit` accepted
+    /// were lost since the last flush or close that reported losses
+    /// (whenever they were lost, and whichever handle flushes: each loss is
+    /// reported once), [`Error::Timeout`] when time ran out (the envelopes
+    /// stay queued, and losses are left for the next flush or close), and
+    /// [`Error::Closed`] after `close`. `Ok` means nothing accepted was
+    /// lost since the last report. Drops `emit` made itself (a full queue
+    /// under the overflow policy, an envelope too large for any batch, a
+    /// zero counter) are the caller's own choice and only in
+    /// [`stats`](Self::stats).
     ///
     /// ```no_run
     /// # let client: loggregator::IngressClient = unimplemented!();
@@ -253,7 +260,6 @@ impl IngressClient {
         if inner.queue.is_closed() {
             return Err(Error::Closed);
         }
-        let failed_before = inner.counters.undeliverable();
         let deadline = deadline_after(timeout);
         let (reply, replied) = bounded(1);
         inner
@@ -261,7 +267,7 @@ impl IngressClient {
             .send(Control::Flush { deadline, reply })
             .map_err(|_| Error::Closed)?;
         match replied.recv_deadline(deadline) {
-            Ok(result) => result.and_then(|()| inner.undelivered_since(failed_before)),
+            Ok(result) => result.and_then(|()| inner.report_losses()),
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => Err(Error::Timeout {
                 waited: started.elapsed(),
                 undelivered: inner.queue.undelivered(),
@@ -276,9 +282,15 @@ impl IngressClient {
     /// [`CLOSE_MARGIN`] (250 ms), and so does dropping the last handle
     /// (with `close_on_drop_timeout`), on the thread that drops it.
     ///
-    /// On timeout the pending gRPC call is cancelled, the thread stops, and
-    /// [`Error::Timeout`] says how many envelopes were not delivered. Later
-    /// emits are dropped (reason `closed`); closing again returns `Ok`.
+    /// Emitters blocked for room (`Block`, `BlockFor`) when close begins
+    /// are released; their envelopes are counted `dropped.closed` and
+    /// reported by this close. [`Error::Undelivered`] reports every
+    /// envelope `emit` accepted and the client lost that no flush reported
+    /// (as [`flush`](Self::flush) does, those included); `Ok` means there
+    /// were none. On timeout the pending gRPC call is cancelled, the thread
+    /// stops, and [`Error::Timeout`] says how many envelopes were not
+    /// delivered, earlier unreported losses included. Later emits are
+    /// dropped (reason `closed`, not reported); closing again returns `Ok`.
     ///
     /// ```no_run
     /// # let client: loggregator::IngressClient = unimplemented!();

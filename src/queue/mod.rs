@@ -282,7 +282,9 @@ impl Queue {
         // sees this envelope, or this sees `stopped`.
         fence(Ordering::SeqCst);
         if self.stopped.load(Ordering::Relaxed) {
-            self.drain_leftovers();
+            // An emit racing a close that has answered: no flush or close
+            // is left to report it, so it counts as emitted after close.
+            self.drain_leftovers(false);
             return Pushed::Dropped;
         }
         Pushed::Queued
@@ -291,8 +293,12 @@ impl Queue {
     /// Refuses later emits and releases waiting emitters.
     pub(crate) fn close(&self) {
         // SeqCst, paired with `wait_for_room`: a waiting emitter either sees
-        // this or is counted in `waiting` and woken next.
-        self.closed.store(true, Ordering::SeqCst);
+        // this or is counted in `waiting` and woken next. Under the lock a
+        // blocking emitter registers with (`block_for`).
+        {
+            let _locked = self.room.lock.lock();
+            self.closed.store(true, Ordering::SeqCst);
+        }
         self.room.wake_all();
     }
 
@@ -301,14 +307,17 @@ impl Queue {
     }
 
     /// The sender thread has stopped: counts what is left as dropped, and
-    /// has every later emit count its own.
+    /// lost (the close under way reports it), and has every later emit
+    /// count its own.
     pub(crate) fn stopped(&self) {
         self.stopped.store(true, Ordering::Relaxed);
         fence(Ordering::SeqCst);
-        self.drain_leftovers();
+        self.drain_leftovers(true);
     }
 
-    fn drain_leftovers(&self) {
+    /// Drops what is left in the channel; `lost` when a close is still to
+    /// answer, which reports it.
+    fn drain_leftovers(&self, lost: bool) {
         let mut count = 0;
         for queued in self.leftovers.try_iter() {
             self.room.release(queued.framed());
@@ -316,6 +325,9 @@ impl Queue {
         }
         if count > 0 {
             self.drop_envelopes(DropReason::Closed, count);
+            if lost {
+                self.counters.count_lost(count);
+            }
         }
     }
 
@@ -331,7 +343,9 @@ impl Queue {
 
     /// The client's counts now.
     pub(crate) fn stats(&self) -> crate::Stats {
-        self.counters.snapshot(self.len(), self.bytes())
+        let mut stats = self.counters.snapshot(self.len(), self.bytes());
+        stats.blocked_emitters = self.room.blocked_emitters.load(Ordering::Relaxed) as u64;
+        stats
     }
 
     /// Envelopes emitted and neither sent nor dropped yet.

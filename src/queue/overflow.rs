@@ -50,23 +50,68 @@ impl Queue {
     }
 
     /// Waits for room, at most `wait`, and never past the start of close.
+    /// An emitter still waiting when close begins has its envelope counted
+    /// lost, for that close to report: it was emitted before close.
     pub(super) fn block_for(&self, queued: Queued, wait: Option<Duration>) -> Pushed {
-        let mut queued = Some(queued);
-        let outcome = self.wait_for_room(wait.map(crate::policy::deadline_after), || match queued
-            .take()
-            .map(|q| self.try_push(q))
+        // Under the lock close begins with: either this emitter is counted
+        // blocked before close begins, and close waits for it, or it sees
+        // close begun and its envelope is one emitted after close.
         {
-            Some(Ok(())) | None => Attempt::Done,
-            Some(Err(Refused::Full(again))) => {
-                queued = Some(again);
-                Attempt::Full
+            let _locked = self.room.lock.lock();
+            if self.closed.load(Ordering::SeqCst) {
+                drop(_locked);
+                return self.refuse(DropReason::Closed);
             }
-            Some(Err(Refused::Closed)) => Attempt::Closed,
+            self.room.blocked_emitters.fetch_add(1, Ordering::SeqCst);
+        }
+        let mut queued = Some(queued);
+        let outcome = self.wait_for_room(wait.map(crate::policy::deadline_after), || {
+            // Room close makes is not for this envelope: the sender thread
+            // takes nothing queued after close began.
+            if self.closed.load(Ordering::SeqCst) {
+                return Attempt::Closed;
+            }
+            match queued.take().map(|q| self.try_push(q)) {
+                Some(Ok(())) | None => Attempt::Done,
+                Some(Err(Refused::Full(again))) => {
+                    queued = Some(again);
+                    Attempt::Full
+                }
+                Some(Err(Refused::Closed)) => Attempt::Closed,
+            }
         });
-        match outcome {
+        let pushed = match outcome {
             Waited::Done => self.queued(),
-            Waited::Closed => self.refuse(DropReason::Closed),
+            Waited::Closed => {
+                self.drop_envelopes(DropReason::Closed, 1);
+                self.counters.count_lost(1);
+                Pushed::Dropped
+            }
             Waited::TimedOut => self.refuse(DropReason::QueueFull),
+        };
+        self.unblocked();
+        pushed
+    }
+
+    /// A blocked emitter has counted or queued its envelope; close, which
+    /// waits for every emitter it released, hears of it.
+    fn unblocked(&self) {
+        let _locked = self.room.lock.lock();
+        self.room.blocked_emitters.fetch_sub(1, Ordering::SeqCst);
+        if self.closed.load(Ordering::SeqCst) {
+            self.room.freed.notify_all();
+        }
+    }
+
+    /// Close began: waits, until `deadline` at most, for the emitters that
+    /// were blocked for room to count or queue their envelopes.
+    pub(crate) fn wait_for_blocked_emitters(&self, deadline: Instant) {
+        let room = &*self.room;
+        let mut locked = room.lock.lock();
+        while room.blocked_emitters.load(Ordering::SeqCst) > 0 {
+            if room.freed.wait_until(&mut locked, deadline).timed_out() {
+                return;
+            }
         }
     }
 

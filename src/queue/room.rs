@@ -31,6 +31,9 @@ pub(crate) struct Room {
     pub(super) released: AtomicBool,
     /// Emitters waiting, or about to; read by the sender thread without the lock.
     pub(super) waiting: AtomicUsize,
+    /// Emitters in `Block` or `BlockFor` that have not yet queued or
+    /// counted their envelope; close waits for them before it answers.
+    pub(super) blocked_emitters: AtomicUsize,
     pub(super) lock: Mutex<()>,
     pub(super) freed: Condvar,
 }
@@ -44,6 +47,7 @@ impl Room {
             held_for_sends: AtomicUsize::new(0),
             released: AtomicBool::new(false),
             waiting: AtomicUsize::new(0),
+            blocked_emitters: AtomicUsize::new(0),
             lock: Mutex::new(()),
             freed: Condvar::new(),
         }

@@ -72,7 +72,11 @@ impl<T: Transport> Streams<T> {
                     .saturating_sub(deadline.saturating_duration_since(now))
             });
         if let Some(waited) = longest_write {
-            let error = self.transport.stalled(Stall::Close { waited });
+            // Writes in flight ride the connection in use: leaving one
+            // ends every write on it.
+            let error = self
+                .transport
+                .stalled(Stall::Close { waited }, self.slots.connection());
             self.health.record(&error);
         }
         let mut given_up = Vec::new();

@@ -120,7 +120,7 @@ impl Ledger {
         let count = batch.len();
         self.settle(count);
         self.counters.drop_envelopes(reason, count);
-        self.counters.undeliverable.fetch_add(count, Relaxed);
+        self.counters.count_lost(count);
         count
     }
 

@@ -98,9 +98,12 @@ impl<T: Transport> Streams<T> {
                 } => {
                     let timed_out = failure.is_none();
                     let failure = failure.unwrap_or_else(|| {
+                        // Named by its own connection: an earlier
+                        // confirmation timed out in this pass may have
+                        // left it already.
                         WriteError::Uncertain(
                             self.transport
-                                .stalled(Stall::Confirmation(self.confirm_timeout)),
+                                .stalled(Stall::Confirmation(self.confirm_timeout), connection),
                         )
                     });
                     self.confirmation_failed(batches, last, failure, true);

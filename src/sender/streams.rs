@@ -287,7 +287,9 @@ impl<T: Transport> Streams<T> {
             return;
         }
         let connection = open.connection;
-        let error = self.transport.stalled(Stall::Write(self.write_timeout));
+        let error = self
+            .transport
+            .stalled(Stall::Write(self.write_timeout), connection);
         self.health.failed(&error);
         let taken = self.slots.take_carried(slot);
         let Some(writing) = taken.writing else {

@@ -32,9 +32,10 @@ pub(crate) trait Transport {
     /// (a peer that vanished, lost NAT state) would carry every new stream.
     fn abandon_connection(&mut self);
 
-    /// What a wait that ran out says about the connection in use, for the
-    /// operator: which wait it was, and the connection it waited on.
-    fn stalled(&self, stall: Stall) -> Error;
+    /// What a wait that ran out says, for the operator: which wait it was,
+    /// and the connection it waited on, numbered from 0 by the connections
+    /// left before it (the one in use, or one already left).
+    fn stalled(&self, stall: Stall, connection: u64) -> Error;
 }
 
 /// A wait on the agent that ran out.

@@ -94,7 +94,12 @@ pub fn emit_through_restarts(client: &IngressClient, agent: &SpyAgent, total: u6
         shutdowns.push(progress.load(Ordering::SeqCst));
     }
     emitter.join().unwrap();
-    client.flush(WAIT).unwrap();
+    // At most once, a write a restart cut short is given up, and this
+    // flush reports it; callers check the counts.
+    match client.flush(WAIT) {
+        Ok(()) | Err(Error::Undelivered { .. }) => {}
+        other => panic!("{other:?}"),
+    }
     shutdowns
 }
 
@@ -280,7 +285,7 @@ fn a_stream_ended_with_an_error_is_replaced_and_the_cause_kept_at_most_once() {
             assert!(n < 1000, "the failure was never noticed");
         }
         client.emit(numbered(n));
-        client.close(WAIT).unwrap();
+        close_naming_one_undelivered(&client);
         let stats = client.stats();
         assert!(
             stats
@@ -322,7 +327,7 @@ fn a_stream_ended_with_an_error_is_replayed_at_least_once() {
         client.emit(numbered(0));
         flush_naming_one_undelivered(&client);
         client.emit(numbered(1));
-        client.close(WAIT).unwrap();
+        close_naming_one_undelivered(&client);
         let received: HashSet<u64> = seqs(&agent).into_iter().collect();
         let stats = client.stats();
         // Envelope 0 is written again either as a replay (its write had
@@ -409,6 +414,17 @@ fn at_most_once_an_envelope_over_the_agents_limit_is_counted_or_reported() {
 /// reports either.
 fn flush_naming_one_undelivered(client: &IngressClient) {
     match client.flush(WAIT) {
+        Ok(()) => {}
+        Err(Error::Undelivered { count: 1, .. })
+            if client.stats().dropped.too_large + client.stats().dropped.gave_up == 1 => {}
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Closes; the one envelope [`flush_naming_one_undelivered`] allows for
+/// may be lost after the last flush, and then close reports it.
+fn close_naming_one_undelivered(client: &IngressClient) {
+    match client.close(WAIT) {
         Ok(()) => {}
         Err(Error::Undelivered { count: 1, .. })
             if client.stats().dropped.too_large + client.stats().dropped.gave_up == 1 => {}

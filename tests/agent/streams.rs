@@ -172,6 +172,9 @@ fn at_most_once_with_several_streams_one_ended_by_the_agent_is_replaced_without_
         Ok(()) => {}
         // The ended stream may be the last one close ends.
         Err(Error::Agent { status, .. }) if status.contains("injected") => {}
+        // Writes the end cut short are given up; no flush above may have
+        // reported them yet.
+        Err(Error::Undelivered { count, .. }) if count <= client.stats().dropped.gave_up => {}
         other => panic!("{other:?}"),
     }
     let received = seqs(&agent);

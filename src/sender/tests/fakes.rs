@@ -18,6 +18,8 @@ pub(super) enum Seen {
     HalfClosed,
     /// The loop left the connection.
     Abandoned,
+    /// The loop asked what a wait that ran out on this connection says.
+    Stalled(u64),
 }
 
 pub(super) type Outcome = std::result::Result<(), WriteError>;
@@ -144,10 +146,11 @@ impl Transport for FakeTransport {
         self.seen.send(Seen::Abandoned).unwrap();
     }
 
-    fn stalled(&self, stall: Stall) -> Error {
+    fn stalled(&self, stall: Stall, connection: u64) -> Error {
+        self.seen.send(Seen::Stalled(connection)).unwrap();
         Error::Agent {
             addr: "fake".to_string(),
-            status: format!("stalled: {stall:?}"),
+            status: format!("stalled: {stall:?} on connection {connection}"),
             hint: None,
         }
     }

@@ -8,6 +8,7 @@ mod connection;
 mod failures;
 mod fakes;
 mod several_streams;
+mod stalls;
 
 use super::*;
 use crate::queue::Queued;
