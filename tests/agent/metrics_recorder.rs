@@ -10,9 +10,7 @@ use loggregator::proto::envelope as pb;
 use loggregator::spy::TestCerts;
 use loggregator::{Envelope, Error, IngressClient, MetricsRecorder, Overflow, SourceInfo};
 
-use crate::common::{
-    WAIT, absent_agent, assert_closed_accounting, setup, start_agent, wait_for_stats,
-};
+use crate::common::{POLL, WAIT, absent_agent, assert_closed_accounting, join_within, setup, start_agent, wait_for_stats};
 use crate::metrics::{agent_totals, fill_queue, waiting_emitters};
 
 fn key(name: &str, source: &str, tags: &[(&str, &str)]) -> crate::metrics::CounterKey {
@@ -108,7 +106,7 @@ fn absolute_sends_each_rise_and_a_smaller_reading_changes_nothing() {
             if deltas.len() >= count || Instant::now() > deadline {
                 return deltas;
             }
-            std::thread::yield_now();
+            std::thread::sleep(POLL);
         }
     };
     absolute(10);
@@ -346,8 +344,11 @@ fn an_idle_series_stops_being_sent_and_a_live_one_goes_on() {
     let set = |name: &'static str, value: f64| {
         ::metrics::with_local_recorder(&recorder, || gauge!(name, "set" => "mr_idle").set(value));
     };
+    // Read before the set: the series can be idle no sooner than this
+    // plus `idle_timeout`, and a pulse envelope is stamped after the pulse
+    // decided what it holds.
+    let set_at = loggregator::UnixNanos::now().as_i64();
     set("mr_idle_once", 1.0);
-    let last_set = Instant::now();
     // The live gauge shares the idle one's label set, so each envelope
     // says whether the idle one was still in it.
     let mut rounds = 0;
@@ -370,9 +371,16 @@ fn an_idle_series_stops_being_sent_and_a_live_one_goes_on() {
         }
         assert!(Instant::now() < deadline, "never stopped: {last:?}");
     }
+    // The first pulse without it came only once it had been idle so long.
+    let received = setup.agent.envelopes();
+    let first_without = received
+        .iter()
+        .find(|e| !e.gauge().metrics.contains_key("mr_idle_once"))
+        .unwrap();
+    let idle_for = Duration::from_nanos((first_without.timestamp - set_at).max(0) as u64);
     assert!(
-        last_set.elapsed() >= idle_timeout,
-        "it stopped only once idle for {idle_timeout:?}"
+        idle_for >= idle_timeout,
+        "it stopped after {idle_for:?} idle, before {idle_timeout:?}: {first_without:?}"
     );
     client.close(WAIT).unwrap();
     let received = setup.agent.envelopes();
@@ -471,7 +479,7 @@ fn counts_through_an_outage_with_the_queue_full(overflow: Overflow, source: &str
     }
     let agent = start_agent(&certs, &addr);
     if let Some(waiting) = waiting {
-        waiting.join().unwrap();
+        join_within(waiting, WAIT);
     }
     wait_for_stats(&client, |s| s.queued + s.in_flight == 0 && s.sent > 0);
     for _ in 0..30 {
@@ -661,7 +669,7 @@ fn a_pulse_larger_than_the_queue_arrives_whole_with_default_settings() {
     let deadline = Instant::now() + loggregator::DEFAULT_PULSE_INTERVAL + WAIT;
     while !full(&client.stats()) && client.stats().dropped.total() == 0 {
         assert!(Instant::now() < deadline, "{:?}", client.stats());
-        std::thread::yield_now();
+        std::thread::sleep(POLL);
     }
     setup.agent.resume_reading();
     let received = setup.agent.wait_for_envelopes(13_000, WAIT);
@@ -809,6 +817,6 @@ fn wait_until(ready: impl Fn() -> bool) {
     let deadline = Instant::now() + WAIT;
     while !ready() {
         assert!(Instant::now() < deadline, "never got there");
-        std::thread::yield_now();
+        std::thread::sleep(POLL);
     }
 }
