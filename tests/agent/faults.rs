@@ -100,8 +100,11 @@ pub fn emit_through_restarts(client: &IngressClient, agent: &SpyAgent, total: u6
         agent.shutdown();
         // The second failure since is a reconnection refused: by then the
         // dying stream's last write has been counted, sent or given up,
-        // and with no agent nothing more can be.
-        let stats = wait_for_stats(client, |s| s.errors >= errors + 2);
+        // and with no agent nothing more can be. A client that has every
+        // envelope behind it writes nothing more, and fails no more.
+        let stats = wait_for_stats(client, |s| {
+            s.errors >= errors + 2 || s.sent + s.dropped.gave_up == total
+        });
         restarts.push(Restart {
             read_before,
             handled: stats.sent + stats.dropped.gave_up,

@@ -62,6 +62,8 @@ fn a_counter_pulses_its_delta_with_total_0_and_stays_silent_when_idle() {
             ("requests".into(), 4, 0)
         ]
     );
+    // Nor did it try to: a `delta 0, total 0` is dropped at emit, not sent.
+    assert_eq!(client.stats().dropped.total(), 0, "{:?}", client.stats());
 }
 
 /// Waits (bounded) until what the agent received satisfies `ready`; returns it.
