@@ -334,7 +334,7 @@ fn labels_become_tags_ids_and_gauges_of_a_label_set_share_an_envelope_with_units
 #[test]
 fn an_idle_series_stops_being_sent_and_a_live_one_goes_on() {
     let setup = setup();
-    let idle_timeout = Duration::from_millis(100);
+    let idle_timeout = Duration::from_millis(400);
     let client = setup
         .builder()
         .pulse_interval(Duration::from_millis(10))
@@ -371,16 +371,31 @@ fn an_idle_series_stops_being_sent_and_a_live_one_goes_on() {
         }
         assert!(Instant::now() < deadline, "never stopped: {last:?}");
     }
-    // The first pulse without it came only once it had been idle so long.
+    // The first pulse without it came only once it had been idle so long,
+    // and it was sent until then: a pulse in the second half of the
+    // timeout still had it (pulses come every 10 ms; a pulse thread held
+    // up for longer than half the timeout is not a loaded machine, it is a
+    // stopped one).
     let received = setup.agent.envelopes();
+    let since_set = |e: &pb::Envelope| Duration::from_nanos((e.timestamp - set_at).max(0) as u64);
     let first_without = received
         .iter()
         .find(|e| !e.gauge().metrics.contains_key("mr_idle_once"))
         .unwrap();
-    let idle_for = Duration::from_nanos((first_without.timestamp - set_at).max(0) as u64);
     assert!(
-        idle_for >= idle_timeout,
-        "it stopped after {idle_for:?} idle, before {idle_timeout:?}: {first_without:?}"
+        since_set(first_without) >= idle_timeout,
+        "it stopped after {:?} idle, before {idle_timeout:?}",
+        since_set(first_without)
+    );
+    let last_with = received
+        .iter()
+        .rev()
+        .find(|e| e.gauge().metrics.contains_key("mr_idle_once"))
+        .unwrap();
+    assert!(
+        since_set(last_with) >= idle_timeout / 2,
+        "last sent {:?} after it was set, with {idle_timeout:?} to go idle",
+        since_set(last_with)
     );
     client.close(WAIT).unwrap();
     let received = setup.agent.envelopes();
