@@ -41,7 +41,13 @@ impl Tee {
     /// Waits (bounded) until one of the client's own records holds `needle`.
     fn wait_for_own(&self, needle: &str) {
         let deadline = Instant::now() + WAIT;
-        while !self.own.lock().unwrap().iter().any(|line| line.contains(needle)) {
+        while !self
+            .own
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|line| line.contains(needle))
+        {
             assert!(
                 Instant::now() < deadline,
                 "never logged {needle:?}: {:?}",
@@ -59,7 +65,12 @@ fn refusing_addr() -> (socket2::Socket, String) {
     let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
     let any_port = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     socket.bind(&any_port.into()).unwrap();
-    let addr = socket.local_addr().unwrap().as_socket().unwrap().to_string();
+    let addr = socket
+        .local_addr()
+        .unwrap()
+        .as_socket()
+        .unwrap()
+        .to_string();
     (socket, addr)
 }
 

@@ -160,7 +160,9 @@ impl Agent {
             .unwrap();
         let (status, stdout, stderr) = wait_bounded(child, WAIT);
         let Some(status) = status else {
-            panic!("the child {scenario} did not end within {WAIT:?}: killed\nstdout: {stdout}\nstderr: {stderr}");
+            panic!(
+                "the child {scenario} did not end within {WAIT:?}: killed\nstdout: {stdout}\nstderr: {stderr}"
+            );
         };
         Child {
             status,
@@ -380,7 +382,10 @@ fn link_tree(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()
             if linked.is_err() {
                 std::os::unix::fs::symlink(std::fs::read_link(&source)?, &target)?;
             }
-        } else if linked.as_ref().map_or(true, |m| m.ino() != entry.metadata().unwrap().ino()) {
+        } else if linked
+            .as_ref()
+            .map_or(true, |m| m.ino() != entry.metadata().unwrap().ino())
+        {
             if linked.is_ok() {
                 std::fs::remove_file(&target)?;
             }
@@ -405,8 +410,18 @@ fn wait_bounded(
             String::from_utf8_lossy(&text).into_owned()
         })
     };
-    let stdout = read(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
-    let stderr = read(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let stdout = read(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let stderr = read(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
     let deadline = Instant::now() + within;
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use loggregator::spy::{SpyAgent, TestCerts};
 use loggregator::{Envelope, Error, IngressClient, Overflow, Stats};
 
-use crate::common::{WAIT, absent_agent, assert_closed_accounting, join_within, start_agent, wait_for_stats};
+use crate::common::{
+    WAIT, absent_agent, assert_closed_accounting, join_within, start_agent, wait_for_stats,
+};
 use crate::fault_proxy::{FaultProxy, Mode};
 
 const MIB: usize = 1024 * 1024;

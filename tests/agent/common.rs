@@ -70,7 +70,12 @@ pub fn unused_addr() -> String {
     let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
     let any_port = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     socket.bind(&any_port.into()).unwrap();
-    let addr = socket.local_addr().unwrap().as_socket().unwrap().to_string();
+    let addr = socket
+        .local_addr()
+        .unwrap()
+        .as_socket()
+        .unwrap()
+        .to_string();
     RESERVED.lock().unwrap().push((addr.clone(), socket));
     addr
 }

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use loggregator::spy::{SpyAgent, TestCerts};
 use loggregator::{Delivery, Envelope, Error, IngressClient, IngressClientBuilder, Overflow};
 
-use crate::common::{LOADED_MACHINE, WAIT, assert_closed_accounting, capture_logs, join_within, wait_for_stats};
+use crate::common::{
+    LOADED_MACHINE, WAIT, assert_closed_accounting, capture_logs, join_within, wait_for_stats,
+};
 use crate::fault_proxy::{FaultProxy, Mode, SilentServer};
 use crate::faults::{FAST_RETRY, assert_every_one_received, numbered, seqs};
 

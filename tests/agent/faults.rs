@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 use loggregator::spy::{SpyAgent, StatusCode, TestCerts};
 use loggregator::{Delivery, Envelope, Error, IngressClient, IngressClientBuilder, Overflow};
 
-use crate::common::{LOADED_MACHINE, WAIT, assert_closed_accounting, assert_still_accounting, capture_logs, join_within, logged, start_agent, unused_addr, wait_for_stats};
+use crate::common::{
+    LOADED_MACHINE, WAIT, assert_closed_accounting, assert_still_accounting, capture_logs,
+    join_within, logged, start_agent, unused_addr, wait_for_stats,
+};
 
 pub const FAST_RETRY: (Duration, Duration) =
     (Duration::from_millis(10), Duration::from_millis(100));
@@ -181,7 +184,10 @@ fn at_most_once_loses_only_what_dying_streams_had_accepted() {
     // unread: every missing envelope is one of those, and each restart
     // lost no more than it had in flight.
     for (round, restart) in restarts.iter().enumerate() {
-        let lost = missing.iter().filter(|&&n| restart.may_have_lost(n)).count();
+        let lost = missing
+            .iter()
+            .filter(|&&n| restart.may_have_lost(n))
+            .count();
         eprintln!(
             "at most once, restart {}: lost {lost} of the {} in flight {restart:?}",
             round + 1,

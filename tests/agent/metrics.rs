@@ -8,7 +8,10 @@ use loggregator::proto::envelope as pb;
 use loggregator::spy::TestCerts;
 use loggregator::{Delivery, Envelope, IngressClient, Overflow, SourceInfo, Stats, UnixNanos};
 
-use crate::common::{POLL, WAIT, absent_agent, assert_closed_accounting, join_within, setup, start_agent, wait_for_stats};
+use crate::common::{
+    POLL, WAIT, absent_agent, assert_closed_accounting, join_within, setup, start_agent,
+    wait_for_stats,
+};
 
 fn counters(envelopes: &[pb::Envelope]) -> Vec<(String, u64, u64)> {
     envelopes
@@ -38,7 +41,7 @@ fn a_counter_pulses_its_delta_with_total_0_and_stays_silent_when_idle() {
     let beats = |envelopes: &[pb::Envelope]| envelopes.iter().filter(|e| e.has_gauge()).count();
     let requests = client.counter("requests");
     requests.add(3);
-    wait_for_envelopes_where(&setup, |e| counters(e).len() >= 1);
+    wait_for_envelopes_where(&setup, |e| !counters(e).is_empty());
     requests.add(2);
     wait_for_envelopes_where(&setup, |e| counters(e).len() >= 2);
     requests.inc();

@@ -10,7 +10,10 @@ use loggregator::proto::envelope as pb;
 use loggregator::spy::TestCerts;
 use loggregator::{Envelope, Error, IngressClient, MetricsRecorder, Overflow, SourceInfo};
 
-use crate::common::{POLL, WAIT, absent_agent, assert_closed_accounting, join_within, setup, start_agent, wait_for_stats};
+use crate::common::{
+    POLL, WAIT, absent_agent, assert_closed_accounting, join_within, setup, start_agent,
+    wait_for_stats,
+};
 use crate::metrics::{agent_totals, fill_queue, waiting_emitters};
 
 fn key(name: &str, source: &str, tags: &[(&str, &str)]) -> crate::metrics::CounterKey {

@@ -246,7 +246,11 @@ fn assert_message_is(kind: &Kind, envelope: &pb::Envelope) -> Result<(), TestCas
     match (kind, envelope.message.as_ref()) {
         (Kind::Log(payload, stdout), Some(M::Log(log))) => {
             prop_assert_eq!(&log.payload, payload);
-            let expected = if *stdout { pb::log::Type::OUT } else { pb::log::Type::ERR };
+            let expected = if *stdout {
+                pb::log::Type::OUT
+            } else {
+                pb::log::Type::ERR
+            };
             prop_assert_eq!(log.type_.enum_value(), Ok(expected));
         }
         (Kind::Counter(name, delta, total), Some(M::Counter(counter))) => {
@@ -274,12 +278,16 @@ fn assert_message_is(kind: &Kind, envelope: &pb::Envelope) -> Result<(), TestCas
                 // NaN equals no NaN; -0.0 is left out (as protobuf does) and reads 0.0.
                 prop_assert!(
                     got.value == value || (got.value.is_nan() && value.is_nan()),
-                    "{name}: {} for {value}", got.value
+                    "{name}: {} for {value}",
+                    got.value
                 );
             }
         }
         (Kind::Timer(name, start, stop), Some(M::Timer(timer))) => {
-            prop_assert_eq!((&timer.name, timer.start, timer.stop), (name, *start, *stop));
+            prop_assert_eq!(
+                (&timer.name, timer.start, timer.stop),
+                (name, *start, *stop)
+            );
         }
         (Kind::Event(title, body), Some(M::Event(event))) => {
             prop_assert_eq!((&event.title, &event.body), (title, body));

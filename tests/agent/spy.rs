@@ -155,10 +155,6 @@ fn a_stream_held_to_a_slow_pace_reads_on_when_the_rate_is_lifted_and_never_holds
     agent.wait_for_count(1_100, WAIT);
     let stopping = std::time::Instant::now();
     agent.shutdown();
-    assert!(
-        stopping.elapsed() < WAIT,
-        "{:?}",
-        stopping.elapsed()
-    );
+    assert!(stopping.elapsed() < WAIT, "{:?}", stopping.elapsed());
     let _ = client.close(Duration::from_millis(200));
 }

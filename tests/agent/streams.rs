@@ -65,9 +65,11 @@ fn the_per_stream_read_rate_holds_each_stream_to_its_pace_and_reads_them_side_by
     // batch at once, the rest at RATE), however fast the machine. Read side
     // by side they take a quarter of it, 0.4 s, which leaves a loaded
     // machine over a second.
-    let one_pace =
-        Duration::from_secs_f64((TOTAL - STREAMS as u64 * BATCH) as f64 / RATE as f64);
-    assert!(took < one_pace, "{took:?}, one pace takes {one_pace:?}: {streams:?}");
+    let one_pace = Duration::from_secs_f64((TOTAL - STREAMS as u64 * BATCH) as f64 / RATE as f64);
+    assert!(
+        took < one_pace,
+        "{took:?}, one pace takes {one_pace:?}: {streams:?}"
+    );
     assert_eq!(seqs(&agent).len() as u64, TOTAL + 1);
     assert_closed_accounting(&client.stats());
 }
