@@ -66,6 +66,7 @@ fn the_per_stream_read_rate_holds_each_stream_to_its_pace_and_reads_them_side_by
     // by side they take a quarter of it, 0.4 s, which leaves a loaded
     // machine over a second.
     let one_pace = Duration::from_secs_f64((TOTAL - STREAMS as u64 * BATCH) as f64 / RATE as f64);
+    eprintln!("{STREAMS} streams paced at {RATE}/s read {TOTAL} in {took:?}: {streams:?}");
     assert!(
         took < one_pace,
         "{took:?}, one pace takes {one_pace:?}: {streams:?}"
