@@ -12,7 +12,8 @@ use loggregator::spy::{SpyAgent, TestCerts};
 use loggregator::{Delivery, Envelope, Error, IngressClient, IngressClientBuilder, Overflow};
 
 use crate::common::{
-    LOADED_MACHINE, WAIT, assert_closed_accounting, capture_logs, join_within, wait_for_stats,
+    LOADED_MACHINE, WAIT, assert_closed_accounting, capture_logs, join_within, logged,
+    wait_for_stats,
 };
 use crate::fault_proxy::{FaultProxy, Mode, SilentServer};
 use crate::faults::{FAST_RETRY, assert_every_one_received, numbered, seqs};
@@ -358,6 +359,14 @@ fn at_least_once_a_half_open_connection_is_left_when_its_confirmation_never_come
         client.emit(numbered(n));
     }
     assert_half_open_left_within(&proxied, &client, accepted, (since, RECOVERY), 200);
+    // Left by the client's own timer, at its `write_timeout`, not by
+    // anything slower that happened to come within RECOVERY.
+    let timer = format!("the agent did not end a half-closed stream within {WRITE_TIMEOUT:?}");
+    let warned = logged(proxied.proxy.addr());
+    assert!(
+        warned.iter().any(|line| line.contains(&timer)),
+        "{timer:?} in {warned:?}"
+    );
     client.close(WAIT).unwrap();
     let stats = client.stats();
     assert_eq!((stats.sent, stats.dropped.total()), (200, 0), "{stats:?}");
