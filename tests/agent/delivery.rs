@@ -214,7 +214,7 @@ fn the_longest_timeouts_are_accepted_without_overflow() {
     });
     let (flushed, sent, closed) = finished
         .recv_timeout(WAIT)
-        .expect("calls with Duration::MAX did not return within WAIT");
+        .expect("the calls with Duration::MAX panicked, or did not return within WAIT");
     flushed.unwrap();
     sent.unwrap();
     closed.unwrap();
