@@ -99,21 +99,12 @@ pub fn absent_agent(certs: &TestCerts) -> (String, IngressClientBuilder) {
     (addr, builder)
 }
 
-/// Starts the agent at the address a client was waiting for.
+/// Starts the agent at the address (from `unused_addr`) a client was
+/// waiting for.
 pub fn start_agent(certs: &TestCerts, addr: &str) -> SpyAgent {
-    start_agent_with(SpyAgent::builder(), certs, addr)
-}
-
-/// Starts the agent `builder` makes at the address (from `unused_addr`) a
-/// client was waiting for.
-pub fn start_agent_with(
-    builder: loggregator::spy::SpyAgentBuilder,
-    certs: &TestCerts,
-    addr: &str,
-) -> SpyAgent {
     let port = addr.rsplit_once(':').unwrap().1.parse().unwrap();
     release(addr);
-    builder
+    SpyAgent::builder()
         .port(port)
         .start(certs)
         .unwrap_or_else(|error| panic!("an agent at {addr}: {error}"))
