@@ -70,13 +70,26 @@ mod tests {
     #[test]
     fn reads_memory_cpu_threads_and_descriptors_of_this_process() {
         let mut meter = ProcessMeter::new();
-        let _busy: u64 = (0..2_000_000u64).map(|n| n.wrapping_mul(n)).sum();
+        // Work until the kernel has counted some CPU time (it counts in
+        // ticks of 10 ms), so that the reading cannot honestly be 0.
+        let before = cpu_seconds().expect("/proc/self/stat is readable");
+        let give_up = Instant::now() + std::time::Duration::from_secs(20);
+        let mut work = 0u64;
+        while cpu_seconds().unwrap() < before + 0.05 {
+            assert!(Instant::now() < give_up, "no CPU time counted");
+            work = (0..100_000u64).fold(work, |sum, n| sum.wrapping_add(n.wrapping_mul(n)));
+        }
+        std::hint::black_box(work);
         let envelope = meter.read().expect("/proc is readable");
         let metrics = &envelope.as_proto().gauge().metrics;
         assert!(metrics["memory"].value > 1e6, "{metrics:?}");
         assert!(metrics["threads"].value >= 1.0);
         assert!(metrics["file_descriptors"].value >= 3.0);
-        assert!(metrics["cpu"].value >= 0.0);
+        // Some of a core, and no more than every core (other tests' threads
+        // share the process), with a tick's rounding.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let cpu = metrics["cpu"].value;
+        assert!(cpu > 0.0 && cpu <= 125.0 * cores, "{metrics:?}");
         assert_eq!(metrics["memory"].unit, "bytes");
         assert_eq!(metrics["cpu"].unit, "percentage");
     }

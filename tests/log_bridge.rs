@@ -1,13 +1,78 @@
 //! The `log` bridge, in a test binary of its own: it installs the process's
 //! one global logger.
 
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
+use log::{Log, Metadata, Record};
 use loggregator::proto::envelope::log::Type;
 use loggregator::spy::{SpyAgent, TestCerts};
 use loggregator::{Envelope, IngressClient, LogBridge, SourceInfo};
 
 const WAIT: Duration = Duration::from_secs(20);
+
+/// The process's logger: the bridge under test, which sees every record,
+/// and a note of the client's own records, so that the test knows the
+/// warnings it must not get back did fire.
+struct Tee {
+    bridge: LogBridge,
+    own: Mutex<Vec<String>>,
+}
+
+impl Log for Tee {
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        self.bridge.enabled(metadata)
+    }
+
+    fn log(&self, record: &Record<'_>) {
+        if record.target().starts_with("loggregator") && self.enabled(record.metadata()) {
+            let line = format!("{} {}: {}", record.level(), record.target(), record.args());
+            self.own.lock().unwrap().push(line);
+        }
+        self.bridge.log(record);
+    }
+
+    fn flush(&self) {
+        self.bridge.flush();
+    }
+}
+
+impl Tee {
+    /// Waits (bounded) until one of the client's own records holds `needle`.
+    fn wait_for_own(&self, needle: &str) {
+        let deadline = Instant::now() + WAIT;
+        while !self
+            .own
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|line| line.contains(needle))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "never logged {needle:?}: {:?}",
+                self.own.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+/// A loopback address where nothing listens, held (bound, not listening)
+/// while the socket lives so that no other socket takes the port.
+fn refusing_addr() -> (socket2::Socket, String) {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    let any_port = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    socket.bind(&any_port.into()).unwrap();
+    let addr = socket
+        .local_addr()
+        .unwrap()
+        .as_socket()
+        .unwrap()
+        .to_string();
+    (socket, addr)
+}
 
 #[test]
 fn records_become_log_envelopes_and_the_clients_own_never_feed_back() {
@@ -19,13 +84,19 @@ fn records_become_log_envelopes_and_the_clients_own_never_feed_back() {
         .batch_max_bytes(4096)
         .build()
         .unwrap();
-    LogBridge::new(client.clone())
+    let bridge = LogBridge::new(client.clone())
         .level(log::LevelFilter::Info)
         .source(SourceInfo::new("bridge-test", "0"))
         .with_location(true)
-        .echo_to_stderr(true)
-        .install()
-        .unwrap();
+        .echo_to_stderr(true);
+    let tee: &'static Tee = Box::leak(Box::new(Tee {
+        bridge,
+        own: Mutex::new(Vec::new()),
+    }));
+    log::set_logger(tee).unwrap();
+    log::set_max_level(log::LevelFilter::Info);
+    // One logger per process: a second bridge says so.
+    assert!(LogBridge::new(client.clone()).install().is_err());
 
     log::error!(target: "app::db", "connection lost");
     log::warn!("disk at {}%", 91);
@@ -46,22 +117,22 @@ fn records_become_log_envelopes_and_the_clients_own_never_feed_back() {
         "many"
     );
 
-    // The client's own warnings (a dropped envelope, logged on this thread)
-    // and a sender thread's warnings (an agent that is down) must not come back.
+    // The client's own warnings (a dropped envelope, an agent that is down),
+    // logged on its threads and on this one, must not come back.
     client.emit(Envelope::log(vec![b'x'; 10_000]));
+    let (_held, nobody) = refusing_addr();
     let unreachable = IngressClient::builder()
-        .addr({
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            listener.local_addr().unwrap().to_string()
-        })
+        .addr(&nobody)
         .tls(certs.client_tls().unwrap())
         .build()
         .unwrap();
     unreachable.emit(Envelope::log("never delivered"));
-    let _ = unreachable.flush(Duration::from_millis(300));
+    tee.wait_for_own(&format!("cannot deliver envelopes: agent at {nobody}"));
     let _ = unreachable.close(Duration::from_millis(300));
+    tee.wait_for_own(&format!("closed the client for {nobody}"));
 
     client.close(WAIT).unwrap();
+    tee.wait_for_own("dropping envelopes: it is larger than batch_max_bytes");
     let received = agent.proto_envelopes();
     let payloads: Vec<String> = received
         .iter()

@@ -7,9 +7,9 @@
 //! Abort, twice. Cargo sets the panic strategy per profile, for every
 //! crate, so one test builds this binary again with `cargo rustc --test
 //! panic_hook -- -C panic=abort` (only this crate: the dependencies built
-//! for unwinding link into it, as the standard library does; the build
-//! has an artifact of its own, so it replaces nothing) and runs its
-//! children. And "abort" children of the usual build install, before the
+//! for unwinding link into it, as the standard library does), in a target
+//! directory of its own linked to this build's (no lock to wait for, no
+//! dependency built again; bounded in time), and runs its children. And "abort" children of the usual build install, before the
 //! hook under test, a hook that aborts the process: as with `panic =
 //! "abort"`, nothing runs after the hooks, no unwinding, no destructor, no
 //! close.
@@ -147,7 +147,7 @@ impl Agent {
 
     /// Runs `scenario` in a child of the program `exe`.
     fn child_of(&self, exe: &std::path::Path, scenario: &str) -> Child {
-        let mut child = Command::new(exe)
+        let child = Command::new(exe)
             .env(CHILD, scenario)
             .env("AGENT_ADDR", self.spy.addr())
             .env("AGENT_CA", self.certs.ca_file())
@@ -158,28 +158,12 @@ impl Agent {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let read = |pipe: Box<dyn Read + Send>| {
-            let (done, finished) = crossbeam_channel::bounded(1);
-            std::thread::spawn(move || {
-                let mut pipe = pipe;
-                let mut text = Vec::new();
-                let _ = pipe.read_to_end(&mut text);
-                let _ = done.send(String::from_utf8_lossy(&text).into_owned());
-            });
-            finished
+        let (status, stdout, stderr) = wait_bounded(child, WAIT);
+        let Some(status) = status else {
+            panic!(
+                "the child {scenario} did not end within {WAIT:?}: killed\nstdout: {stdout}\nstderr: {stderr}"
+            );
         };
-        let stdout = read(Box::new(child.stdout.take().unwrap()));
-        let stderr = read(Box::new(child.stderr.take().unwrap()));
-        // Both pipes end when the child is gone.
-        let deadline = Instant::now() + WAIT;
-        let (Ok(stdout), Ok(stderr)) = (
-            stdout.recv_deadline(deadline),
-            stderr.recv_deadline(deadline),
-        ) else {
-            let _ = child.kill();
-            panic!("the child {scenario} did not end within {WAIT:?}");
-        };
-        let status = child.wait().unwrap();
         Child {
             status,
             stdout,
@@ -308,21 +292,44 @@ fn real_abort() {
     child.the_panic_log("worker-7", "boom on a worker");
 }
 
-/// This test binary, built again with `-C panic=abort`, in the same target
-/// directory and profile: the dependencies are not built again.
+/// The longest the build of the `-C panic=abort` variant may take: only
+/// this crate's test is compiled, a minute on a loaded machine.
+const ABORT_BUILD: Duration = Duration::from_secs(300);
+
+/// This test binary, built again with `-C panic=abort`. Cargo would wait
+/// for the lock on the target directory, which the `cargo test` running
+/// this holds, and a target directory of its own would build every
+/// dependency again (gRPC's C core: minutes). So the build gets a target
+/// directory of its own that links to what the running build made (its
+/// dependencies are fresh there: cargo's records of them name paths
+/// relative to the target directory), it takes no lock another cargo
+/// holds, and it is bounded: past `ABORT_BUILD` it is killed and the test
+/// fails with what cargo said.
 fn built_with_panic_abort() -> std::path::PathBuf {
     let this = std::env::current_exe().unwrap();
     // <target>/<profile>/deps/panic_hook-<hash>
     let profile_dir = this.parent().unwrap().parent().unwrap();
     let target_dir = profile_dir.parent().unwrap();
-    let profile: &[&str] = match profile_dir.file_name().unwrap().to_str().unwrap() {
+    let profile_name = profile_dir.file_name().unwrap();
+    let profile: &[&str] = match profile_name.to_str().unwrap() {
         // What `cargo test` builds with: the test profile, in debug/.
         "debug" => &[],
         "release" => &["--release"],
         other => &["--profile", other],
     };
+    // Kept from run to run: the variant is built once while this crate
+    // does not change.
+    let own_target = target_dir.join("panic-abort");
+    let own_profile = own_target.join(profile_name);
+    // What the dependencies' freshness is judged by, and their artifacts.
+    for kept in ["deps", ".fingerprint", "build"] {
+        let from = profile_dir.join(kept);
+        if from.is_dir() {
+            link_tree(&from, &own_profile.join(kept)).unwrap();
+        }
+    }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut build = Command::new(cargo)
+    let build = Command::new(cargo)
         .args([
             "rustc",
             "--offline",
@@ -335,33 +342,99 @@ fn built_with_panic_abort() -> std::path::PathBuf {
         .arg("--manifest-path")
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
         .arg("--target-dir")
-        .arg(target_dir)
+        .arg(&own_target)
         .args(["--", "-C", "panic=abort"])
+        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut messages = String::new();
-    build
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut messages)
-        .unwrap();
-    let mut errors = String::new();
-    build
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut errors)
-        .unwrap();
-    assert!(build.wait().unwrap().success(), "{errors}");
+    let (status, messages, errors) = wait_bounded(build, ABORT_BUILD);
+    let status = status.unwrap_or_else(|| {
+        panic!("building with panic=abort took over {ABORT_BUILD:?}: killed\n{errors}")
+    });
+    assert!(status.success(), "{errors}");
     messages
         .lines()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
         .filter(|message| message["target"]["name"] == "panic_hook")
         .find_map(|message| message["executable"].as_str().map(std::path::PathBuf::from))
         .unwrap_or_else(|| panic!("no executable in {messages}"))
+}
+
+/// Makes every file of `from` a hard link in `to` (symbolic links stay
+/// symbolic links), replacing what an earlier run linked to a file since
+/// rebuilt: nothing is copied, and cargo writes new files rather than
+/// into old ones, so `from` is never touched.
+fn link_tree(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let (source, target) = (entry.path(), to.join(entry.file_name()));
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            link_tree(&source, &target)?;
+            continue;
+        }
+        let linked = std::fs::symlink_metadata(&target);
+        if kind.is_symlink() {
+            if linked.is_err() {
+                std::os::unix::fs::symlink(std::fs::read_link(&source)?, &target)?;
+            }
+        } else if linked
+            .as_ref()
+            .map_or(true, |m| m.ino() != entry.metadata().unwrap().ino())
+        {
+            if linked.is_ok() {
+                std::fs::remove_file(&target)?;
+            }
+            std::fs::hard_link(&source, &target)?;
+        }
+    }
+    Ok(())
+}
+
+/// Waits for `child` until `within` is over, reading its output meanwhile;
+/// kills it if it overruns (its status is then `None`).
+fn wait_bounded(
+    mut child: std::process::Child,
+    within: Duration,
+) -> (Option<ExitStatus>, String, String) {
+    let read = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut text = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut text);
+            }
+            String::from_utf8_lossy(&text).into_owned()
+        })
+    };
+    let stdout = read(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let stderr = read(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let deadline = Instant::now() + within;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    (status, stdout.join().unwrap(), stderr.join().unwrap())
 }
 
 fn main_thread_abort() {

@@ -23,20 +23,23 @@ fn an_emitter_waiting_for_more_than_half_the_byte_budget_does_not_make_the_clien
         .overflow(Overflow::Block)
         .queue_max_bytes(100_000)
         .batch_max_bytes(100_000)
-        .flush_interval(Duration::from_secs(2))
+        // Never by itself: the test flushes when it has measured.
+        .flush_interval(Duration::from_secs(3600))
         .build()
         .unwrap();
     client.emit(Envelope::log("connect"));
     client.flush(Duration::from_secs(20)).unwrap();
-    // 40 kB wait in an open batch for its interval; 70 kB more do not fit,
+    // 40 kB wait in an open batch; 70 kB more do not fit,
     // though the budget is less than half used.
     client.emit(Envelope::log(vec![b'a'; 40_000]));
     let emitter = {
         let client = client.clone();
         std::thread::spawn(move || client.emit(Envelope::log(vec![b'b'; 70_000])))
     };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while client.stats().emitted < 3 {
-        std::thread::yield_now();
+        assert!(std::time::Instant::now() < deadline, "{:?}", client.stats());
+        std::thread::sleep(Duration::from_millis(1));
     }
     // A window to measure, not a wait for something to happen.
     let before = cpu_time();
@@ -48,6 +51,13 @@ fn an_emitter_waiting_for_more_than_half_the_byte_budget_does_not_make_the_clien
         spent < Duration::from_millis(300),
         "{spent:?} of CPU in 1 s"
     );
+    // Writing the open batch makes room: the emitter goes on.
+    client.flush(Duration::from_secs(20)).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !emitter.is_finished() {
+        assert!(std::time::Instant::now() < deadline, "{:?}", client.stats());
+        std::thread::sleep(Duration::from_millis(1));
+    }
     emitter.join().unwrap();
     client.close(Duration::from_secs(20)).unwrap();
     assert_eq!(agent.proto_envelopes().len(), 3);

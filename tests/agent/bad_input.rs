@@ -6,7 +6,7 @@ use std::time::Duration;
 use loggregator::spy::{SpyAgent, TestCerts};
 use loggregator::{Envelope, Error, IngressClient, TlsConfig};
 
-use crate::common::{WAIT, logged, setup};
+use crate::common::{WAIT, logged, setup, wait_for_stats};
 
 fn write(dir: &std::path::Path, name: &str, bytes: &[u8]) -> std::path::PathBuf {
     let path = dir.join(name);
@@ -182,10 +182,14 @@ fn assert_refused(client: IngressClient, expected_in_error: &str) {
         matches!(flushed, Err(Error::Timeout { undelivered: 1, .. })),
         "{flushed:?}"
     );
-    let stats = client.stats();
-    let last_error = stats.last_error.clone().unwrap();
-    assert!(last_error.contains(expected_in_error), "{last_error}");
-    // A second of backoff from 100 ms allows a handful of attempts, not a spin.
+    // Told as soon as an attempt failed, however loaded the machine.
+    let stats = wait_for_stats(&client, |s| {
+        s.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains(expected_in_error))
+    });
+    // Backoff from 100 ms, doubling, allows a handful of attempts by the
+    // time the flush's second is over, not a spin.
     assert!((1..=12).contains(&stats.errors), "{stats:?}");
     match client.close(Duration::from_millis(500)) {
         Err(Error::Timeout { undelivered: 1, .. }) => {}

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use loggregator::spy::{SpyAgent, TestCerts};
 use loggregator::{Envelope, Error, IngressClient, Overflow, Stats};
 
-use crate::common::{WAIT, absent_agent, assert_closed_accounting, start_agent, wait_for_stats};
+use crate::common::{
+    WAIT, absent_agent, assert_closed_accounting, join_within, start_agent, wait_for_stats,
+};
 use crate::fault_proxy::{FaultProxy, Mode};
 
 const MIB: usize = 1024 * 1024;
@@ -112,7 +114,7 @@ fn block_waits_for_bytes_as_for_room_and_loses_nothing() {
     );
     assert!(client.stats().queued_bytes <= MIB as u64);
     let agent = start_agent(&certs, &addr);
-    emitter.join().unwrap();
+    join_within(emitter, WAIT);
     client.close(WAIT).unwrap();
     assert_eq!(agent.proto_envelopes().len(), 6);
     let stats = client.stats();
@@ -290,7 +292,7 @@ fn block_waits_on_a_program_thread_whatever_its_name() {
         client.stats()
     );
     let _ = client.close(Duration::from_millis(200));
-    emitter.join().unwrap();
+    join_within(emitter, WAIT);
     let stats = client.stats();
     assert_eq!(stats.dropped.queue_full, 0, "{stats:?}");
     assert_closed_accounting(&stats);
@@ -367,7 +369,7 @@ fn drop_oldest_does_not_evict_in_vain_for_bytes_a_stalled_send_holds() {
         "{after:?}"
     );
     proxy.set_mode(Mode::Pass);
-    sending.join().unwrap().unwrap();
+    join_within(sending, WAIT).unwrap();
     client.close(WAIT).unwrap();
     assert_closed_accounting(&client.stats());
     drop(agent);

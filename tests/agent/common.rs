@@ -9,6 +9,15 @@ use loggregator::{IngressClient, IngressClientBuilder};
 /// The longest any test waits for something it expects.
 pub const WAIT: Duration = Duration::from_secs(20);
 
+/// What a loaded two-core machine may add to a bound the client promises
+/// (a thread woken at its deadline waits for a core): asserted bounds are
+/// the promise plus this.
+pub const LOADED_MACHINE: Duration = Duration::from_secs(1);
+
+/// How often a bounded poll looks again: short beside what it waits for,
+/// long enough to leave the cores to the client under test.
+pub const POLL: Duration = Duration::from_millis(1);
+
 pub struct Setup {
     pub certs: TestCerts,
     pub agent: SpyAgent,
@@ -48,12 +57,35 @@ impl Setup {
     }
 }
 
-/// A loopback address where nothing listens.
+/// Ports handed out by `unused_addr`, each held by a socket that is bound
+/// but not listening until `start_agent` starts an agent there.
+static RESERVED: Mutex<Vec<(String, socket2::Socket)>> = Mutex::new(Vec::new());
+
+/// A loopback address where nothing listens: a connection is refused.
+/// The port stays bound (not listening) until `start_agent` takes it, so
+/// that neither another test's agent nor an outgoing connection's local
+/// port can take it meanwhile (the kernel gives neither a bound port).
 pub fn unused_addr() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
-    addr.to_string()
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    let any_port = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    socket.bind(&any_port.into()).unwrap();
+    let addr = socket
+        .local_addr()
+        .unwrap()
+        .as_socket()
+        .unwrap()
+        .to_string();
+    RESERVED.lock().unwrap().push((addr.clone(), socket));
+    addr
+}
+
+/// Frees a port `unused_addr` held, just before an agent binds it.
+fn release(addr: &str) {
+    RESERVED
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .retain(|(reserved, _)| reserved != addr);
 }
 
 /// A builder for a client of an agent that is not there yet (see
@@ -67,10 +99,15 @@ pub fn absent_agent(certs: &TestCerts) -> (String, IngressClientBuilder) {
     (addr, builder)
 }
 
-/// Starts the agent at the address a client was waiting for.
+/// Starts the agent at the address (from `unused_addr`) a client was
+/// waiting for.
 pub fn start_agent(certs: &TestCerts, addr: &str) -> SpyAgent {
     let port = addr.rsplit_once(':').unwrap().1.parse().unwrap();
-    SpyAgent::builder().port(port).start(certs).unwrap()
+    release(addr);
+    SpyAgent::builder()
+        .port(port)
+        .start(certs)
+        .unwrap_or_else(|error| panic!("an agent at {addr}: {error}"))
 }
 
 static LOGS: Mutex<Vec<String>> = Mutex::new(Vec::new());
@@ -137,7 +174,7 @@ pub fn wait_for_stats(
             std::time::Instant::now() < deadline,
             "stats never got there: {stats:?}"
         );
-        std::thread::yield_now();
+        std::thread::sleep(POLL);
     }
 }
 
@@ -146,4 +183,63 @@ pub fn wait_for_stats(
 pub fn assert_still_accounting(stats: &loggregator::Stats) {
     let placed = stats.sent + stats.dropped.total() + stats.queued + stats.in_flight;
     assert_eq!(stats.emitted, placed, "{stats:?}");
+}
+
+/// Waits for `child` until `within` is over, reading its stdout and stderr
+/// (when piped) meanwhile so that it never blocks on a full pipe. A child
+/// that overruns is killed, and the test fails with what it printed.
+pub fn wait_child(mut child: std::process::Child, within: Duration) -> std::process::Output {
+    use std::io::Read;
+    fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    }
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
+    let deadline = std::time::Instant::now() + within;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    // The pipes end with the child (a grandchild holding them is not ours).
+    let stdout = stdout.join().unwrap();
+    let stderr = stderr.join().unwrap();
+    match status {
+        Some(status) => std::process::Output {
+            status,
+            stdout,
+            stderr,
+        },
+        None => panic!(
+            "the child did not end within {within:?}: killed\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&stdout),
+            String::from_utf8_lossy(&stderr)
+        ),
+    }
+}
+
+/// Joins `thread`, which must end within `within`: a thread stuck in the
+/// client (an emit that never returns) fails the test instead of hanging it.
+pub fn join_within<T>(thread: std::thread::JoinHandle<T>, within: Duration) -> T {
+    let deadline = std::time::Instant::now() + within;
+    while !thread.is_finished() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a thread did not end within {within:?}"
+        );
+        std::thread::sleep(POLL);
+    }
+    thread.join().unwrap()
 }

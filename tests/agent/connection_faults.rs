@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 use loggregator::spy::{SpyAgent, TestCerts};
 use loggregator::{Delivery, Envelope, Error, IngressClient, IngressClientBuilder, Overflow};
 
-use crate::common::{WAIT, assert_closed_accounting, capture_logs, wait_for_stats};
+use crate::common::{
+    LOADED_MACHINE, WAIT, assert_closed_accounting, capture_logs, join_within, logged,
+    wait_for_stats,
+};
 use crate::fault_proxy::{FaultProxy, Mode, SilentServer};
 use crate::faults::{FAST_RETRY, assert_every_one_received, numbered, seqs};
 
@@ -19,15 +22,14 @@ use crate::faults::{FAST_RETRY, assert_every_one_received, numbered, seqs};
 const WRITE_TIMEOUT: Duration = Duration::from_millis(500);
 const CONFIRM_INTERVAL: Duration = Duration::from_millis(100);
 
-/// How soon a client on a half-open connection must be delivering again on
-/// a new one: the confirmation it waits for never comes (a stream is ended
-/// to be confirmed every `CONFIRM_INTERVAL`, and waited for `WRITE_TIMEOUT`),
-/// then one backoff step, and a new connection and TLS handshake, given a
-/// second on a loaded machine.
-const RECOVERY: Duration = Duration::from_millis(
-    (CONFIRM_INTERVAL.as_millis() + WRITE_TIMEOUT.as_millis() + FAST_RETRY.1.as_millis() + 1_000)
-        as u64,
-);
+/// How long a client on a half-open connection may take to deliver again
+/// on a new one. Nothing but the client's own timers can end such a
+/// connection before keepalive (6 minutes): the confirmation it waits for
+/// never comes (a stream is ended to be confirmed every `CONFIRM_INTERVAL`,
+/// and waited for `WRITE_TIMEOUT`), then a backoff step and a new
+/// connection, well under a second. No bound is promised, so the test waits
+/// as long as for any event; a client that relies on keepalive still fails.
+const RECOVERY: Duration = WAIT;
 
 /// The spy agent behind a fault proxy.
 struct Proxied {
@@ -117,7 +119,7 @@ impl Emitter {
     /// Stops; returns how many it emitted.
     fn stop(self) -> u64 {
         self.stop.store(true, Ordering::SeqCst);
-        self.thread.join().unwrap();
+        join_within(self.thread, WAIT);
         self.emitted.load(Ordering::SeqCst)
     }
 }
@@ -359,6 +361,14 @@ fn at_least_once_a_half_open_connection_is_left_when_its_confirmation_never_come
         client.emit(numbered(n));
     }
     assert_half_open_left_within(&proxied, &client, accepted, (since, RECOVERY), 200);
+    // Left by the client's own timer, at its `write_timeout`, not by
+    // anything slower that happened to come within RECOVERY.
+    let timer = format!("the agent did not end a half-closed stream within {WRITE_TIMEOUT:?}");
+    let warned = logged(proxied.proxy.addr());
+    assert!(
+        warned.iter().any(|line| line.contains(&timer)),
+        "{timer:?} in {warned:?}"
+    );
     client.close(WAIT).unwrap();
     let stats = client.stats();
     assert_eq!((stats.sent, stats.dropped.total()), (200, 0), "{stats:?}");
@@ -440,8 +450,9 @@ fn a_peer_that_never_answers_tls_is_named_in_the_last_error() {
     let closed = client.close(timeout);
     let took = started.elapsed();
     assert!(closed.is_err(), "{closed:?}");
+    // Its promise, on a loaded machine.
     assert!(
-        took < timeout + Duration::from_secs(1),
+        took < timeout + loggregator::CLOSE_MARGIN + LOADED_MACHINE,
         "close took {took:?}"
     );
     let stats = client.stats();

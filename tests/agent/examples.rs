@@ -1,9 +1,9 @@
 //! The examples, run as a user would run them.
 
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Output, Stdio};
 
-use crate::common::setup;
+use crate::common::{WAIT, setup, wait_child};
 
 /// Examples are built next to the test binaries by `cargo test`.
 fn example(name: &str) -> Command {
@@ -23,9 +23,21 @@ fn example(name: &str) -> Command {
     Command::new(path)
 }
 
+/// Runs `command` to its end, bounded: a hung example fails the test with
+/// what it printed.
+fn run(command: &mut Command) -> Output {
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_child(child, WAIT)
+}
+
 /// Runs an example with no arguments; what it printed, once it succeeded.
 pub(crate) fn successful_stdout(name: &str) -> String {
-    let output = example(name).output().unwrap();
+    let output = run(&mut example(name));
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),
@@ -62,17 +74,14 @@ fn the_tracing_example_sends_its_spans_and_events() {
 
 #[test]
 fn the_agent_example_reports_a_bad_certificate_path_and_fails() {
-    let output = example("agent_example")
-        .args([
-            "--ca-file",
-            "/nonexistent/ca.crt",
-            "--cert-file",
-            "c.crt",
-            "--key-file",
-            "c.key",
-        ])
-        .output()
-        .unwrap();
+    let output = run(example("agent_example").args([
+        "--ca-file",
+        "/nonexistent/ca.crt",
+        "--cert-file",
+        "c.crt",
+        "--key-file",
+        "c.key",
+    ]));
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -84,7 +93,7 @@ fn the_agent_example_reports_a_bad_certificate_path_and_fails() {
 #[test]
 fn the_agent_example_sends_logs_and_metrics_until_its_duration_ends() {
     let setup = setup();
-    let output = example("agent_example")
+    let output = run(example("agent_example")
         .args(setup.connection_args())
         .args(["--source-id", "example-test", "--metric-count", "7"])
         // Metrics every tenth of the run: several rounds, not one 5 s tick
@@ -96,9 +105,7 @@ fn the_agent_example_sends_logs_and_metrics_until_its_duration_ends() {
             "200ms",
             "--duration",
             "2s",
-        ])
-        .output()
-        .unwrap();
+        ]));
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),

@@ -2,24 +2,18 @@
 //! stalled reader, streams ended with errors, overflow, drop while down.
 
 use std::collections::HashSet;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use loggregator::spy::{SpyAgent, StatusCode, TestCerts};
 use loggregator::{Delivery, Envelope, Error, IngressClient, IngressClientBuilder, Overflow};
 
 use crate::common::{
-    WAIT, assert_closed_accounting, assert_still_accounting, capture_logs, logged, unused_addr,
-    wait_for_stats,
+    LOADED_MACHINE, WAIT, assert_closed_accounting, assert_still_accounting, capture_logs,
+    join_within, logged, start_agent, unused_addr, wait_for_stats,
 };
 
 pub const FAST_RETRY: (Duration, Duration) =
     (Duration::from_millis(10), Duration::from_millis(100));
-
-fn port_of(addr: &str) -> u16 {
-    addr.rsplit_once(':').unwrap().1.parse().unwrap()
-}
 
 fn builder(certs: &TestCerts, addr: &str) -> IngressClientBuilder {
     IngressClient::builder()
@@ -54,10 +48,7 @@ fn an_agent_absent_at_build_gets_everything_once_it_starts() {
         client.flush(Duration::from_millis(200)),
         Err(Error::Timeout { .. })
     ));
-    let agent = SpyAgent::builder()
-        .port(port_of(&addr))
-        .start(&certs)
-        .unwrap();
+    let agent = start_agent(&certs, &addr);
     client.flush(WAIT).unwrap();
     agent.wait_for_proto_envelopes(500, WAIT);
     assert_eq!(seqs(&agent), (0..500).collect::<Vec<_>>());
@@ -68,17 +59,35 @@ fn an_agent_absent_at_build_gets_everything_once_it_starts() {
     assert_closed_accounting(&stats);
 }
 
+/// What one restart of the agent can have cost an at most once client.
+#[derive(Debug, Clone, Copy)]
+pub struct Restart {
+    /// One past the highest envelope the agent had read just before it
+    /// was shut down: everything below had reached it or was lost earlier.
+    pub read_before: u64,
+    /// Envelopes the client had finished with (`sent` or `gave_up`) once it
+    /// had met the agent's absence: everything below went to the dying
+    /// stream or earlier, nothing above ever did.
+    pub handled: u64,
+}
+
+impl Restart {
+    /// The envelopes the dying stream may have lost: those gRPC had
+    /// accepted (or the client gave up) beyond what the agent had read.
+    pub fn may_have_lost(&self, n: u64) -> bool {
+        (self.read_before..self.handled).contains(&n)
+    }
+}
+
 /// Emits `total` numbered envelopes from another thread while the agent is
-/// restarted three times mid-stream; returns how many had been emitted when
-/// each restart was over.
-pub fn emit_through_restarts(client: &IngressClient, agent: &SpyAgent, total: u64) -> Vec<u64> {
-    let progress = Arc::new(AtomicU64::new(0));
+/// restarted three times mid-stream; returns, for each restart, what the
+/// client can have had in flight on the stream it killed.
+pub fn emit_through_restarts(client: &IngressClient, agent: &SpyAgent, total: u64) -> Vec<Restart> {
     let emitter = {
-        let (client, progress) = (client.clone(), progress.clone());
+        let client = client.clone();
         std::thread::spawn(move || {
             for n in 0..total {
                 client.emit(numbered(n));
-                progress.store(n + 1, Ordering::SeqCst);
                 if n % 64 == 63 {
                     // A steady rate rather than one burst, so restarts land mid-stream.
                     std::thread::sleep(Duration::from_micros(500));
@@ -86,21 +95,33 @@ pub fn emit_through_restarts(client: &IngressClient, agent: &SpyAgent, total: u6
             }
         })
     };
-    let mut shutdowns = Vec::new();
+    let mut restarts = Vec::new();
     for round in 1..=3 {
         agent.wait_for_proto_envelopes((total as usize / 4) * round, WAIT);
+        let read_before = seqs(agent).into_iter().max().map_or(0, |n| n + 1);
+        let errors = client.stats().errors;
         agent.shutdown();
+        // The second failure since is a reconnection refused: by then the
+        // dying stream's last write has been counted, sent or given up,
+        // and with no agent nothing more can be. A client that has every
+        // envelope behind it writes nothing more, and fails no more.
+        let stats = wait_for_stats(client, |s| {
+            s.errors >= errors + 2 || s.sent + s.dropped.gave_up == total
+        });
+        restarts.push(Restart {
+            read_before,
+            handled: stats.sent + stats.dropped.gave_up,
+        });
         agent.restart().unwrap();
-        shutdowns.push(progress.load(Ordering::SeqCst));
     }
-    emitter.join().unwrap();
+    join_within(emitter, WAIT);
     // At most once, a write a restart cut short is given up, and this
     // flush reports it; callers check the counts.
     match client.flush(WAIT) {
         Ok(()) | Err(Error::Undelivered { .. }) => {}
         other => panic!("{other:?}"),
     }
-    shutdowns
+    restarts
 }
 
 /// Every envelope numbered below `total` reached the agent.
@@ -149,7 +170,7 @@ fn at_most_once_loses_only_what_dying_streams_had_accepted() {
         .queue_capacity(TOTAL as usize)
         .build()
         .unwrap();
-    let restarted = emit_through_restarts(&client, &agent, TOTAL);
+    let restarts = emit_through_restarts(&client, &agent, TOTAL);
     match client.close(WAIT) {
         Ok(()) => {}
         // The last stream was one the last restart cut: close reports it.
@@ -164,23 +185,35 @@ fn at_most_once_loses_only_what_dying_streams_had_accepted() {
         "at most once never duplicates"
     );
     let missing: Vec<u64> = (0..TOTAL).filter(|n| !unique.contains(n)).collect();
-    eprintln!(
-        "at most once through 3 restarts: lost {} of {TOTAL}",
-        missing.len()
-    );
-    // Only envelopes emitted before a restart was over can have been on a dying stream.
-    let last_restart = *restarted.last().unwrap();
-    let late: Vec<&u64> = missing
+    // Each restart can only have lost what its dying stream carried
+    // unread: every missing envelope is one of those, and each restart
+    // lost no more than it had in flight.
+    for (round, restart) in restarts.iter().enumerate() {
+        let lost = missing
+            .iter()
+            .filter(|&&n| restart.may_have_lost(n))
+            .count();
+        eprintln!(
+            "at most once, restart {}: lost {lost} of the {} in flight {restart:?}",
+            round + 1,
+            restart.handled.saturating_sub(restart.read_before)
+        );
+        assert!(
+            restart.read_before <= restart.handled,
+            "the agent read more than the client wrote: {restart:?}"
+        );
+    }
+    let unexplained: Vec<u64> = missing
         .iter()
-        .filter(|&&n| n >= last_restart)
-        .take(5)
+        .copied()
+        .filter(|&n| !restarts.iter().any(|r| r.may_have_lost(n)))
         .collect();
     assert!(
-        late.is_empty(),
-        "lost after the last restart (at {last_restart}): {late:?}"
+        unexplained.is_empty(),
+        "{} lost that no dying stream carried, first {:?}; restarts {restarts:?}",
+        unexplained.len(),
+        &unexplained[..unexplained.len().min(10)]
     );
-    let lost = missing.len() as u64;
-    assert!(lost <= LOSS_BOUND, "lost {lost}");
     let stats = client.stats();
     // A write cut short by a restart may have reached the agent: at most
     // once gives it up rather than risk a duplicate.
@@ -190,14 +223,12 @@ fn at_most_once_loses_only_what_dying_streams_had_accepted() {
         "lost envelopes were accepted by gRPC or given up, {stats:?}"
     );
     assert_eq!(stats.dropped.total(), stats.dropped.gave_up, "{stats:?}");
+    assert!(
+        missing.len() as u64 >= stats.dropped.gave_up,
+        "what was given up never arrives: {stats:?}"
+    );
     assert_closed_accounting(&stats);
 }
-
-/// Envelopes of this test's size that three dying streams may lose in all:
-/// what gRPC had accepted but the agent had not read (HTTP/2 windows and
-/// buffers), and writes in flight given up. Measured here: 0 to 2,000 in 13
-/// of 14 runs, 5,000 once (batches of 1,000 at a time); this is twice the most.
-const LOSS_BOUND: u64 = 10_000;
 
 #[test]
 fn a_stalled_agent_never_blocks_emit_and_flush_and_close_keep_their_timeouts() {
@@ -236,10 +267,8 @@ fn a_stalled_agent_never_blocks_emit_and_flush_and_close_keep_their_timeouts() {
         client.emit(Envelope::log(payload.clone()));
         slowest = slowest.max(started.elapsed());
     }
-    assert!(
-        slowest < Duration::from_millis(500),
-        "an emit took {slowest:?}"
-    );
+    // An emit that waited for the stuck writer would wait until close.
+    assert!(slowest < LOADED_MACHINE, "an emit took {slowest:?}");
     assert!(
         client.stats().dropped.queue_full >= 700,
         "{:?}",
@@ -253,7 +282,7 @@ fn a_stalled_agent_never_blocks_emit_and_flush_and_close_keep_their_timeouts() {
     }
     let took = started.elapsed();
     assert!(
-        took < timeout + Duration::from_secs(1),
+        took < timeout + loggregator::CLOSE_MARGIN + LOADED_MACHINE,
         "close took {took:?}"
     );
     let stats = client.stats();
@@ -465,10 +494,7 @@ impl StuckClient {
     fn deliver(self) -> (Vec<u64>, loggregator::Stats) {
         // The sender is backing off with envelope 0: nothing moves.
         assert_still_accounting(&self.client.stats());
-        let agent = SpyAgent::builder()
-            .port(port_of(&self.addr))
-            .start(&self.certs)
-            .unwrap();
+        let agent = start_agent(&self.certs, &self.addr);
         self.client.close(WAIT).unwrap();
         let stats = self.client.stats();
         assert_closed_accounting(&stats);
@@ -514,11 +540,8 @@ fn block_waits_for_room_and_loses_nothing() {
     // The emitter is blocked on envelope 5 until the agent appears.
     wait_for_stats(&stuck.client, |s| s.emitted == 6);
     assert!(!emitter.is_finished());
-    let agent = SpyAgent::builder()
-        .port(port_of(&stuck.addr))
-        .start(&stuck.certs)
-        .unwrap();
-    emitter.join().unwrap();
+    let agent = start_agent(&stuck.certs, &stuck.addr);
+    join_within(emitter, WAIT);
     stuck.client.close(WAIT).unwrap();
     assert_eq!(seqs(&agent), (0..=7).collect::<Vec<_>>());
     let stats = stuck.client.stats();
@@ -538,14 +561,25 @@ fn dropping_the_last_handle_while_the_agent_is_down_gives_up_at_the_bound() {
     capture_logs();
     let certs = TestCerts::generate().unwrap();
     let addr = unused_addr();
+    let bound = Duration::from_millis(300);
     let client = builder(&certs, &addr)
-        .close_on_drop_timeout(Duration::from_millis(300))
+        .close_on_drop_timeout(bound)
         .build()
         .unwrap();
     for n in 0..10 {
         client.emit(numbered(n));
     }
+    let started = Instant::now();
     drop(client);
+    let took = started.elapsed();
+    // Nobody listens: only the bound can end the wait, and drop keeps it
+    // as close does (its timeout plus CLOSE_MARGIN, and what a loaded
+    // machine adds to a thread woken at its deadline).
+    assert!(took >= bound, "gave up before the bound: {took:?}");
+    assert!(
+        took < bound + loggregator::CLOSE_MARGIN + LOADED_MACHINE,
+        "dropping took {took:?}"
+    );
     let summary = format!("closed the client for {addr}: emitted 10, sent 0, dropped 10");
     assert_eq!(logged(&summary).len(), 1, "{:?}", logged(&addr));
 }

@@ -9,7 +9,8 @@ use loggregator::spy::TestCerts;
 use loggregator::{Delivery, Envelope, IngressClient, Overflow, SourceInfo, Stats, UnixNanos};
 
 use crate::common::{
-    WAIT, absent_agent, assert_closed_accounting, setup, start_agent, wait_for_stats,
+    POLL, WAIT, absent_agent, assert_closed_accounting, join_within, setup, start_agent,
+    wait_for_stats,
 };
 
 fn counters(envelopes: &[pb::Envelope]) -> Vec<(String, u64, u64)> {
@@ -34,15 +35,21 @@ fn a_counter_pulses_its_delta_with_total_0_and_stays_silent_when_idle() {
         .pulse_interval(Duration::from_millis(20))
         .build()
         .unwrap();
+    // A gauge reported at every interval, to count intervals by.
+    let beat = client.gauge("idle_beat", "");
+    beat.set(1.0);
+    let beats = |envelopes: &[pb::Envelope]| envelopes.iter().filter(|e| e.has_gauge()).count();
     let requests = client.counter("requests");
     requests.add(3);
-    setup.agent.wait_for_proto_envelopes(1, WAIT);
+    wait_for_envelopes_where(&setup, |e| !counters(e).is_empty());
     requests.add(2);
-    setup.agent.wait_for_proto_envelopes(2, WAIT);
+    wait_for_envelopes_where(&setup, |e| counters(e).len() >= 2);
     requests.inc();
-    setup.agent.wait_for_proto_envelopes(3, WAIT);
+    let received = wait_for_envelopes_where(&setup, |e| counters(e).len() >= 3);
     // Many idle intervals pass before close: none may send `delta 0, total 0`
     // or anything else for this counter.
+    let seen = beats(&received);
+    wait_for_envelopes_where(&setup, |e| beats(e) >= seen + 5);
     client.flush(WAIT).unwrap();
     let clone = requests.clone();
     clone.add(4);
@@ -58,6 +65,24 @@ fn a_counter_pulses_its_delta_with_total_0_and_stays_silent_when_idle() {
             ("requests".into(), 4, 0)
         ]
     );
+    // Nor did it try to: a `delta 0, total 0` is dropped at emit, not sent.
+    assert_eq!(client.stats().dropped.total(), 0, "{:?}", client.stats());
+}
+
+/// Waits (bounded) until what the agent received satisfies `ready`; returns it.
+fn wait_for_envelopes_where(
+    setup: &crate::common::Setup,
+    ready: impl Fn(&[pb::Envelope]) -> bool,
+) -> Vec<pb::Envelope> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let received = setup.agent.proto_envelopes();
+        if ready(&received) {
+            return received;
+        }
+        assert!(Instant::now() < deadline, "never got there: {received:?}");
+        std::thread::sleep(POLL);
+    }
 }
 
 /// A counter's identity in the agent: name, source id, sorted tags.
@@ -346,7 +371,7 @@ fn counter_through_an_outage_with_the_queue_full(overflow: Overflow, source: &st
     }
     let agent = start_agent(&certs, &addr);
     if let Some(waiting) = waiting {
-        waiting.join().unwrap();
+        join_within(waiting, WAIT);
     }
     wait_for_stats(&client, |s| s.queued + s.in_flight == 0 && s.sent > 0);
     for n in 0..50 {

@@ -13,7 +13,8 @@ use loggregator::{
 };
 
 use crate::common::{
-    WAIT, absent_agent, assert_closed_accounting, setup, start_agent, wait_for_stats,
+    POLL, WAIT, absent_agent, assert_closed_accounting, join_within, setup, start_agent,
+    wait_for_stats,
 };
 use crate::metrics::{agent_totals, fill_queue, waiting_emitters};
 
@@ -110,7 +111,7 @@ fn absolute_sends_each_rise_and_a_smaller_reading_changes_nothing() {
             if deltas.len() >= count || Instant::now() > deadline {
                 return deltas;
             }
-            std::thread::yield_now();
+            std::thread::sleep(POLL);
         }
     };
     absolute(10);
@@ -338,7 +339,7 @@ fn labels_become_tags_ids_and_gauges_of_a_label_set_share_an_envelope_with_units
 #[test]
 fn an_idle_series_stops_being_sent_and_a_live_one_goes_on() {
     let setup = setup();
-    let idle_timeout = Duration::from_millis(100);
+    let idle_timeout = Duration::from_millis(400);
     let client = setup
         .builder()
         .pulse_interval(Duration::from_millis(10))
@@ -348,8 +349,11 @@ fn an_idle_series_stops_being_sent_and_a_live_one_goes_on() {
     let set = |name: &'static str, value: f64| {
         ::metrics::with_local_recorder(&recorder, || gauge!(name, "set" => "mr_idle").set(value));
     };
+    // Read before the set: the series can be idle no sooner than this
+    // plus `idle_timeout`, and a pulse envelope is stamped after the pulse
+    // decided what it holds.
+    let set_at = loggregator::UnixNanos::now().as_i64();
     set("mr_idle_once", 1.0);
-    let last_set = Instant::now();
     // The live gauge shares the idle one's label set, so each envelope
     // says whether the idle one was still in it.
     let mut rounds = 0;
@@ -372,9 +376,31 @@ fn an_idle_series_stops_being_sent_and_a_live_one_goes_on() {
         }
         assert!(Instant::now() < deadline, "never stopped: {last:?}");
     }
+    // The first pulse without it came only once it had been idle so long,
+    // and it was sent until then: a pulse in the second half of the
+    // timeout still had it (pulses come every 10 ms; a pulse thread held
+    // up for longer than half the timeout is not a loaded machine, it is a
+    // stopped one).
+    let received = setup.agent.proto_envelopes();
+    let since_set = |e: &pb::Envelope| Duration::from_nanos((e.timestamp - set_at).max(0) as u64);
+    let first_without = received
+        .iter()
+        .find(|e| !e.gauge().metrics.contains_key("mr_idle_once"))
+        .unwrap();
     assert!(
-        last_set.elapsed() >= idle_timeout,
-        "it stopped only once idle for {idle_timeout:?}"
+        since_set(first_without) >= idle_timeout,
+        "it stopped after {:?} idle, before {idle_timeout:?}",
+        since_set(first_without)
+    );
+    let last_with = received
+        .iter()
+        .rev()
+        .find(|e| e.gauge().metrics.contains_key("mr_idle_once"))
+        .unwrap();
+    assert!(
+        since_set(last_with) >= idle_timeout / 2,
+        "last sent {:?} after it was set, with {idle_timeout:?} to go idle",
+        since_set(last_with)
     );
     client.close(WAIT).unwrap();
     let received = setup.agent.proto_envelopes();
@@ -473,7 +499,7 @@ fn counts_through_an_outage_with_the_queue_full(overflow: Overflow, source: &str
     }
     let agent = start_agent(&certs, &addr);
     if let Some(waiting) = waiting {
-        waiting.join().unwrap();
+        join_within(waiting, WAIT);
     }
     wait_for_stats(&client, |s| s.queued + s.in_flight == 0 && s.sent > 0);
     for _ in 0..30 {
@@ -674,7 +700,7 @@ fn a_pulse_larger_than_the_queue_arrives_whole_with_default_settings() {
     let deadline = Instant::now() + loggregator::DEFAULT_PULSE_INTERVAL + WAIT;
     while !full(&client.stats()) && client.stats().dropped.total() == 0 {
         assert!(Instant::now() < deadline, "{:?}", client.stats());
-        std::thread::yield_now();
+        std::thread::sleep(POLL);
     }
     setup.agent.resume_reading();
     let received = setup.agent.wait_for_proto_envelopes(13_000, WAIT);
@@ -822,6 +848,6 @@ fn wait_until(ready: impl Fn() -> bool) {
     let deadline = Instant::now() + WAIT;
     while !ready() {
         assert!(Instant::now() < deadline, "never got there");
-        std::thread::yield_now();
+        std::thread::sleep(POLL);
     }
 }

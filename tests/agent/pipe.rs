@@ -5,7 +5,7 @@ use std::process::{Command, Stdio};
 
 use loggregator::proto::envelope::log::Type;
 
-use crate::common::{Setup, setup};
+use crate::common::{Setup, WAIT, setup, wait_child};
 
 fn pipe(setup: &Setup, args: &[&str], input: &[u8], env: &[(&str, &str)]) -> std::process::Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_loggregator-pipe"))
@@ -22,7 +22,8 @@ fn pipe(setup: &Setup, args: &[&str], input: &[u8], env: &[(&str, &str)]) -> std
     let mut stdin = child.stdin.take().unwrap();
     let input = input.to_vec();
     let writer = std::thread::spawn(move || stdin.write_all(&input));
-    let output = child.wait_with_output().unwrap();
+    let output = wait_child(child, WAIT);
+    // The child is gone: the writer has written all, or met a closed pipe.
     writer.join().unwrap().unwrap();
     output
 }
@@ -234,14 +235,14 @@ fn a_joined_log_is_sent_after_the_timeout_while_the_input_stays_open() {
     stdin.write_all(b"START one\n  more\n").unwrap();
     stdin.flush().unwrap();
     // No next line comes: the record is complete after the timeout alone.
-    let received = setup.agent.wait_for_proto_envelopes(1, crate::common::WAIT);
+    let received = setup.agent.wait_for_proto_envelopes(1, WAIT);
     assert_eq!(received.len(), 1);
     assert_eq!(received[0].log().payload, b"START one\n  more");
     stdin
         .write_all(b"  late, a record of its own\nSTART two\n")
         .unwrap();
     drop(stdin);
-    let output = child.wait_with_output().unwrap();
+    let output = wait_child(child, WAIT);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     let payloads: Vec<Vec<u8>> = setup

@@ -1,11 +1,12 @@
 //! The unary `send`: confirmed by the agent, or an error within its timeout.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use loggregator::spy::Rpc;
-use loggregator::{Envelope, Error, IngressClient};
+use loggregator::{CLOSE_MARGIN, Envelope, Error, IngressClient};
 
-use crate::common::{WAIT, setup, unused_addr};
+use crate::common::{LOADED_MACHINE, Setup, WAIT, setup, unused_addr};
+use crate::fault_proxy::SilentServer;
 
 #[test]
 fn send_returns_after_the_agent_has_the_envelopes() {
@@ -29,18 +30,29 @@ fn send_returns_after_the_agent_has_the_envelopes() {
     client.close(WAIT).unwrap();
 }
 
-#[test]
-fn send_fails_within_its_timeout_when_the_agent_is_down() {
-    let setup = setup();
+/// Sends one event to `addr` with a timeout of `timeout`; the answer and
+/// how long it took, checked against `send`'s bound: its timeout plus
+/// `CLOSE_MARGIN` (and what a loaded machine adds).
+fn send_timed(setup: &Setup, addr: &str, timeout: Duration) -> (IngressClient, Result<(), Error>) {
     let client = IngressClient::builder()
-        .addr(unused_addr())
+        .addr(addr)
         .tls(setup.certs.client_tls().unwrap())
         .build()
         .unwrap();
-    let result = client.send(
-        vec![Envelope::event("deploy", "v42").into()],
-        Duration::from_secs(2),
+    let started = Instant::now();
+    let result = client.send(vec![Envelope::event("deploy", "v42").into()], timeout);
+    let took = started.elapsed();
+    assert!(
+        took < timeout + CLOSE_MARGIN + LOADED_MACHINE,
+        "send took {took:?}: {result:?}"
     );
+    (client, result)
+}
+
+#[test]
+fn send_fails_within_its_timeout_when_the_agent_is_down() {
+    let setup = setup();
+    let (client, result) = send_timed(&setup, &unused_addr(), Duration::from_secs(2));
     match result {
         Err(Error::Agent { status, hint, .. }) => {
             assert!(status.starts_with("UNAVAILABLE"), "{status}");
@@ -54,6 +66,24 @@ fn send_fails_within_its_timeout_when_the_agent_is_down() {
     }
     assert_eq!(client.stats().errors, 1);
     client.close(WAIT).unwrap();
+}
+
+#[test]
+fn send_to_an_agent_that_never_answers_times_out_within_its_timeout() {
+    let setup = setup();
+    let silent = SilentServer::start();
+    let timeout = Duration::from_millis(500);
+    let (client, result) = send_timed(&setup, silent.addr(), timeout);
+    match result {
+        Err(Error::Timeout {
+            undelivered: 1,
+            waited,
+        }) => assert!(waited >= timeout, "{waited:?}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(silent.wait_for_accepted(1, WAIT));
+    assert_eq!(client.stats().errors, 1, "{:?}", client.stats());
+    let _ = client.close(Duration::from_millis(100));
 }
 
 #[test]

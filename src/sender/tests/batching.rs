@@ -201,7 +201,7 @@ fn what_the_real_queue_hands_over_keeps_its_bytes_counted_until_the_write_is_acc
         })
         .unwrap();
     closed.recv_timeout(WAIT).unwrap().unwrap();
-    thread.join().unwrap();
+    join_after_close(thread);
     assert_eq!(next_batch(), vec![5]);
     let stats = queue.stats();
     assert_eq!(

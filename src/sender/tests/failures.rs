@@ -52,7 +52,12 @@ fn while_the_agent_is_away_batches_wait_with_backoff_and_arrive_when_it_returns(
     for _ in 0..3 {
         script.fail_write(Err(stream_ended()));
     }
-    let harness = start(settings(), script);
+    let (initial, max) = (Duration::from_millis(20), Duration::from_millis(40));
+    let settings = Settings {
+        backoff: Backoff::new(initial, max),
+        ..settings()
+    };
+    let harness = start(settings, script.clone());
     harness.emit(1);
     harness.emit(2);
     harness.flush().unwrap();
@@ -60,6 +65,15 @@ fn while_the_agent_is_away_batches_wait_with_backoff_and_arrive_when_it_returns(
     assert_eq!(batches(&seen), vec![vec![1, 2]]);
     assert_eq!(count(&seen, |s| matches!(s, Seen::Opened)), 4);
     assert_eq!((stats.sent, stats.dropped.total(), stats.errors), (2, 0, 3));
+    // Each new stream waited its backoff step after the failure before it
+    // (doubling from `initial` up to `max`, each drawn from its upper half):
+    // timers never fire early, so these are lower bounds on any machine.
+    let opened = script.opened_at.lock().clone();
+    let waits: Vec<Duration> = opened.windows(2).map(|w| w[1] - w[0]).collect();
+    let steps = [initial, max, max];
+    for (wait, step) in waits.iter().zip(steps) {
+        assert!(*wait >= step / 2, "waited {waits:?} for steps {steps:?}");
+    }
 }
 
 #[test]

@@ -43,6 +43,8 @@ pub(super) struct Script {
     /// are accepted from this instant on, hold or not, and nothing wakes
     /// the loop for it: as gRPC accepts a write the loop has not polled.
     pub(super) accepted_from: Option<(usize, Instant)>,
+    /// When each stream was opened, in order.
+    pub(super) opened_at: Arc<Mutex<Vec<Instant>>>,
 }
 
 /// Writes (or stream ends) held pending, and the worker's waker to call on
@@ -128,6 +130,7 @@ impl Transport for FakeTransport {
     type Call = FakeCall;
 
     fn open(&mut self) -> Result<FakeStream> {
+        self.script.opened_at.lock().push(Instant::now());
         self.seen.send(Seen::Opened).unwrap();
         self.opened += 1;
         Ok(FakeStream {

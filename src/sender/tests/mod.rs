@@ -132,7 +132,7 @@ impl Harness {
         let give_up = Instant::now() + WAIT;
         while self.counters.in_flight.load(Relaxed) < in_flight {
             assert!(Instant::now() < give_up, "the loop never took them");
-            std::thread::yield_now();
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 
@@ -151,8 +151,10 @@ impl Harness {
                 reply,
             })
             .unwrap();
-        let result = result.recv_timeout(WAIT + wait).unwrap();
-        self.thread.take().unwrap().join().unwrap();
+        let result = result
+            .recv_timeout(WAIT + wait)
+            .expect("the loop never answered close");
+        join_after_close(self.thread.take().unwrap());
         let stats = self.counters.snapshot(0, self.room.bytes());
         assert_eq!(
             stats.emitted,
@@ -178,6 +180,17 @@ impl Harness {
             }
         }
     }
+}
+
+/// Joins the loop's thread, which ends right after it answers close: a
+/// loop that goes on fails the test within `WAIT` rather than hang it.
+fn join_after_close(thread: std::thread::JoinHandle<()>) {
+    let give_up = Instant::now() + WAIT;
+    while !thread.is_finished() {
+        assert!(Instant::now() < give_up, "the loop did not end after close");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    thread.join().unwrap();
 }
 
 /// The framed size of one test log numbered 1 to 9 (0, its timestamp
