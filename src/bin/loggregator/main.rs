@@ -1,0 +1,46 @@
+//! The `loggregator` command: a service that cannot call `emit()` still
+//! logs through the agent on its VM.
+//!
+//! - `loggregator pipe`: each line of standard input as a log.
+//!
+//! Every subcommand takes the connection flags of [`connection`], each
+//! also from a `LOGGREGATOR_*` environment variable.
+
+mod connection;
+mod forward;
+mod multiline;
+mod pipe;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Sends a legacy service's output to the Loggregator agent on its VM.
+#[derive(Parser, Debug)]
+#[command(name = "loggregator", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Sends each line of standard input to the agent as a log.
+    Pipe(pipe::PipeArgs),
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Pipe(args) => {
+            const PROGRAM: &str = "loggregator pipe";
+            match pipe::pipe(PROGRAM, &args) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(1),
+                Err(error) => {
+                    eprintln!("{PROGRAM}: {error}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+    }
+}
