@@ -147,3 +147,39 @@ pub fn assert_still_accounting(stats: &loggregator::Stats) {
     let placed = stats.sent + stats.dropped.total() + stats.queued + stats.in_flight;
     assert_eq!(stats.emitted, placed, "{stats:?}");
 }
+
+/// Runs a command of this crate to its end, at most [`WAIT`]: past it the
+/// child is killed and the test fails with what it had written.
+pub fn output_within_wait(command: &mut std::process::Command) -> std::process::Output {
+    use std::process::Stdio;
+    let child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let pid = child.id();
+    let (done, finished) = crossbeam_channel::bounded(1);
+    let waiter = std::thread::spawn(move || {
+        let _ = done.send(child.wait_with_output());
+    });
+    match finished.recv_timeout(WAIT) {
+        Ok(output) => {
+            waiter.join().unwrap();
+            output.expect("wait")
+        }
+        Err(_) => {
+            // The waiter owns the child: kill it by its id, then collect
+            // what it wrote.
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            let output = finished.recv_timeout(WAIT).expect("killed child ends");
+            let output = output.expect("wait");
+            panic!(
+                "still running after {WAIT:?}; stdout:\n{}\nstderr:\n{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+    }
+}

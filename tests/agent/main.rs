@@ -4,6 +4,7 @@ mod bad_input;
 mod batching;
 mod bounds;
 mod bridge_losses;
+mod cli_check;
 mod common;
 mod connection_faults;
 mod delivery;

@@ -2,10 +2,13 @@
 //! logs through the agent on its VM.
 //!
 //! - `loggregator pipe`: each line of standard input as a log.
+//! - `loggregator check`: the certificates, the agent and one delivery,
+//!   checked one by one, each problem with what to do.
 //!
 //! Every subcommand takes the connection flags of [`connection`], each
 //! also from a `LOGGREGATOR_*` environment variable.
 
+mod check;
 mod connection;
 mod forward;
 mod multiline;
@@ -27,6 +30,9 @@ struct Cli {
 enum Command {
     /// Sends each line of standard input to the agent as a log.
     Pipe(pipe::PipeArgs),
+    /// Checks the certificate files, the agent and one confirmed delivery;
+    /// exits 1 when a check FAILed.
+    Check(check::CheckArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +46,13 @@ fn main() -> ExitCode {
                     eprintln!("{PROGRAM}: {error}");
                     ExitCode::from(2)
                 }
+            }
+        }
+        Command::Check(args) => {
+            if check::check(&args) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
             }
         }
     }
