@@ -148,8 +148,8 @@ pub fn assert_still_accounting(stats: &loggregator::Stats) {
     assert_eq!(stats.emitted, placed, "{stats:?}");
 }
 
-/// Runs a command of this crate to its end, at most [`WAIT`]: past it the
-/// child is killed and the test fails with what it had written.
+/// Runs a command of this crate to its end, at most [`WAIT`] (see
+/// [`wait_within_wait`]).
 pub fn output_within_wait(command: &mut std::process::Command) -> std::process::Output {
     use std::process::Stdio;
     let child = command
@@ -157,6 +157,12 @@ pub fn output_within_wait(command: &mut std::process::Command) -> std::process::
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
+    wait_within_wait(child)
+}
+
+/// Waits at most [`WAIT`] for a child to end: past it the child is killed
+/// and the test fails with what it had written.
+pub fn wait_within_wait(child: std::process::Child) -> std::process::Output {
     let pid = child.id();
     let (done, finished) = crossbeam_channel::bounded(1);
     let waiter = std::thread::spawn(move || {

@@ -2,6 +2,8 @@
 //! logs through the agent on its VM.
 //!
 //! - `loggregator pipe`: each line of standard input as a log.
+//! - `loggregator run -- COMMAND`: a service's stdout and stderr lines as
+//!   OUT and ERR logs, its signals forwarded, its exit code kept.
 //! - `loggregator check`: the certificates, the agent and one delivery,
 //!   checked one by one, each problem with what to do.
 //!
@@ -13,6 +15,7 @@ mod connection;
 mod forward;
 mod multiline;
 mod pipe;
+mod run;
 
 use std::process::ExitCode;
 
@@ -30,6 +33,9 @@ struct Cli {
 enum Command {
     /// Sends each line of standard input to the agent as a log.
     Pipe(pipe::PipeArgs),
+    /// Runs a command, its stdout lines sent as OUT logs and its stderr
+    /// lines as ERR; forwards signals to it and exits with its code.
+    Run(run::RunArgs),
     /// Checks the certificate files, the agent and one confirmed delivery;
     /// exits 1 when a check FAILed.
     Check(check::CheckArgs),
@@ -48,6 +54,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Run(args) => run::run(&args),
         Command::Check(args) => {
             if check::check(&args) {
                 ExitCode::SUCCESS
