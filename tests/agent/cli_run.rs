@@ -237,8 +237,8 @@ fn a_child_that_closes_stdout_keeps_running_and_reads_our_stdin() {
 fn by_default_an_agent_that_does_not_read_never_holds_the_child() {
     let setup = setup();
     setup.agent.pause_reading();
-    // 40 MB of output: far more than gRPC and the queue hold.
-    let script = "i=0; line=$(printf '%0600d' 0); while [ $i -lt 64 ]; do j=0; while [ $j -lt 1000 ]; do echo $line; j=$((j+1)); done; i=$((i+1)); done; exit 3";
+    // 24 MB of output: far more than gRPC and the queue hold.
+    let script = "line=$(printf '%060000d' 0); i=0; while [ $i -lt 400 ]; do echo $line; i=$((i+1)); done; exit 3";
     let output = wait_within_wait(start(&setup, &["--close-timeout", "300ms"], script));
     setup.agent.resume_reading();
     let stderr = text(&output.stderr);
@@ -247,7 +247,7 @@ fn by_default_an_agent_that_does_not_read_never_holds_the_child() {
         Some(3),
         "the child's code, drops or not: {stderr}"
     );
-    assert!(stderr.contains("stdout lines 64000;"), "{stderr}");
+    assert!(stderr.contains("stdout lines 400;"), "{stderr}");
     let dropped: u64 = stderr
         .split(" dropped ")
         .nth(1)

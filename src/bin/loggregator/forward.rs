@@ -67,6 +67,10 @@ impl MultilineArgs {
     }
 }
 
+/// Lines as read, each with its line ending and when it was read; an
+/// error ends the stream.
+pub type Lines = Receiver<std::io::Result<(Vec<u8>, Instant)>>;
+
 /// What one stream carried.
 #[derive(Debug, Default)]
 pub struct Forwarded {
@@ -97,7 +101,7 @@ impl Forwarded {
 /// `program` begins the error message of a failed read.
 pub fn forward(
     program: &str,
-    lines: Receiver<std::io::Result<(Vec<u8>, Instant)>>,
+    lines: Lines,
     mut joiner: Option<Multiline>,
     mut tee: Option<&mut dyn Write>,
     send: &dyn Fn(&[u8]),
@@ -174,7 +178,7 @@ pub fn forward(
 pub fn read_lines(
     name: &str,
     input: impl Read + Send + 'static,
-) -> std::io::Result<Receiver<std::io::Result<(Vec<u8>, Instant)>>> {
+) -> std::io::Result<Lines> {
     let (lines, received) = crossbeam_channel::bounded(LINES_AHEAD);
     let mut input = BufReader::with_capacity(READ_BUFFER_BYTES, input);
     std::thread::Builder::new()

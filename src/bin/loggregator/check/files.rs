@@ -35,7 +35,7 @@ pub fn check_files(connection: &ConnectionArgs) -> Vec<Check> {
         Ok(PKey::private_key_from_pem(pem)?)
     });
     if let Some(ca) = &ca {
-        let names: Vec<String> = ca.iter().map(|cert| subject(cert)).collect();
+        let names: Vec<String> = ca.iter().map(subject).collect();
         if let Some(last) = checks.iter_mut().find(|check| check.name == "CA file") {
             last.detail = format!("{} ({})", last.detail, names.join("; "));
         }
