@@ -20,7 +20,6 @@ fn check(args: &[std::ffi::OsString], env: &[(&str, &str)]) -> (Option<i32>, Str
         Command::new(env!("CARGO_BIN_EXE_loggregator"))
             .arg("check")
             .args(args)
-            .args(["--timeout", "5s"])
             .env_remove("VCAP_APPLICATION")
             .envs(env.iter().copied()),
     );
@@ -238,6 +237,32 @@ fn nothing_listening_is_named_with_the_address() {
         stdout.contains("skip  send: not run: nothing to connect to"),
         "{stdout}"
     );
+}
+
+#[test]
+fn a_port_that_never_answers_tls_is_told_apart_from_a_refusal() {
+    let setup = setup();
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap().to_string();
+    let mut args = connection(
+        &addr,
+        &setup.certs.ca_file(),
+        &setup.certs.client_cert_file(),
+        &setup.certs.client_key_file(),
+    );
+    args.extend(["--timeout".into(), "500ms".into()]);
+    // The connection waits in the backlog, never accepted: nothing answers.
+    let (code, stdout, _) = check(&args, &[]);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(stdout.contains("ok    agent listening: "), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "FAIL  agent certificate: no TLS handshake from {addr}: none within 500ms"
+        )),
+        "{stdout}"
+    );
+    assert!(stdout.contains("skip  send: "), "{stdout}");
+    drop(silent);
 }
 
 #[test]

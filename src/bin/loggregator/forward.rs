@@ -175,10 +175,7 @@ pub fn forward(
 /// timed when it is read (up to [`LINES_AHEAD`] lines ahead of an emit
 /// that waits for room). Each line keeps its line ending (for `--tee`);
 /// the channel ends with the input, after an error if reading failed.
-pub fn read_lines(
-    name: &str,
-    input: impl Read + Send + 'static,
-) -> std::io::Result<Lines> {
+pub fn read_lines(name: &str, input: impl Read + Send + 'static) -> std::io::Result<Lines> {
     let (lines, received) = crossbeam_channel::bounded(LINES_AHEAD);
     let mut input = BufReader::with_capacity(READ_BUFFER_BYTES, input);
     std::thread::Builder::new()

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use loggregator::{Envelope, IngressClient};
-use openssl::ssl::{SslConnector, SslFiletype, SslMethod, SslVerifyMode};
+use openssl::ssl::{HandshakeError, SslConnector, SslFiletype, SslMethod, SslVerifyMode};
 use openssl::x509::X509;
 
 use super::{Check, CheckArgs};
@@ -146,12 +146,26 @@ fn handshake(stream: TcpStream, args: &CheckArgs) -> Vec<Check> {
     let _ = stream.set_write_timeout(Some(args.timeout));
     let mut tls = match config.connect(&connection.server_name, stream) {
         Ok(tls) => tls,
-        Err(error) => {
+        Err(HandshakeError::SetupFailure(error)) => return failure(format!("TLS set-up: {error}")),
+        Err(HandshakeError::WouldBlock(_)) => {
+            return vec![no_handshake(
+                args,
+                format!("none within {:?}", args.timeout),
+            )];
+        }
+        Err(HandshakeError::Failure(broken)) if broken.error().ssl_error().is_none() => {
+            // No TLS alert: the peer closed or broke the connection.
+            return vec![no_handshake(
+                args,
+                handshake_reason(&broken.error().to_string()),
+            )];
+        }
+        Err(HandshakeError::Failure(refused)) => {
             return vec![Check::fail(
                 "our certificate",
                 format!(
-                    "the TLS handshake failed: {}",
-                    handshake_reason(&error.to_string())
+                    "the agent refused the TLS handshake: {}",
+                    handshake_reason(&refused.error().to_string())
                 ),
                 "give the certificate and key the Loggregator CA signed for clients",
             )];
@@ -226,6 +240,17 @@ fn handshake(stream: TcpStream, args: &CheckArgs) -> Vec<Check> {
         ),
     });
     checks
+}
+
+fn no_handshake(args: &CheckArgs, why: String) -> Check {
+    Check::fail(
+        "agent certificate",
+        format!(
+            "no TLS handshake from {}: {why}",
+            args.connection.agent_addr
+        ),
+        "check that the address is the agent's gRPC port (3458, or 3459 behind a Forwarder Agent)",
+    )
 }
 
 fn is_timeout(error: &std::io::Error) -> bool {

@@ -114,7 +114,14 @@ fn run_child(args: &RunArgs) -> Result<u8, Box<dyn std::error::Error>> {
                 })?;
         }
         drop(ended);
-        let status = child.wait()?;
+        let status = match child.wait() {
+            Ok(status) => status,
+            Err(error) => {
+                // Not returned: the scope would wait for the streams.
+                eprintln!("{PROGRAM}: waiting for the child: {error}");
+                std::process::exit(1);
+            }
+        };
         forwarding.stop();
         let deadline = Instant::now() + args.close_timeout;
         let (mut out, mut err) = (None, None);
