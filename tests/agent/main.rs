@@ -5,6 +5,7 @@ mod batching;
 mod bounds;
 mod bridge_losses;
 mod cli_check;
+mod cli_pipe;
 mod cli_run;
 mod common;
 mod connection_faults;
