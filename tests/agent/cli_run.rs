@@ -94,7 +94,13 @@ fn each_stream_joins_its_own_lines() {
     let setup = setup();
     // The streams interleave: one joiner for both would mix them.
     let script = "echo 'START out'; echo 'START err' >&2; echo '  out 2'; echo '  err 2' >&2; echo '  out 3'";
-    let output = wait_within_wait(start(&setup, &["--multiline-start", "^START"], script));
+    let output = wait_within_wait(start(
+        &setup,
+        // A timeout no loaded machine reaches between two lines: only the
+        // start pattern and the stream's end end a record here.
+        &["--multiline-start", "^START", "--multiline-timeout", "60s"],
+        script,
+    ));
     let stderr = text(&output.stderr);
     assert_eq!(output.status.code(), Some(0), "{stderr}");
     assert!(
@@ -239,7 +245,7 @@ fn by_default_an_agent_that_does_not_read_never_holds_the_child() {
     setup.agent.pause_reading();
     // 24 MB of output: far more than gRPC and the queue hold.
     let script = "line=$(printf '%060000d' 0); i=0; while [ $i -lt 400 ]; do echo $line; i=$((i+1)); done; exit 3";
-    let output = wait_within_wait(start(&setup, &["--close-timeout", "300ms"], script));
+    let output = wait_within_wait(start(&setup, &["--close-timeout", "2s"], script));
     setup.agent.resume_reading();
     let stderr = text(&output.stderr);
     assert_eq!(
