@@ -2,6 +2,8 @@
 //! `loggregator` command gathered its subcommands; the same flags, the
 //! same behaviour, built from the same modules.
 
+#![forbid(unsafe_code)]
+
 #[path = "../loggregator/connection.rs"]
 mod connection;
 #[path = "../loggregator/forward.rs"]

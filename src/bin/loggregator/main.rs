@@ -10,6 +10,8 @@
 //! Every subcommand takes the connection flags of [`connection`], each
 //! also from a `LOGGREGATOR_*` environment variable.
 
+#![forbid(unsafe_code)]
+
 mod check;
 mod connection;
 mod forward;
