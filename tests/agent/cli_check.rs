@@ -202,6 +202,11 @@ fn an_expired_certificate_fails_with_its_date() {
         stdout.contains("ok    key matches certificate: "),
         "{stdout}"
     );
+    // Still tried: the agent refuses it.
+    assert!(
+        stdout.contains("FAIL  our certificate: refused by the agent"),
+        "{stdout}"
+    );
 
     // One that ends within 30 days is a warning, with its date, and no FAIL.
     let soon = client_cert(&ca, &ca_key, &key, -1, 10);

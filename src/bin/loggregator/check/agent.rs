@@ -20,7 +20,7 @@ const HOSTNAME_MISMATCH: i32 = 62;
 const HTTP2_PREFACE: &[u8] =
     b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
 
-pub fn check_agent(args: &CheckArgs, files_ok: bool) -> Vec<Check> {
+pub fn check_agent(args: &CheckArgs, files_usable: bool) -> Vec<Check> {
     let connection = &args.connection;
     let addr = connection.agent_addr.as_str();
     let mut checks = Vec::new();
@@ -42,14 +42,14 @@ pub fn check_agent(args: &CheckArgs, files_ok: bool) -> Vec<Check> {
             return checks;
         }
     };
-    if !files_ok {
+    if !files_usable {
         for name in [
             "agent certificate",
             "server name",
             "our certificate",
             "send",
         ] {
-            checks.push(Check::skip(name, "the files above FAILed"));
+            checks.push(Check::skip(name, "the files above cannot be used"));
         }
         return checks;
     }

@@ -16,6 +16,14 @@ use crate::connection::ConnectionArgs;
 /// A certificate expiring sooner than this is a warning.
 const EXPIRY_WARNING_DAYS: i32 = 30;
 
+/// The checks without which no TLS connection can be tried.
+pub const NEEDED_TO_CONNECT: [&str; 4] = [
+    "CA file",
+    "certificate file",
+    "key file",
+    "key matches certificate",
+];
+
 pub fn check_files(connection: &ConnectionArgs) -> Vec<Check> {
     let mut checks = Vec::new();
     let ca = read_pem(&mut checks, "CA file", &connection.ca_file, |pem| {
