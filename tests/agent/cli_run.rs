@@ -262,3 +262,21 @@ fn by_default_an_agent_that_does_not_read_never_holds_the_child() {
         .unwrap_or_else(|| panic!("{stderr}"));
     assert!(dropped > 0, "{stderr}");
 }
+
+#[test]
+fn with_block_a_slow_agent_slows_the_child_and_nothing_is_dropped() {
+    let setup = setup();
+    // 30 MB in 30,000 lines, faster than the agent reads: more than the
+    // queue holds (10,000 envelopes, 16 MiB), so without --block most
+    // would be dropped.
+    setup.agent.set_read_rate(Some(10_000));
+    let script = "line=$(printf '%01000d' 0); i=0; while [ $i -lt 30000 ]; do echo $line; i=$((i+1)); done; exit 6";
+    let output = wait_within_wait(start(&setup, &["--block"], script));
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(6), "{stderr}");
+    assert!(
+        stderr.contains("stdout lines 30000; stderr lines 0; sent 30000 dropped 0"),
+        "{stderr}"
+    );
+    assert_eq!(setup.agent.counts().envelopes, 30_000);
+}
