@@ -102,6 +102,7 @@ fn json_from_environment_variables_is_one_object_a_check_each() {
         ("LOGGREGATOR_KEY_FILE", key.to_str().unwrap()),
         ("LOGGREGATOR_SERVER_NAME", "localhost"),
         ("LOGGREGATOR_SOURCE_ID", "from-env"),
+        ("LOGGREGATOR_TAGS", "deployment=cf"),
     ];
     let (code, stdout, _) = check(&["--json".into()], &env);
     assert_eq!(code, Some(0), "{stdout}");
@@ -116,6 +117,7 @@ fn json_from_environment_variables_is_one_object_a_check_each() {
     }
     let received = setup.agent.envelopes();
     assert_eq!(received[0].source_id(), "from-env");
+    assert_eq!(received[0].tag("deployment"), Some("cf"));
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use loggregator::{Envelope, IngressClient};
+use loggregator::Envelope;
 use openssl::ssl::{HandshakeError, SslConnector, SslFiletype, SslMethod, SslVerifyMode};
 use openssl::x509::X509;
 
@@ -314,13 +314,8 @@ fn send(args: &CheckArgs) -> Check {
     const NAME: &str = "send";
     let connection = &args.connection;
     let fix = "see the checks above; then the agent's own log";
-    let client = match connection.tls().map_err(|e| e.to_string()).and_then(|tls| {
-        IngressClient::builder()
-            .addr(connection.agent_addr.as_str())
-            .tls(tls)
-            .build()
-            .map_err(|e| e.to_string())
-    }) {
+    // The client the other subcommands make, tags included.
+    let client = match connection.client(false) {
         Ok(client) => client,
         Err(error) => return Check::fail(NAME, format!("client: {error}"), fix),
     };
