@@ -243,3 +243,20 @@ pub fn join_within<T>(thread: std::thread::JoinHandle<T>, within: Duration) -> T
     }
     thread.join().unwrap()
 }
+
+/// Runs a command of this crate to its end, at most [`WAIT`] (see
+/// [`wait_child`]).
+pub fn output_within_wait(command: &mut std::process::Command) -> std::process::Output {
+    use std::process::Stdio;
+    let child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    wait_child(child, WAIT)
+}
+
+/// Waits at most [`WAIT`] for a child to end (see [`wait_child`]).
+pub fn wait_within_wait(child: std::process::Child) -> std::process::Output {
+    wait_child(child, WAIT)
+}
