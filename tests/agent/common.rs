@@ -1,10 +1,13 @@
-//! Shared set-up: certificates, a spy agent, a client, and a log capture.
+//! Shared set-up: certificates, a spy agent, a client, a log capture, and
+//! the helpers the promise files share (numbered envelopes, agent restarts,
+//! the fast-retry client, waits with a bound).
 
+use std::collections::HashSet;
 use std::sync::{Mutex, Once};
 use std::time::Duration;
 
 use loggregator::spy::{SpyAgent, TestCerts};
-use loggregator::{IngressClient, IngressClientBuilder};
+use loggregator::{Envelope, Error, IngressClient, IngressClientBuilder};
 
 /// The longest any test waits for something it expects.
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -260,3 +263,141 @@ pub fn output_within_wait(command: &mut std::process::Command) -> std::process::
 pub fn wait_within_wait(child: std::process::Child) -> std::process::Output {
     wait_child(child, WAIT)
 }
+
+/// An hour: an interval or timeout that never comes during a test.
+pub const HOUR: Duration = Duration::from_secs(3600);
+
+pub const FAST_RETRY: (Duration, Duration) =
+    (Duration::from_millis(10), Duration::from_millis(100));
+
+pub fn fast_retry_builder(certs: &TestCerts, addr: &str) -> IngressClientBuilder {
+    IngressClient::builder()
+        .addr(addr)
+        .tls(certs.client_tls().unwrap())
+        .reconnect_backoff(FAST_RETRY.0, FAST_RETRY.1)
+}
+
+pub fn numbered(n: u64) -> Envelope {
+    Envelope::log("n").timestamp(n as i64).build()
+}
+
+pub fn seqs(agent: &SpyAgent) -> Vec<u64> {
+    agent
+        .proto_envelopes()
+        .iter()
+        .map(|e| e.timestamp as u64)
+        .collect()
+}
+
+/// What one restart of the agent can have cost an at most once client.
+#[derive(Debug, Clone, Copy)]
+pub struct Restart {
+    /// One past the highest envelope the agent had read just before it
+    /// was shut down: everything below had reached it or was lost earlier.
+    pub read_before: u64,
+    /// Envelopes the client had finished with (`sent` or `gave_up`) once it
+    /// had met the agent's absence: everything below went to the dying
+    /// stream or earlier, nothing above ever did.
+    pub handled: u64,
+}
+
+impl Restart {
+    /// The envelopes the dying stream may have lost: those gRPC had
+    /// accepted (or the client gave up) beyond what the agent had read.
+    pub fn may_have_lost(&self, n: u64) -> bool {
+        (self.read_before..self.handled).contains(&n)
+    }
+}
+
+/// Emits `total` numbered envelopes from another thread while the agent is
+/// restarted three times mid-stream; returns, for each restart, what the
+/// client can have had in flight on the stream it killed.
+pub fn emit_through_restarts(client: &IngressClient, agent: &SpyAgent, total: u64) -> Vec<Restart> {
+    let emitter = {
+        let client = client.clone();
+        std::thread::spawn(move || {
+            for n in 0..total {
+                client.emit(numbered(n));
+                if n % 64 == 63 {
+                    // A steady rate rather than one burst, so restarts land mid-stream.
+                    std::thread::sleep(Duration::from_micros(500));
+                }
+            }
+        })
+    };
+    let mut restarts = Vec::new();
+    for round in 1..=3 {
+        agent.wait_for_proto_envelopes((total as usize / 4) * round, WAIT);
+        let read_before = seqs(agent).into_iter().max().map_or(0, |n| n + 1);
+        let errors = client.stats().errors;
+        agent.shutdown();
+        // The second failure since is a reconnection refused: by then the
+        // dying stream's last write has been counted, sent or given up,
+        // and with no agent nothing more can be. A client that has every
+        // envelope behind it writes nothing more, and fails no more.
+        let stats = wait_for_stats(client, |s| {
+            s.errors >= errors + 2 || s.sent + s.dropped.gave_up == total
+        });
+        restarts.push(Restart {
+            read_before,
+            handled: stats.sent + stats.dropped.gave_up,
+        });
+        agent.restart().unwrap();
+    }
+    join_within(emitter, WAIT);
+    // At most once, a write a restart cut short is given up, and this
+    // flush reports it; callers check the counts.
+    match client.flush(WAIT) {
+        Ok(()) | Err(Error::Undelivered { .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    restarts
+}
+
+/// Every envelope numbered below `total` reached the agent.
+pub fn assert_every_one_received(agent: &SpyAgent, total: u64) {
+    let received: HashSet<u64> = seqs(agent).into_iter().collect();
+    let missing: Vec<u64> = (0..total).filter(|n| !received.contains(n)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} missing, first {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+}
+
+/// Flushes; a RESOURCE_EXHAUSTED injected on a stream's first message may
+/// name that envelope too large, and at most once gives up an envelope
+/// whose write gRPC had taken when an injected error ended the call; flush
+/// reports either.
+pub fn flush_naming_one_undelivered(client: &IngressClient) {
+    match client.flush(WAIT) {
+        Ok(()) => {}
+        Err(Error::Undelivered { count: 1, .. })
+            if client.stats().dropped.too_large + client.stats().dropped.gave_up == 1 => {}
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Closes; the one envelope [`flush_naming_one_undelivered`] allows for
+/// may be lost after the last flush, and then close reports it.
+pub fn close_naming_one_undelivered(client: &IngressClient) {
+    match client.close(WAIT) {
+        Ok(()) => {}
+        Err(Error::Undelivered { count: 1, .. })
+            if client.stats().dropped.too_large + client.stats().dropped.gave_up == 1 => {}
+        other => panic!("{other:?}"),
+    }
+}
+
+pub fn sorted_seqs(agent: &SpyAgent) -> Vec<u64> {
+    let mut seqs: Vec<u64> = agent
+        .proto_envelopes()
+        .iter()
+        .map(|e| e.timestamp as u64)
+        .collect();
+    seqs.sort_unstable();
+    seqs
+}
+
+pub const MIB: usize = 1024 * 1024;

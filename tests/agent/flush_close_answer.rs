@@ -8,35 +8,14 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use loggregator::spy::{SpyAgent, TestCerts};
-use loggregator::{
-    Delivery, Envelope, Error, IngressClient, IngressClientBuilder, Overflow, Stats,
-};
+use loggregator::{Delivery, Envelope, Error, IngressClient, Overflow, Stats};
 
-use crate::common::{WAIT, assert_closed_accounting, unused_addr};
+use crate::common::{
+    WAIT, assert_closed_accounting, fast_retry_builder, numbered, sorted_seqs, unused_addr,
+};
 
 /// The most the agent takes in one message, in these tests.
 const AGENT_LIMIT: usize = 16 * 1024;
-
-pub fn builder(certs: &TestCerts, addr: &str) -> IngressClientBuilder {
-    IngressClient::builder()
-        .addr(addr)
-        .tls(certs.client_tls().unwrap())
-        .reconnect_backoff(Duration::from_millis(10), Duration::from_millis(100))
-}
-
-pub fn numbered(n: u64) -> Envelope {
-    Envelope::log("n").timestamp(n as i64).build()
-}
-
-pub fn seqs(agent: &SpyAgent) -> Vec<u64> {
-    let mut seqs: Vec<u64> = agent
-        .proto_envelopes()
-        .iter()
-        .map(|e| e.timestamp as u64)
-        .collect();
-    seqs.sort_unstable();
-    seqs
-}
 
 fn port_of(addr: &str) -> u16 {
     addr.rsplit_once(':').unwrap().1.parse().unwrap()
@@ -68,7 +47,7 @@ fn client_that_lost_one() -> (SpyAgent, IngressClient) {
         .max_message_bytes(AGENT_LIMIT)
         .start(&certs)
         .unwrap();
-    let client = builder(&certs, agent.addr())
+    let client = fast_retry_builder(&certs, agent.addr())
         .delivery(Delivery::AtLeastOnce)
         .build()
         .unwrap();
@@ -94,7 +73,7 @@ fn a_loss_before_a_flush_is_reported_by_that_flush_and_only_once() {
     client.emit(numbered(2));
     client.flush(WAIT).unwrap();
     client.close(WAIT).unwrap();
-    assert_eq!(seqs(&agent), vec![1, 2]);
+    assert_eq!(sorted_seqs(&agent), vec![1, 2]);
     let stats = client.stats();
     assert_eq!((stats.sent, stats.dropped.too_large), (2, 1), "{stats:?}");
     assert_closed_accounting(&stats);
@@ -105,7 +84,7 @@ fn a_loss_before_close_is_reported_by_close() {
     let (agent, client) = client_that_lost_one();
     client.emit(numbered(1));
     assert_refused_as_too_large(client.close(WAIT));
-    assert_eq!(seqs(&agent), vec![1]);
+    assert_eq!(sorted_seqs(&agent), vec![1]);
     assert_closed_accounting(&client.stats());
 }
 
@@ -139,7 +118,7 @@ fn clones_flushing_at_once_report_a_loss_exactly_once() {
 fn drops_emit_makes_itself_are_counted_and_not_reported() {
     let certs = TestCerts::generate().unwrap();
     let agent = SpyAgent::start(&certs).unwrap();
-    let client = builder(&certs, agent.addr())
+    let client = fast_retry_builder(&certs, agent.addr())
         .batch_max_bytes(4096)
         .build()
         .unwrap();
@@ -154,7 +133,7 @@ fn drops_emit_makes_itself_are_counted_and_not_reported() {
         (1, 1),
         "{stats:?}"
     );
-    assert_eq!(seqs(&agent), vec![1]);
+    assert_eq!(sorted_seqs(&agent), vec![1]);
     assert_closed_accounting(&stats);
 }
 
@@ -171,7 +150,7 @@ struct Blocked {
 fn blocked_emitters(overflow: Overflow, blocked: u64) -> Blocked {
     let certs = TestCerts::generate().unwrap();
     let addr = unused_addr();
-    let client = builder(&certs, &addr)
+    let client = fast_retry_builder(&certs, &addr)
         .overflow(overflow)
         .queue_capacity(4)
         .batch_max_envelopes(1)
@@ -226,7 +205,7 @@ fn close_reports_what_emitters_blocked_for_room_were_holding() {
             other => panic!("{overflow:?}: {other:?}"),
         }
         blocked.join_emitters();
-        assert_eq!(seqs(&agent), vec![0, 1, 2, 3, 4], "{overflow:?}");
+        assert_eq!(sorted_seqs(&agent), vec![0, 1, 2, 3, 4], "{overflow:?}");
         let stats = blocked.client.stats();
         assert_eq!((stats.sent, stats.dropped.closed), (5, 3), "{stats:?}");
         assert_closed_accounting(&stats);
@@ -257,7 +236,7 @@ fn close_against_a_paused_agent_reports_every_envelope_it_did_not_deliver() {
     let certs = TestCerts::generate().unwrap();
     let agent = SpyAgent::start(&certs).unwrap();
     agent.pause_reading();
-    let client = builder(&certs, agent.addr())
+    let client = fast_retry_builder(&certs, agent.addr())
         .overflow(Overflow::Block)
         .queue_capacity(8)
         .build()

@@ -16,9 +16,9 @@ use crate::common::{
     POLL, WAIT, absent_agent, assert_closed_accounting, join_within, setup, start_agent,
     wait_for_stats,
 };
-use crate::metrics::{agent_totals, fill_queue, waiting_emitters};
+use crate::pulse_metrics::{agent_totals, fill_queue, waiting_emitters};
 
-fn key(name: &str, source: &str, tags: &[(&str, &str)]) -> crate::metrics::CounterKey {
+fn key(name: &str, source: &str, tags: &[(&str, &str)]) -> crate::pulse_metrics::CounterKey {
     let mut tags: Vec<(String, String)> = tags
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -12,7 +12,7 @@ use loggregator::proto::envelope as pb;
 use loggregator::{MetricsRecorder, SourceInfo};
 
 use crate::common::{WAIT, setup};
-use crate::metrics::agent_totals;
+use crate::pulse_metrics::agent_totals;
 
 const THREADS: usize = 8;
 const ROUNDS: usize = 300;

@@ -9,7 +9,7 @@ use loggregator::spy::{SpyAgent, TestCerts};
 use loggregator::{Envelope, Error};
 
 use crate::common::WAIT;
-use crate::flush_close_answer::builder;
+use crate::common::fast_retry_builder;
 
 fn send_one(client: &loggregator::IngressClient, timeout: Duration) -> loggregator::Result<()> {
     client.send(vec![Envelope::event("deploy", "v42").into()], timeout)
@@ -19,7 +19,7 @@ fn send_one(client: &loggregator::IngressClient, timeout: Duration) -> loggregat
 fn a_send_that_meets_an_agent_restart_fails_with_unavailable_then_the_next_goes_through() {
     let certs = TestCerts::generate().unwrap();
     let agent = SpyAgent::start(&certs).unwrap();
-    let client = builder(&certs, agent.addr()).build().unwrap();
+    let client = fast_retry_builder(&certs, agent.addr()).build().unwrap();
     send_one(&client, WAIT).unwrap();
     agent.shutdown();
     // Well within its timeout: a call that fails is not waited on, nor

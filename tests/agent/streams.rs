@@ -8,7 +8,7 @@ use loggregator::spy::{SpyAgent, StatusCode, TestCerts};
 use loggregator::{Delivery, Envelope, Error, IngressClient, IngressClientBuilder};
 
 use crate::common::{WAIT, assert_closed_accounting};
-use crate::faults::{assert_every_one_received, emit_through_restarts, numbered, seqs};
+use crate::common::{assert_every_one_received, emit_through_restarts, numbered, seqs};
 
 fn builder(certs: &TestCerts, agent: &SpyAgent, streams: usize) -> IngressClientBuilder {
     IngressClient::builder()
