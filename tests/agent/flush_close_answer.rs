@@ -11,19 +11,16 @@ use loggregator::spy::{SpyAgent, TestCerts};
 use loggregator::{Delivery, Envelope, Error, IngressClient, Overflow, Stats};
 
 use crate::common::{
-    WAIT, assert_closed_accounting, fast_retry_builder, numbered, sorted_seqs, unused_addr,
+    WAIT, assert_closed_accounting, fast_retry_builder, numbered, sorted_seqs, start_agent,
+    unused_addr,
 };
 
 /// The most the agent takes in one message, in these tests.
 const AGENT_LIMIT: usize = 16 * 1024;
 
-fn port_of(addr: &str) -> u16 {
-    addr.rsplit_once(':').unwrap().1.parse().unwrap()
-}
-
 /// Looks at the client's stats every millisecond until `ready` holds; fails
 /// after [`WAIT`].
-pub fn poll_stats(client: &IngressClient, ready: impl Fn(&Stats) -> bool) -> Stats {
+fn poll_stats(client: &IngressClient, ready: impl Fn(&Stats) -> bool) -> Stats {
     let deadline = Instant::now() + WAIT;
     loop {
         let stats = client.stats();
@@ -196,10 +193,7 @@ fn close_reports_what_emitters_blocked_for_room_were_holding() {
         poll_stats(&blocked.client, |s| {
             s.blocked_emitters == 0 && s.dropped.closed == 3
         });
-        let agent = SpyAgent::builder()
-            .port(port_of(&blocked.addr))
-            .start(&blocked.certs)
-            .unwrap();
+        let agent = start_agent(&blocked.certs, &blocked.addr);
         match closing.join().unwrap() {
             Err(Error::Undelivered { count: 3, .. }) => {}
             other => panic!("{overflow:?}: {other:?}"),
