@@ -1,7 +1,7 @@
 //! An agent that is away: absent when the client is built (everything
 //! arrives once it starts), stalled (emit never blocks, flush and close keep
 //! their timeouts), or down while flush and close are called (flush times
-//! out, close gives up and counts).
+//! out, close gives up and counts); each outage logs one warning.
 
 use std::time::{Duration, Instant};
 
@@ -9,8 +9,8 @@ use loggregator::spy::{SpyAgent, TestCerts};
 use loggregator::{Envelope, Error};
 
 use crate::common::{
-    LOADED_MACHINE, WAIT, assert_closed_accounting, capture_logs, fast_retry_builder, numbered,
-    seqs, setup, start_agent, unused_addr, wait_for_stats,
+    LOADED_MACHINE, WAIT, assert_closed_accounting, capture_logs, fast_retry_builder, logged,
+    numbered, seqs, setup, start_agent, unused_addr, wait_for_stats,
 };
 
 #[test]
@@ -140,4 +140,33 @@ fn while_the_agent_is_down_flush_times_out_and_close_gives_up_and_counts() {
         ),
         (25, 25, 0, 0)
     );
+}
+
+/// However many attempts an outage fails, it logs one warning with its
+/// cause (naming the agent): a warning per attempt would flood the log of
+/// a service whose agent is away for hours. The agent's return ends the
+/// outage, and the next outage warns again.
+#[test]
+fn each_outage_logs_one_warning_however_many_attempts_fail() {
+    capture_logs();
+    let certs = TestCerts::generate().unwrap();
+    let addr = unused_addr();
+    let client = fast_retry_builder(&certs, &addr).build().unwrap();
+    let warning = format!("cannot deliver envelopes: agent at {addr}");
+    client.emit(numbered(0));
+    wait_for_stats(&client, |s| s.errors >= 5);
+    assert_eq!(logged(&warning).len(), 1, "{:?}", logged(&addr));
+
+    let agent = start_agent(&certs, &addr);
+    client.flush(WAIT).unwrap();
+    // A flush returns once gRPC took the write; the agent reads it after.
+    agent.wait_for_proto_envelopes(1, WAIT);
+    assert_eq!(seqs(&agent), vec![0]);
+    agent.shutdown();
+    client.emit(numbered(1));
+    let errors = client.stats().errors;
+    wait_for_stats(&client, |s| s.errors >= errors + 5);
+    assert_eq!(logged(&warning).len(), 2, "{:?}", logged(&addr));
+    let _ = client.close(Duration::from_millis(100));
+    assert_closed_accounting(&client.stats());
 }
