@@ -1,6 +1,7 @@
 //! A client that reaches the spy agent through the fault proxy, a thread
 //! that keeps emitting through it, and the faults the connection tests
-//! inject with it (shared by at_least_once, at_most_once, silent_connection).
+//! inject with it (shared by at_least_once, at_most_once, silent_connection),
+//! and a client whose sends the proxy stalls (overflow, memory_bound).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
