@@ -24,5 +24,6 @@ mod send_restart;
 mod spy;
 mod spy_reading;
 mod streams;
+mod system_trust_store;
 mod tracing_layer;
 mod unary;
