@@ -69,7 +69,9 @@ fn median_cpu_ms(agent: &mut Agent, name: &str) -> f64 {
 
 fn report(_flags: &Flags, agent: &mut Agent) {
     let baseline = median_cpu_ms(agent, "baseline");
-    println!("start: a process that only starts and exits: {baseline:.1} ms CPU (median of {RUNS})");
+    println!(
+        "start: a process that only starts and exits: {baseline:.1} ms CPU (median of {RUNS})"
+    );
     for (name, what) in [
         ("emit", "build a client, emit one log, close"),
         ("send", "build a client, send one log (unary), close"),
