@@ -3,8 +3,11 @@
 use std::fmt;
 use std::path::Path;
 
+use openssl::error::ErrorStack;
 use openssl::pkey::{PKey, Private};
+use openssl::ssl::{SslContext, SslMethod};
 use openssl::x509::X509;
+use openssl::x509::store::X509StoreBuilder;
 use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
@@ -152,7 +155,7 @@ impl TlsConfig {
                 key: key.origin.clone(),
             });
         }
-        check_with_tls_library(&roots, &cert.bytes, &private_key)?;
+        check_with_tls_library(&roots, &chain, &private_key)?;
         Ok(TlsConfig {
             ca_pem: std::mem::take(&mut ca.bytes),
             cert_pem: std::mem::take(&mut cert.bytes),
@@ -235,17 +238,25 @@ impl Pem {
 
 /// Asks the TLS library to build a client context from the material, so that
 /// anything it would refuse later is refused now.
-fn check_with_tls_library(roots: &[X509], cert_pem: &[u8], key: &PKey<Private>) -> Result<()> {
-    let tls_error = |e: &dyn fmt::Display| Error::Tls(e.to_string());
-    let pkcs8 = Zeroizing::new(key.private_key_to_pem_pkcs8().map_err(|e| tls_error(&e))?);
-    let identity = native_tls::Identity::from_pkcs8(cert_pem, &pkcs8).map_err(|e| tls_error(&e))?;
-    let mut builder = native_tls::TlsConnector::builder();
-    builder.identity(identity);
+///
+/// The context starts with an empty trust store and gets the CA alone: the
+/// system's (every public CA, parsed from PEM) would cost a short-lived
+/// program most of its CPU, and the client never trusts it.
+fn check_with_tls_library(roots: &[X509], chain: &[X509], key: &PKey<Private>) -> Result<()> {
+    let tls_error = |e: ErrorStack| Error::Tls(e.to_string());
+    let mut context = SslContext::builder(SslMethod::tls_client()).map_err(tls_error)?;
+    let mut trusted = X509StoreBuilder::new().map_err(tls_error)?;
     for root in roots {
-        let der = root.to_der().map_err(|e| tls_error(&e))?;
-        let root = native_tls::Certificate::from_der(&der).map_err(|e| tls_error(&e))?;
-        builder.add_root_certificate(root);
+        trusted.add_cert(root.clone()).map_err(tls_error)?;
     }
-    builder.build().map_err(|e| tls_error(&e))?;
+    context.set_cert_store(trusted.build());
+    context.set_certificate(&chain[0]).map_err(tls_error)?;
+    for intermediate in &chain[1..] {
+        context
+            .add_extra_chain_cert(intermediate.clone())
+            .map_err(tls_error)?;
+    }
+    context.set_private_key(key).map_err(tls_error)?;
+    context.check_private_key().map_err(tls_error)?;
     Ok(())
 }

@@ -31,5 +31,6 @@ mod silent_connection;
 mod spy;
 mod spy_reading;
 mod streams;
+mod system_trust_store;
 mod tracing_layer;
 mod unary;
