@@ -7,6 +7,7 @@ mod bridge_losses;
 mod cli_check;
 mod cli_pipe;
 mod cli_run;
+mod cli_tail;
 mod common;
 mod connection_faults;
 mod delivery;

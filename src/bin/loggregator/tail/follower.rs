@@ -343,6 +343,12 @@ impl Follower {
                     return Ok(progress);
                 }
             };
+            // Cut between the look for rotation and this read: these
+            // bytes are the new content at the old offset. The next look
+            // handles the cut.
+            if open.was_cut() {
+                return Ok(progress);
+            }
             progress = true;
             let bytes = &buffer[..count];
             if open.head.len() < HEAD_BYTES && open.read < HEAD_BYTES as u64 {
