@@ -415,3 +415,43 @@ fn while_the_agent_is_away_the_state_file_stays_at_what_it_confirmed() {
         std::fs::metadata(&log).unwrap().len()
     );
 }
+
+#[test]
+fn bytes_go_as_they_are_a_long_line_is_cut_and_counted_and_a_deleted_file_is_read_to_its_end() {
+    let setup = setup();
+    let folder = Folder::new();
+    let log = folder.path("job.log");
+    let long = vec![b'x'; 150_000];
+    let mut bytes = b"caf\xc3\xa9 \xff\xfe\n".to_vec();
+    bytes.extend_from_slice(&long);
+    bytes.push(b'\n');
+    std::fs::write(&log, &bytes).unwrap();
+    let mut tailer = tail(&setup, &folder.path("state"), &["--from-start"], &[&log]);
+    // 61,440 bytes at most (--multiline-max-bytes' default): two cuts.
+    setup.agent.wait_for_envelopes(4, WAIT);
+    tailer.signal(Signal::SIGSTOP);
+    append(&log, vec!["last of the deleted".to_string()]);
+    std::fs::remove_file(&log).unwrap();
+    tailer.signal(Signal::SIGCONT);
+    tailer.wait_told("was deleted or moved");
+    append(&log, vec!["in the new file".to_string()]);
+    let received = setup.agent.wait_for_envelopes(6, WAIT);
+    assert!(tailer.end(Signal::SIGTERM).success(), "{}", tailer.stderr());
+    let payloads: Vec<&[u8]> = received.iter().map(|log| log.payload().unwrap()).collect();
+    assert_eq!(
+        payloads,
+        [
+            &b"caf\xc3\xa9 \xff\xfe"[..],
+            &long[..61_440],
+            &long[61_440..122_880],
+            &long[122_880..],
+            b"last of the deleted",
+            b"in the new file",
+        ]
+    );
+    let stderr = tailer.stderr();
+    assert!(
+        stderr.contains("files 1 lines 6 split 2 confirmed 6"),
+        "{stderr}"
+    );
+}
