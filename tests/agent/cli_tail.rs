@@ -455,3 +455,38 @@ fn bytes_go_as_they_are_a_long_line_is_cut_and_counted_and_a_deleted_file_is_rea
         "{stderr}"
     );
 }
+
+#[test]
+fn a_file_rotated_while_the_tailer_was_down_is_read_on_from_its_copy_then_the_new_one() {
+    let setup = setup();
+    let folder = Folder::new();
+    let log = folder.path("job.log");
+    let state = folder.path("state");
+    append(&log, numbered("first", 0..5));
+    let mut tailer = tail(&setup, &state, &["--from-start"], &[&log]);
+    wait_for_all(&setup, &numbered("first", 0..5));
+    let size = std::fs::metadata(&log).unwrap().len();
+    wait_until(|| confirmed_offset(&state, &log) == size);
+    tailer.end(Signal::SIGKILL);
+    // While it is down: more lines, BOSH's copytruncate, then lines in
+    // the cut file, more than there were before.
+    append(&log, numbered("unread", 0..5));
+    std::fs::copy(&log, folder.path("job.log.1")).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&log)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    append(&log, numbered("after the cut", 0..20));
+    let mut tailer = tail(&setup, &state, &[], &[&log]);
+    let expected = [
+        numbered("first", 0..5),
+        numbered("unread", 0..5),
+        numbered("after the cut", 0..20),
+    ]
+    .concat();
+    wait_for_all(&setup, &expected);
+    assert!(tailer.end(Signal::SIGTERM).success(), "{}", tailer.stderr());
+    assert_eq!(texts(&setup), expected, "in order, each once");
+}
