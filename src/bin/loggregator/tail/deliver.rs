@@ -4,12 +4,18 @@
 //! when it ends, and `flush` only says gRPC took the bytes). A failed
 //! send is tried again, with a growing pause, until it is confirmed or we
 //! are told to stop, so the state file never passes what the agent has.
+//!
+//! The sends and the state file's writes happen on a thread of their
+//! own, in the order the reading thread asked for them, so that reading
+//! the next batch overlaps the agent's answer and the fsync; at most one
+//! batch waits behind the one being sent.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use loggregator::{Envelope, IngressClient, SourceInfo};
 
 use super::PROGRAM;
@@ -42,53 +48,180 @@ pub struct Delivered {
     pub failed_sends: u64,
 }
 
-/// The client, the state file and the positions it holds.
+/// The stop signal: the channel is closed (disconnected) on SIGTERM or
+/// SIGINT, which every holder of a receiver sees.
+pub type Stop = Receiver<()>;
+
+fn stopped(stop: &Stop) -> bool {
+    matches!(stop.try_recv(), Err(TryRecvError::Disconnected))
+}
+
+/// Waits at most `timeout` for a stop; returns whether one came.
+fn wait_for_stop(stop: &Stop, timeout: Duration) -> bool {
+    !matches!(stop.recv_timeout(timeout), Err(RecvTimeoutError::Timeout))
+}
+
+/// What the delivering thread does, in order.
+enum Job {
+    /// Send, then record the position past the batch.
+    Batch {
+        path: PathBuf,
+        stderr: bool,
+        records: Vec<Record>,
+        then: Position,
+    },
+    /// Record a position that needs no send (a file opened, one ended).
+    Position(PathBuf, Position),
+    /// Write the state file.
+    Save,
+}
+
+/// The reading thread's end: asks for sends and positions, in order.
 pub struct Delivery {
-    client: IngressClient,
-    marking: Marking,
-    stop: Receiver<()>,
-    state: StateFile,
-    positions: BTreeMap<PathBuf, Position>,
-    state_failing: bool,
-    pub delivered: Delivered,
+    jobs: Option<Sender<Job>>,
+    stop: Stop,
+    /// The positions the state file held at start.
+    loaded: BTreeMap<PathBuf, Position>,
+    worker: Option<JoinHandle<(Delivered, loggregator::Stats)>>,
 }
 
 impl Delivery {
-    pub fn new(
+    pub fn start(
         client: IngressClient,
         marking: Marking,
-        stop: Receiver<()>,
+        stop: Stop,
         state: StateFile,
         positions: BTreeMap<PathBuf, Position>,
-    ) -> Delivery {
-        Delivery {
+        close_timeout: Duration,
+    ) -> std::io::Result<Delivery> {
+        let (jobs, queued) = crossbeam_channel::bounded(1);
+        let mut worker = Worker {
             client,
             marking,
-            stop,
+            stop: stop.clone(),
             state,
-            positions,
+            positions: positions.clone(),
             state_failing: false,
             delivered: Delivered::default(),
-        }
+        };
+        let worker = std::thread::Builder::new()
+            .name("deliver".into())
+            .spawn(move || {
+                worker.run(&queued);
+                let _ = worker.client.close(close_timeout);
+                (worker.delivered, worker.client.stats())
+            })?;
+        Ok(Delivery {
+            jobs: Some(jobs),
+            stop,
+            loaded: positions,
+            worker: Some(worker),
+        })
     }
 
     /// Where the last run left `path`.
     pub fn position(&self, path: &Path) -> Option<&Position> {
-        self.positions.get(path)
+        self.loaded.get(path)
     }
 
     /// Whether a stop was asked for.
     pub fn stopping(&self) -> bool {
-        !self.stop.is_empty()
+        stopped(&self.stop)
     }
 
     /// Waits at most `timeout` for a stop; returns whether one came.
     pub fn wait_for_stop(&self, timeout: Duration) -> bool {
-        self.stop.recv_timeout(timeout).is_ok()
+        wait_for_stop(&self.stop, timeout)
     }
 
-    /// Sends `records` of the file at `path` until the agent confirms them.
-    pub fn send(&mut self, path: &Path, stderr: bool, records: &[Record]) -> Result<(), Stopped> {
+    fn ask(&self, job: Job) -> Result<(), Stopped> {
+        let jobs = self.jobs.as_ref().ok_or(Stopped)?;
+        crossbeam_channel::select! {
+            send(jobs, job) -> sent => sent.map_err(|_| Stopped),
+            recv(self.stop) -> _ => Err(Stopped),
+        }
+    }
+
+    /// Sends `records` of the file at `path`; once the agent confirms
+    /// them, `then` is recorded. Waits while a batch is already waiting.
+    pub fn send(
+        &self,
+        path: &Path,
+        stderr: bool,
+        records: Vec<Record>,
+        then: Position,
+    ) -> Result<(), Stopped> {
+        self.ask(Job::Batch {
+            path: path.to_path_buf(),
+            stderr,
+            records,
+            then,
+        })
+    }
+
+    /// Records `path`'s position after what was asked before.
+    pub fn confirm(&self, path: &Path, position: Position) -> Result<(), Stopped> {
+        self.ask(Job::Position(path.to_path_buf(), position))
+    }
+
+    /// Writes the state file after what was asked before.
+    pub fn save(&self) -> Result<(), Stopped> {
+        self.ask(Job::Save)
+    }
+
+    /// Lets the delivering thread finish what was asked (unless stopped),
+    /// closes the client; returns what was delivered.
+    pub fn finish(mut self) -> (Delivered, loggregator::Stats) {
+        self.jobs = None;
+        match self.worker.take().map(JoinHandle::join) {
+            Some(Ok(done)) => done,
+            _ => (Delivered::default(), loggregator::Stats::default()),
+        }
+    }
+}
+
+/// The delivering thread: the client, the state file and its positions.
+struct Worker {
+    client: IngressClient,
+    marking: Marking,
+    stop: Stop,
+    state: StateFile,
+    positions: BTreeMap<PathBuf, Position>,
+    state_failing: bool,
+    delivered: Delivered,
+}
+
+impl Worker {
+    fn run(&mut self, jobs: &Receiver<Job>) {
+        while let Ok(job) = jobs.recv() {
+            let sent = matches!(job, Job::Batch { .. });
+            match job {
+                Job::Batch {
+                    path,
+                    stderr,
+                    records,
+                    then,
+                } => {
+                    if self.send(&path, stderr, &records).is_err() {
+                        return;
+                    }
+                    self.positions.insert(path, then);
+                }
+                Job::Position(path, position) => {
+                    self.positions.insert(path, position);
+                }
+                Job::Save => {}
+            }
+            // Positions asked one after another (files opened at start)
+            // make one write.
+            if sent || jobs.is_empty() {
+                self.save();
+            }
+        }
+    }
+
+    /// Sends `records` until the agent confirms them.
+    fn send(&mut self, path: &Path, stderr: bool, records: &[Record]) -> Result<(), Stopped> {
         let mut pause = RETRY_FIRST;
         let mut warned = false;
         loop {
@@ -113,7 +246,7 @@ impl Delivery {
                         );
                         warned = true;
                     }
-                    if self.wait_for_stop(pause) {
+                    if wait_for_stop(&self.stop, pause) {
                         return Err(Stopped);
                     }
                     pause = (pause * 2).min(RETRY_MAX);
@@ -135,18 +268,9 @@ impl Delivery {
         log.into()
     }
 
-    /// Records `path`'s position and writes the state file.
-    pub fn confirm(&mut self, path: &Path, position: Position) {
-        if self.positions.get(path) == Some(&position) {
-            return;
-        }
-        self.positions.insert(path.to_path_buf(), position);
-        self.save();
-    }
-
     /// Writes the state file; a failure is told once, then once more when
     /// it works again (the positions stay in memory meanwhile).
-    pub fn save(&mut self) {
+    fn save(&mut self) {
         match self.state.save(&self.positions) {
             Ok(()) if self.state_failing => {
                 eprintln!(
@@ -166,11 +290,5 @@ impl Delivery {
             }
             Err(_) => {}
         }
-    }
-
-    /// Ends the client; what it holds was confirmed already.
-    pub fn close(&self, timeout: Duration) -> loggregator::Stats {
-        let _ = self.client.close(timeout);
-        self.client.stats()
     }
 }

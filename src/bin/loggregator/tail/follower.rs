@@ -48,7 +48,8 @@ struct Open {
     head: Vec<u8>,
     /// Where the next read starts.
     read: u64,
-    /// Up to where the agent confirmed.
+    /// Up to where the agent confirmed, or will have once it answers for
+    /// the batches asked for: the position recorded after them.
     confirmed: u64,
     records: Records,
 }
@@ -242,7 +243,8 @@ impl Follower {
         match opened {
             Ok(open) => {
                 let recorded = self.draining.as_ref().unwrap_or(&open).position();
-                delivery.confirm(&self.path, recorded);
+                // A stop asked meanwhile ends the loop at its next turn.
+                let _ = delivery.confirm(&self.path, recorded);
                 self.current = Some(open);
             }
             Err(error) => eprintln!("{PROGRAM}: {}: {error}", self.path.display()),
@@ -265,7 +267,7 @@ impl Follower {
             self.end_of_file(&mut old, delivery)?;
             progress = true;
             if let Some(new) = &self.current {
-                delivery.confirm(&self.path, new.position());
+                delivery.confirm(&self.path, new.position())?;
             }
         }
         if self.current.is_none() {
@@ -395,17 +397,16 @@ impl Follower {
         Ok(())
     }
 
-    /// Sends the batch; once confirmed, the state file moves past it.
+    /// Sends the batch; once the agent confirms it, the state file moves
+    /// past it.
     fn send(&mut self, open: &mut Open, delivery: &mut Delivery) -> Result<(), Stopped> {
         let Some(&(_, end)) = self.batch.last() else {
             return Ok(());
         };
-        delivery.send(&self.path, self.stderr, &self.batch)?;
-        self.batch.clear();
-        self.batch_bytes = 0;
         open.confirmed = end;
-        delivery.confirm(&self.path, open.position());
-        Ok(())
+        self.batch_bytes = 0;
+        let records = std::mem::take(&mut self.batch);
+        delivery.send(&self.path, self.stderr, records, open.position())
     }
 
     /// Lines and splits so far, the open file's included.

@@ -97,7 +97,8 @@ fn follow(args: &TailArgs) -> Result<(), Box<dyn std::error::Error>> {
         file_tag: (!args.no_file_tag).then(|| args.file_tag.clone()),
     };
     let client = args.connection.client(false)?;
-    let mut delivery = Delivery::new(client, marking, stop, state, positions);
+    let mut delivery =
+        Delivery::start(client, marking, stop, state, positions, args.close_timeout)?;
     let reading = Reading {
         max_line_bytes: args.multiline.multiline_max_bytes,
         multiline: &args.multiline,
@@ -118,7 +119,7 @@ fn follow(args: &TailArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     // The starting offsets (a file's end) are in the state file before
     // any line is read: a restart sends what was written meanwhile.
-    delivery.save();
+    let _ = delivery.save();
     let mut last_look = Instant::now();
     loop {
         if last_look.elapsed() >= args.poll_interval {
@@ -158,17 +159,16 @@ fn follow(args: &TailArgs) -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     }
-    let stats = delivery.close(args.close_timeout);
+    let files = followers.len();
     let (lines, split) = followers
         .iter()
         .map(Follower::counts)
         .fold((0, 0), |(l, s), c| (l + c.lines, s + c.split));
+    // The batches asked for are confirmed (or given up on a stop) first.
+    let (delivered, stats) = delivery.finish();
     eprintln!(
         "{PROGRAM}: files {} lines {lines} split {split} confirmed {} failed sends {} (errors {})",
-        followers.len(),
-        delivery.delivered.confirmed,
-        delivery.delivered.failed_sends,
-        stats.errors
+        files, delivered.confirmed, delivered.failed_sends, stats.errors
     );
     Ok(())
 }
@@ -202,16 +202,20 @@ fn is_stderr(patterns: &[Pattern], path: &std::path::Path) -> bool {
     })
 }
 
-/// A channel that gets a message on SIGTERM or SIGINT.
-fn stop_on_signals() -> std::io::Result<crossbeam_channel::Receiver<()>> {
+/// A channel closed on SIGTERM or SIGINT, which the reading and the
+/// delivering threads both see.
+fn stop_on_signals() -> std::io::Result<deliver::Stop> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
-    let (stop, stopped) = crossbeam_channel::bounded(1);
+    let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
+    let mut stop = Some(stop);
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
+            // Still taken after the first, so a second does not kill us
+            // while the last batch is confirmed.
             for _ in signals.forever() {
-                let _ = stop.try_send(());
+                stop.take();
             }
         })?;
     Ok(stopped)
