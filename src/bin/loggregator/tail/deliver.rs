@@ -65,9 +65,8 @@ fn wait_for_stop(stop: &Stop, timeout: Duration) -> bool {
 enum Job {
     /// Send, then record the position past the batch.
     Batch {
+        envelopes: Vec<Envelope>,
         path: PathBuf,
-        stderr: bool,
-        records: Vec<Record>,
         then: Position,
     },
     /// Record a position that needs no send (a file opened, one ended).
@@ -78,6 +77,7 @@ enum Job {
 
 /// The reading thread's end: asks for sends and positions, in order.
 pub struct Delivery {
+    marking: Marking,
     jobs: Option<Sender<Job>>,
     stop: Stop,
     /// The positions the state file held at start.
@@ -97,7 +97,6 @@ impl Delivery {
         let (jobs, queued) = crossbeam_channel::bounded(1);
         let mut worker = Worker {
             client,
-            marking,
             stop: stop.clone(),
             state,
             positions: positions.clone(),
@@ -112,6 +111,7 @@ impl Delivery {
                 (worker.delivered, worker.client.stats())
             })?;
         Ok(Delivery {
+            marking,
             jobs: Some(jobs),
             stop,
             loaded: positions,
@@ -144,19 +144,37 @@ impl Delivery {
 
     /// Sends `records` of the file at `path`; once the agent confirms
     /// them, `then` is recorded. Waits while a batch is already waiting.
+    /// The envelopes are made here, on the reading thread, so that the
+    /// delivering thread only sends.
     pub fn send(
         &self,
         path: &Path,
         stderr: bool,
-        records: Vec<Record>,
+        records: &[Record],
         then: Position,
     ) -> Result<(), Stopped> {
+        let envelopes = records
+            .iter()
+            .map(|(payload, _)| self.envelope(path, stderr, payload))
+            .collect();
         self.ask(Job::Batch {
+            envelopes,
             path: path.to_path_buf(),
-            stderr,
-            records,
             then,
         })
+    }
+
+    fn envelope(&self, path: &Path, stderr: bool, payload: &[u8]) -> Envelope {
+        let log = Envelope::log(payload);
+        let log = if stderr { log } else { log.stdout() };
+        let mut log = log.source(
+            self.marking.source.source_id(),
+            self.marking.source.instance_id(),
+        );
+        if let Some(tag) = &self.marking.file_tag {
+            log = log.tag(tag, path.to_string_lossy());
+        }
+        log.into()
     }
 
     /// Records `path`'s position after what was asked before.
@@ -183,7 +201,6 @@ impl Delivery {
 /// The delivering thread: the client, the state file and its positions.
 struct Worker {
     client: IngressClient,
-    marking: Marking,
     stop: Stop,
     state: StateFile,
     positions: BTreeMap<PathBuf, Position>,
@@ -197,12 +214,11 @@ impl Worker {
             let sent = matches!(job, Job::Batch { .. });
             match job {
                 Job::Batch {
+                    envelopes,
                     path,
-                    stderr,
-                    records,
                     then,
                 } => {
-                    if self.send(&path, stderr, &records).is_err() {
+                    if self.send(envelopes).is_err() {
                         return;
                     }
                     self.positions.insert(path, then);
@@ -220,21 +236,18 @@ impl Worker {
         }
     }
 
-    /// Sends `records` until the agent confirms them.
-    fn send(&mut self, path: &Path, stderr: bool, records: &[Record]) -> Result<(), Stopped> {
+    /// Sends `envelopes` until the agent confirms them.
+    fn send(&mut self, envelopes: Vec<Envelope>) -> Result<(), Stopped> {
         let mut pause = RETRY_FIRST;
         let mut warned = false;
+        let count = envelopes.len() as u64;
         loop {
-            let envelopes = records
-                .iter()
-                .map(|(payload, _)| self.envelope(path, stderr, payload))
-                .collect();
-            match self.client.send(envelopes, SEND_TIMEOUT) {
+            match self.client.send(envelopes.clone(), SEND_TIMEOUT) {
                 Ok(()) => {
                     if warned {
                         eprintln!("{PROGRAM}: the agent confirmed again");
                     }
-                    self.delivered.confirmed += records.len() as u64;
+                    self.delivered.confirmed += count;
                     return Ok(());
                 }
                 Err(error) => {
@@ -253,19 +266,6 @@ impl Worker {
                 }
             }
         }
-    }
-
-    fn envelope(&self, path: &Path, stderr: bool, payload: &[u8]) -> Envelope {
-        let log = Envelope::log(payload);
-        let log = if stderr { log } else { log.stdout() };
-        let mut log = log.source(
-            self.marking.source.source_id(),
-            self.marking.source.instance_id(),
-        );
-        if let Some(tag) = &self.marking.file_tag {
-            log = log.tag(tag, path.to_string_lossy());
-        }
-        log.into()
     }
 
     /// Writes the state file; a failure is told once, then once more when

@@ -405,8 +405,9 @@ impl Follower {
         };
         open.confirmed = end;
         self.batch_bytes = 0;
-        let records = std::mem::take(&mut self.batch);
-        delivery.send(&self.path, self.stderr, records, open.position())
+        delivery.send(&self.path, self.stderr, &self.batch, open.position())?;
+        self.batch.clear();
+        Ok(())
     }
 
     /// Lines and splits so far, the open file's included.
