@@ -359,7 +359,7 @@ fn a_glob_picks_up_a_file_created_later_tagged_with_its_name_and_typed_by_patter
 }
 
 #[test]
-fn a_corrupt_or_foreign_state_file_stops_it_with_the_name_and_is_left_as_it_was() {
+fn a_corrupt_foreign_or_unwritable_state_file_stops_it_with_the_name_and_is_left_as_it_was() {
     let setup = setup();
     let folder = Folder::new();
     let log = folder.path("job.log");
@@ -385,6 +385,16 @@ fn a_corrupt_or_foreign_state_file_stops_it_with_the_name_and_is_left_as_it_was(
         );
         assert_eq!(std::fs::read_to_string(&state).unwrap(), text);
     }
+    let unwritable = folder.path("no such folder").join("state");
+    let mut tailer = tail(&setup, &unwritable, &["--from-start"], &[&log]);
+    let status = tailer.exited.recv_timeout(WAIT).expect("exits by itself");
+    tailer.status = Some(status);
+    let stderr = tailer.stderr();
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot write state file {}", unwritable.display())),
+        "{stderr}"
+    );
     assert!(texts(&setup).is_empty(), "nothing sent");
 }
 

@@ -91,6 +91,14 @@ fn follow(args: &TailArgs) -> Result<(), Box<dyn std::error::Error>> {
     let state = StateFile::new(&args.state_file);
     // Before anything else: a state file we cannot use stops us here.
     let positions = state.load()?;
+    // A state file that cannot be written stops us now, not after the
+    // first lines are sent with nothing to resume from.
+    state.save(&positions).map_err(|error| {
+        format!(
+            "cannot write state file {}: {error}",
+            args.state_file.display()
+        )
+    })?;
     let stop = stop_on_signals()?;
     let marking = Marking {
         source: args.connection.source()?,
