@@ -328,10 +328,9 @@ fn a_glob_picks_up_a_file_created_later_tagged_with_its_name_and_typed_by_patter
         &["--stderr-glob", "*.stderr.log", "--file-tag", "path"],
         &[&pattern],
     );
-    // The state file is written once the files there at the start are
-    // known: what comes now is new, read from its start.
-    let state = folder.path("state");
-    wait_until(|| state.exists());
+    // Once the files there at the start are known, what comes is new,
+    // read from its start.
+    tailer.wait_told("following 0 files");
     let out = folder.path("web.stdout.log");
     let err = folder.path("web.stderr.log");
     append(&out, vec!["to stdout".to_string()]);
@@ -359,7 +358,7 @@ fn a_glob_picks_up_a_file_created_later_tagged_with_its_name_and_typed_by_patter
 }
 
 #[test]
-fn a_corrupt_foreign_or_unwritable_state_file_stops_it_with_the_name_and_is_left_as_it_was() {
+fn a_corrupt_foreign_unwritable_or_busy_state_file_stops_it_with_the_name_and_is_left_as_it_was() {
     let setup = setup();
     let folder = Folder::new();
     let log = folder.path("job.log");
@@ -385,6 +384,23 @@ fn a_corrupt_foreign_or_unwritable_state_file_stops_it_with_the_name_and_is_left
         );
         assert_eq!(std::fs::read_to_string(&state).unwrap(), text);
     }
+    // A second tailer of a state file in use.
+    std::fs::remove_file(&state).unwrap();
+    let mut first = tail(&setup, &state, &[], &[&log]);
+    wait_until(|| state.exists());
+    let mut second = tail(&setup, &state, &["--from-start"], &[&log]);
+    let status = second.exited.recv_timeout(WAIT).expect("exits by itself");
+    second.status = Some(status);
+    let stderr = second.stderr();
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "another loggregator tail is using state file {}",
+            state.display()
+        )),
+        "{stderr}"
+    );
+    assert!(first.end(Signal::SIGTERM).success(), "{}", first.stderr());
     let unwritable = folder.path("no such folder").join("state");
     let mut tailer = tail(&setup, &unwritable, &["--from-start"], &[&log]);
     let status = tailer.exited.recv_timeout(WAIT).expect("exits by itself");

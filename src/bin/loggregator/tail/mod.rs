@@ -89,6 +89,7 @@ fn follow(args: &TailArgs) -> Result<(), Box<dyn std::error::Error>> {
         Pattern::new(pattern).map_err(|error| format!("{pattern:?}: {error}"))?;
     }
     let state = StateFile::new(&args.state_file);
+    let _lock = state.lock()?;
     // Before anything else: a state file we cannot use stops us here.
     let positions = state.load()?;
     // A state file that cannot be written stops us now, not after the
@@ -128,6 +129,11 @@ fn follow(args: &TailArgs) -> Result<(), Box<dyn std::error::Error>> {
     // The starting offsets (a file's end) are in the state file before
     // any line is read: a restart sends what was written meanwhile.
     let _ = delivery.save();
+    eprintln!(
+        "{PROGRAM}: following {} files; state file {}",
+        followers.len(),
+        args.state_file.display()
+    );
     let mut last_look = Instant::now();
     loop {
         if last_look.elapsed() >= args.poll_interval {

@@ -82,6 +82,12 @@ pub struct StateFile {
     path: PathBuf,
 }
 
+/// Held while we run: a second tailer of the same state file would
+/// overwrite our positions with its own.
+pub struct StateLock {
+    _lock: nix::fcntl::Flock<File>,
+}
+
 impl StateFile {
     pub fn new(path: &Path) -> StateFile {
         StateFile {
@@ -91,6 +97,39 @@ impl StateFile {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Takes `<state file>.lock` for as long as the lock lives (the state
+    /// file itself is replaced on every write, so it cannot hold a lock).
+    pub fn lock(&self) -> Result<StateLock, StateError> {
+        let mut name = self.path.as_os_str().to_os_string();
+        name.push(".lock");
+        let path = PathBuf::from(name);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|error| {
+                StateError(format!(
+                    "cannot write state file {}: cannot open {}: {error}",
+                    self.path.display(),
+                    path.display()
+                ))
+            })?;
+        use nix::fcntl::{Flock, FlockArg};
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => Ok(StateLock { _lock: lock }),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(StateError(format!(
+                "another loggregator tail is using state file {} (it holds {})",
+                self.path.display(),
+                path.display()
+            ))),
+            Err((_, errno)) => Err(StateError(format!(
+                "cannot lock {}: {errno}",
+                path.display()
+            ))),
+        }
     }
 
     /// The positions recorded; none when the file does not exist yet (a
