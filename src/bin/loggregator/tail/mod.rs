@@ -56,7 +56,7 @@ pub struct TailArgs {
     #[arg(long, value_name = "GLOB")]
     pub stderr_glob: Vec<Pattern>,
     /// How often files are looked at for new lines, new files and rotation.
-    #[arg(long, default_value = "250ms", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "250ms", value_parser = parse_poll_interval)]
     pub poll_interval: Duration,
     /// How long to wait at exit for the client to close.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
@@ -66,6 +66,15 @@ pub struct TailArgs {
     /// Files to follow, or globs (quoted) that also pick up files created later.
     #[arg(required = true, value_name = "FILE_OR_GLOB")]
     pub files: Vec<String>,
+}
+
+/// A poll interval of at least a millisecond: none would spin.
+fn parse_poll_interval(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(interval) if interval >= Duration::from_millis(1) => Ok(interval),
+        Ok(_) => Err("at least 1ms".into()),
+        Err(error) => Err(error.to_string()),
+    }
 }
 
 /// Follows until SIGTERM or SIGINT, then exits 0; 2 when the flags, the
