@@ -518,3 +518,28 @@ fn a_file_rotated_while_the_tailer_was_down_is_read_on_from_its_copy_then_the_ne
     assert!(tailer.end(Signal::SIGTERM).success(), "{}", tailer.stderr());
     assert_eq!(texts(&setup), expected, "in order, each once");
 }
+
+#[test]
+fn a_missing_file_is_told_once_the_others_are_followed_and_it_is_read_whole_when_it_appears() {
+    let setup = setup();
+    let folder = Folder::new();
+    let present = folder.path("present.log");
+    let missing = folder.path("later.log");
+    append(&present, numbered("present", 0..3));
+    let mut tailer = tail(
+        &setup,
+        &folder.path("state"),
+        &["--from-start"],
+        &[&present, &missing],
+    );
+    tailer.wait_told(&format!("{}: No such file", missing.display()));
+    wait_for_all(&setup, &numbered("present", 0..3));
+    append(&missing, numbered("later", 0..3));
+    tailer.wait_told(&format!("{} is there now", missing.display()));
+    let expected = [numbered("present", 0..3), numbered("later", 0..3)].concat();
+    wait_for_all(&setup, &expected);
+    assert!(tailer.end(Signal::SIGTERM).success(), "{}", tailer.stderr());
+    assert_eq!(texts(&setup), expected);
+    let told = tailer.stderr();
+    assert_eq!(told.matches("No such file").count(), 1, "{told}");
+}
