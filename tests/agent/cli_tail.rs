@@ -543,3 +543,35 @@ fn a_missing_file_is_told_once_the_others_are_followed_and_it_is_read_whole_when
     let told = tailer.stderr();
     assert_eq!(told.matches("No such file").count(), 1, "{told}");
 }
+
+#[test]
+fn a_joined_record_still_open_at_a_stop_is_read_again_and_joined_whole_after_the_restart() {
+    let setup = setup();
+    let folder = Folder::new();
+    let log = folder.path("job.log");
+    let state = folder.path("state");
+    // A timeout no loaded machine reaches: only a start line or the end
+    // of the file ends a record here.
+    let flags = [
+        "--from-start",
+        "--multiline-start",
+        "^START",
+        "--multiline-timeout",
+        "60s",
+    ];
+    append(
+        &log,
+        ["START 1", "  at one", "START 2", "  at two"].map(String::from),
+    );
+    let mut first = tail(&setup, &state, &flags, &[&log]);
+    setup.agent.wait_for_envelopes(1, WAIT);
+    assert!(first.end(Signal::SIGTERM).success(), "{}", first.stderr());
+    append(&log, ["  at two again", "START 3"].map(String::from));
+    let mut second = tail(&setup, &state, &flags, &[&log]);
+    setup.agent.wait_for_envelopes(2, WAIT);
+    assert!(second.end(Signal::SIGTERM).success(), "{}", second.stderr());
+    assert_eq!(
+        texts(&setup),
+        ["START 1\n  at one", "START 2\n  at two\n  at two again"]
+    );
+}
