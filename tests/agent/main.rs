@@ -9,6 +9,7 @@ mod bridge_losses;
 mod cli_check;
 mod cli_pipe;
 mod cli_run;
+mod cli_tail;
 mod common;
 mod emit;
 mod examples;

@@ -4,6 +4,9 @@
 //! - `loggregator pipe`: each line of standard input as a log.
 //! - `loggregator run -- COMMAND`: a service's stdout and stderr lines as
 //!   OUT and ERR logs, its signals forwarded, its exit code kept.
+//! - `loggregator tail --state-file PATH FILE_OR_GLOB...`: log files
+//!   followed through rotation, a line a log, resumed after a restart
+//!   where the agent's confirmation left off.
 //! - `loggregator check`: the certificates, the agent and one delivery,
 //!   checked one by one, each problem with what to do.
 //!
@@ -18,6 +21,7 @@ mod forward;
 mod multiline;
 mod pipe;
 mod run;
+mod tail;
 
 use std::process::ExitCode;
 
@@ -38,6 +42,9 @@ enum Command {
     /// Runs a command, its stdout lines sent as OUT logs and its stderr
     /// lines as ERR; forwards signals to it and exits with its code.
     Run(run::RunArgs),
+    /// Follows log files as `tail -F` does, each line sent as a log;
+    /// resumes after a restart where the agent's confirmation left off.
+    Tail(tail::TailArgs),
     /// Checks the certificate files, the agent and one confirmed delivery;
     /// exits 1 when a check FAILed.
     Check(check::CheckArgs),
@@ -57,6 +64,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Run(args) => run::run(&args),
+        Command::Tail(args) => tail::tail(&args),
         Command::Check(args) => {
             if check::check(&args) {
                 ExitCode::SUCCESS
