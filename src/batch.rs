@@ -13,7 +13,8 @@ use crate::source::SourceInfo;
 use crate::wire::{framed_len, put_varint};
 
 /// Adds the client-wide tags an envelope lacks; its own tags win. The
-/// reference for [`Stamp`], and what unary sends use.
+/// reference [`Stamp`] is tested against.
+#[cfg(feature = "testing")]
 pub(crate) fn merge_global_tags(envelope: &mut pb::Envelope, global_tags: &[(String, String)]) {
     for (key, value) in global_tags {
         if !envelope.tags.contains_key(key) {

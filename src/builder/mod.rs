@@ -162,7 +162,6 @@ impl IngressClientBuilder {
             stamp: Stamp::new(&self.global_tags, source.as_ref()),
             addr: self.addr,
             source,
-            global_tags: self.global_tags,
             pulse_interval: self.pulse_interval,
             self_metrics: self.self_metrics,
             close_on_drop_timeout: self.close_on_drop_timeout,

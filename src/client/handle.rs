@@ -158,10 +158,7 @@ impl IngressClient {
     /// (`batch_max_bytes`).
     pub(crate) fn batch_room(&self, envelope: &Envelope) -> (usize, usize) {
         let inner = &*self.inner;
-        let mut proto = envelope.as_proto().clone();
-        inner.stamp_for_send(&mut proto);
-        let framed = crate::wire::framed_len(protobuf::Message::compute_size(&proto) as usize);
-        (framed, inner.batch_max_bytes)
+        (inner.framed_for_send(envelope), inner.batch_max_bytes)
     }
 
     /// A counter handle for `name`; see [`Counter`]. Its first use starts

@@ -4,15 +4,12 @@
 
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::bounded;
-use protobuf::Message;
-
-use crate::batch::merge_global_tags;
+use crate::batch::BatchBuilder;
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
-use crate::proto::envelope as pb;
 use crate::sender::{Control, deadline_after};
 use crate::stats::DropReason;
+use crossbeam_channel::bounded;
 
 use super::CLOSE_MARGIN;
 use super::handle::IngressClient;
@@ -56,8 +53,9 @@ impl IngressClient {
         };
         let (batch, size) = inner.prepare_batch(envelopes)?;
         // Held within the byte budget, like emitted envelopes, from before
-        // it is encoded until the call ends: concurrent sends cannot grow
-        // memory past it.
+        // gRPC copies it until the call ends: concurrent sends cannot grow
+        // memory past it. Waiting for room, the caller holds the batch in
+        // place of its envelopes, no more.
         let Some(reservation) = inner.queue.reserve_until(size, deadline) else {
             let error = if inner.queue.is_closed() {
                 Error::Closed
@@ -67,12 +65,6 @@ impl IngressClient {
             inner.counters.record_error(&error);
             return Err(error);
         };
-        let encoded = batch.write_to_bytes();
-        // The envelopes are encoded: the caller holds them no longer while
-        // it waits for the agent.
-        drop(batch);
-        let batch =
-            encoded.map_err(|e| Error::Rejected(format!("cannot encode the batch: {e}")))?;
         let (reply, replied) = bounded(1);
         inner
             .control
@@ -105,36 +97,42 @@ impl IngressClient {
 }
 
 impl Inner {
-    /// Encodes envelopes for a unary send, with the global tags merged.
-    /// The `EnvelopeBatch` a unary send writes, and its encoded size.
-    /// What a unary send adds to each envelope: the default source where
-    /// it names none, and the client's tags.
-    pub(super) fn stamp_for_send(&self, envelope: &mut pb::Envelope) {
-        if let Some(source) = &self.source {
-            source.stamp(envelope);
-        }
-        merge_global_tags(envelope, &self.global_tags);
-    }
-
-    fn prepare_batch(&self, envelopes: Vec<Envelope>) -> Result<(pb::EnvelopeBatch, usize)> {
-        let mut batch = pb::EnvelopeBatch::new();
+    /// The `EnvelopeBatch` a unary send writes, encoded, and its size. Each
+    /// envelope's own encoding is framed with what the client adds to it
+    /// (the default source where it names none, the client's tags), as the
+    /// sender thread frames emitted envelopes: nothing is decoded or
+    /// encoded again.
+    fn prepare_batch(&self, envelopes: Vec<Envelope>) -> Result<(Vec<u8>, usize)> {
+        let mut builder = BatchBuilder::default();
         for envelope in envelopes {
-            if envelope.is_accidental_reset() {
+            let encoded = envelope.into_encoded();
+            if encoded.accidental_reset {
                 return Err(Error::Rejected(
                     DropReason::ZeroCounter.describe().to_string(),
                 ));
             }
-            let mut envelope = envelope.into_proto();
-            self.stamp_for_send(&mut envelope);
-            batch.batch.push(envelope);
+            if encoded.unencodable {
+                return Err(Error::Rejected(
+                    "an envelope is larger than protobuf can encode".to_string(),
+                ));
+            }
+            let added = self.stamp.added_len(&encoded);
+            builder.push(&encoded, &self.stamp, added);
         }
-        let size = batch.compute_size() as usize;
+        let size = builder.encoded_len();
         if size > self.batch_max_bytes {
             return Err(Error::Rejected(format!(
                 "the batch encodes to {size} bytes, more than batch_max_bytes ({})",
                 self.batch_max_bytes
             )));
         }
-        Ok((batch, size))
+        Ok((builder.seal(0).bytes, size))
+    }
+
+    /// The bytes `envelope` takes in a unary send's batch once the client's
+    /// tags and source are added.
+    pub(super) fn framed_for_send(&self, envelope: &Envelope) -> usize {
+        let encoded = envelope.encoded();
+        crate::wire::framed_len(encoded.bytes.len() + self.stamp.added_len(encoded))
     }
 }

@@ -36,9 +36,9 @@ pub(super) struct Inner {
     /// Disconnects when close begins, stopping the pulse thread.
     pub(super) closing: Receiver<()>,
     pub(super) close_signal: Mutex<Option<Sender<()>>>,
-    /// Stamped on envelopes of unary sends that name no source.
-    pub(super) source: Option<SourceInfo>,
-    pub(super) global_tags: Vec<(String, String)>,
+    /// What unary sends add to each envelope, as the sender thread does:
+    /// the default source where an envelope names none, the client's tags.
+    pub(super) stamp: Arc<Stamp>,
     pub(super) batch_max_bytes: usize,
     pub(super) close_on_drop_timeout: Duration,
     pub(super) sender_thread: Mutex<Option<SenderThread>>,
@@ -58,7 +58,6 @@ pub(crate) struct Config {
     pub queue: QueueSettings,
     pub stamp: Stamp,
     pub source: Option<SourceInfo>,
-    pub global_tags: Vec<(String, String)>,
     pub pulse_interval: Duration,
     pub self_metrics: bool,
     pub close_on_drop_timeout: Duration,
@@ -77,6 +76,7 @@ impl Inner {
         let (control, control_rx) = unbounded();
         let (exited_tx, exited) = bounded::<()>(0);
         let (settings, channel) = (config.sender, config.channel);
+        let sender_stamp = stamp.clone();
         let worker_counters = counters.clone();
         let handle = std::thread::Builder::new()
             .name(format!("{}sender", crate::THREAD_PREFIX))
@@ -88,7 +88,7 @@ impl Inner {
                     transport,
                     receiver,
                     control_rx,
-                    stamp,
+                    sender_stamp,
                     settings,
                     worker_counters,
                     wake,
@@ -115,8 +115,7 @@ impl Inner {
             pulse_thread: Mutex::new(None),
             closing,
             close_signal: Mutex::new(Some(close_signal)),
-            source: config.source,
-            global_tags: config.global_tags,
+            stamp,
             batch_max_bytes,
             close_on_drop_timeout: config.close_on_drop_timeout,
             sender_thread: Mutex::new(Some(SenderThread { handle, exited })),

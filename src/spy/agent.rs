@@ -78,8 +78,9 @@ impl SpyAgentBuilder {
         self
     }
 
-    /// Only counts what it reads ([`SpyAgent::counts`]), keeping no
-    /// envelopes and decoding no more than each batch's outer framing, so
+    /// Only counts what it reads ([`SpyAgent::counts`]) on `BatchSender`
+    /// streams and `Send` calls, keeping no envelopes and decoding no more
+    /// than each batch's outer framing (unless decoding is turned on), so
     /// that it keeps up with a client under load and stays small.
     /// [`SpyAgent::envelopes`] and [`SpyAgent::batches`] stay empty.
     ///

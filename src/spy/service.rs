@@ -153,37 +153,71 @@ fn service(state: &Arc<State>) -> Service {
             }
         })
     };
-    builder
-        .add_client_streaming_handler(&SENDER, {
-            let state = state.clone();
-            move |ctx: RpcContext<'_>,
-                  stream: RequestStream<Envelope>,
-                  sink: ClientStreamingSink<IngressResponse>| {
-                serve_stream(
-                    &ctx,
-                    state.clone(),
-                    stream,
-                    sink,
-                    |state, call, envelope| {
-                        let bytes = envelope.compute_size() as usize;
-                        state.record.read(Rpc::Sender, call, vec![envelope], bytes);
-                        Some(1)
-                    },
-                )
-            }
-        })
-        .add_unary_handler(&SEND, {
-            let state = state.clone();
-            move |ctx: RpcContext<'_>, batch: EnvelopeBatch, sink: UnarySink<SendResponse>| {
-                let stream = state.record.start_call();
-                let bytes = batch.compute_size() as usize;
-                state.record.read(Rpc::Send, stream, batch.batch, bytes);
+    builder = builder.add_client_streaming_handler(&SENDER, {
+        let state = state.clone();
+        move |ctx: RpcContext<'_>,
+              stream: RequestStream<Envelope>,
+              sink: ClientStreamingSink<IngressResponse>| {
+            serve_stream(
+                &ctx,
+                state.clone(),
+                stream,
+                sink,
+                |state, call, envelope| {
+                    let bytes = envelope.compute_size() as usize;
+                    state.record.read(Rpc::Sender, call, vec![envelope], bytes);
+                    Some(1)
+                },
+            )
+        }
+    });
+    add_send(builder, state).build()
+}
+
+/// `Send`: recorded, or in count-only mode counted as `BatchSender`
+/// batches are (and decoded only when told to).
+fn add_send(builder: ServiceBuilder, state: &Arc<State>) -> ServiceBuilder {
+    let state = state.clone();
+    if state.count_only {
+        return builder.add_unary_handler(
+            &COUNTED_SEND,
+            move |ctx: RpcContext<'_>, batch: CountedBatch, sink: UnarySink<SendResponse>| {
+                state.record.start_call();
+                let envelopes = if state.decode.load(Ordering::Relaxed) {
+                    match EnvelopeBatch::parse_from_bytes(&batch.bytes) {
+                        Ok(decoded) => decoded.batch.len() as u64,
+                        Err(_) => {
+                            let status = RpcStatus::with_message(
+                                RpcStatusCode::INVALID_ARGUMENT,
+                                "a batch that does not decode".into(),
+                            );
+                            ctx.spawn(async move {
+                                let _ = sink.fail(status).await;
+                            });
+                            return;
+                        }
+                    }
+                } else {
+                    batch.envelopes
+                };
+                state.record.count(envelopes, batch.bytes.len());
                 ctx.spawn(async move {
                     let _ = sink.success(SendResponse::new()).await;
                 });
-            }
-        })
-        .build()
+            },
+        );
+    }
+    builder.add_unary_handler(
+        &SEND,
+        move |ctx: RpcContext<'_>, batch: EnvelopeBatch, sink: UnarySink<SendResponse>| {
+            let stream = state.record.start_call();
+            let bytes = batch.compute_size() as usize;
+            state.record.read(Rpc::Send, stream, batch.batch, bytes);
+            ctx.spawn(async move {
+                let _ = sink.success(SendResponse::new()).await;
+            });
+        },
+    )
 }
 
 /// Reads a client stream to its end, recording each message with `record`
@@ -247,6 +281,17 @@ struct CountedBatch {
 const COUNTED_BATCH_SENDER: Method<CountedBatch, BatchSenderResponse> = Method {
     ty: MethodType::ClientStreaming,
     name: "/loggregator.v2.Ingress/BatchSender",
+    req_mar: Marshaller {
+        ser: |_, _| Err(grpcio::Error::Codec("the spy only reads batches".into())),
+        de: count_batch,
+    },
+    resp_mar: pb(),
+};
+
+/// `loggregator.v2.Ingress/Send`, server side, counting only.
+const COUNTED_SEND: Method<CountedBatch, SendResponse> = Method {
+    ty: MethodType::Unary,
+    name: "/loggregator.v2.Ingress/Send",
     req_mar: Marshaller {
         ser: |_, _| Err(grpcio::Error::Codec("the spy only reads batches".into())),
         de: count_batch,

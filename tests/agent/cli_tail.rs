@@ -575,3 +575,85 @@ fn a_joined_record_still_open_at_a_stop_is_read_again_and_joined_whole_after_the
         ["START 1\n  at one", "START 2\n  at two\n  at two again"]
     );
 }
+
+#[test]
+fn several_files_are_sent_side_by_side_each_file_in_order_every_line_once() {
+    let setup = setup();
+    let folder = Folder::new();
+    let names = ["a", "b", "c", "d", "e"];
+    let paths = names.map(|name| folder.path(&format!("{name}.log")));
+    // More lines than a batch holds (10,000): each file takes several
+    // sends, and a file's next batch may not pass its first.
+    const LINES: u32 = 25_000;
+    for (path, name) in paths.iter().zip(names) {
+        append(path, numbered(name, 0..LINES));
+    }
+    let state = folder.path("state");
+    let files: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
+    let mut tailer = tail(&setup, &state, &["--from-start"], &files);
+    let total = paths.len() * LINES as usize;
+    let received = setup.agent.wait_for_envelopes(total, WAIT);
+    for path in &paths {
+        let size = std::fs::metadata(path).unwrap().len();
+        wait_until(|| confirmed_offset(&state, path) == size);
+    }
+    assert!(tailer.end(Signal::SIGTERM).success(), "{}", tailer.stderr());
+    let mut by_file: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for log in &received {
+        by_file
+            .entry(log.tag("file").unwrap().to_string())
+            .or_default()
+            .push(log.text().unwrap().into_owned());
+    }
+    for (path, name) in paths.iter().zip(names) {
+        let got = &by_file[&path.display().to_string()];
+        assert!(
+            *got == numbered(name, 0..LINES),
+            "{name}.log: {} logs, not each line once in order",
+            got.len()
+        );
+    }
+    let stderr = tailer.stderr();
+    assert!(
+        stderr.contains(&format!("files 5 lines {total} split 0 confirmed {total}")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_log_too_large_for_any_batch_is_refused_alone_and_counted_and_the_lines_around_it_arrive() {
+    let setup = setup();
+    let folder = Folder::new();
+    let log = folder.path("job.log");
+    let state = folder.path("state");
+    // A record of 999,000 bytes, each line its own record, and a client
+    // tag of 60,000 bytes: that log alone passes the client's 1 MiB.
+    let long = "L".repeat(999_000);
+    append(&log, ["before".to_string(), long, "after".to_string()]);
+    let tag = format!("big={}", "v".repeat(60_000));
+    let flags = [
+        "--from-start",
+        "--multiline-start",
+        "^",
+        "--multiline-max-bytes",
+        "1000000",
+        "--tag",
+        &tag,
+    ];
+    let mut tailer = tail(&setup, &state, &flags, &[&log]);
+    wait_for_all(&setup, &["before".to_string(), "after".to_string()]);
+    let size = std::fs::metadata(&log).unwrap().len();
+    wait_until(|| confirmed_offset(&state, &log) == size);
+    let status = tailer.end(Signal::SIGTERM);
+    let stderr = tailer.stderr();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert_eq!(texts(&setup), ["before", "after"]);
+    assert!(
+        stderr.contains("a log was refused and is not sent"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("lines 3 split 0 confirmed 2 refused 1"),
+        "{stderr}"
+    );
+}

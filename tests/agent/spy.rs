@@ -45,6 +45,32 @@ fn a_counting_spy_counts_every_envelope_and_message_and_keeps_none() {
 }
 
 #[test]
+fn a_counting_spy_counts_unary_sends_as_it_counts_streams_decoded_or_not() {
+    let certs = TestCerts::generate().unwrap();
+    let agent = SpyAgent::builder().count_only().start(&certs).unwrap();
+    let client = IngressClient::builder()
+        .addr(agent.addr())
+        .tls(certs.client_tls().unwrap())
+        .build()
+        .unwrap();
+    let batch = |from: usize| -> Vec<Envelope> {
+        (from..from + 300)
+            .map(|n| Envelope::log(format!("line {n}")).build())
+            .collect()
+    };
+    // Counted when the call returns: the agent answers after it counts.
+    client.send(batch(0), WAIT).unwrap();
+    assert_eq!((agent.counts().envelopes, agent.counts().messages), (300, 1));
+    agent.set_decoding(true);
+    client.send(batch(300), WAIT).unwrap();
+    let counts = agent.counts();
+    assert_eq!((counts.envelopes, counts.messages), (600, 2));
+    assert!(counts.bytes > 600 * 8, "{counts:?}");
+    client.close(WAIT).unwrap();
+    assert!(agent.proto_envelopes().is_empty());
+}
+
+#[test]
 fn the_spy_agent_program_prints_where_it_listens_and_answers_counts() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_loggregator-spy-agent"))
         .arg("--count-only")

@@ -95,3 +95,75 @@ fn send_refuses_a_batch_over_the_byte_limit() {
     client.close(WAIT).unwrap();
     assert!(setup.agent.proto_envelopes().is_empty());
 }
+
+#[test]
+fn send_adds_the_default_source_and_client_tags_as_emit_does_and_an_envelope_s_own_win() {
+    let setup = setup();
+    let client = setup
+        .builder()
+        .source(loggregator::SourceInfo::new("default-app", "7"))
+        .tag("deployment", "cf")
+        .tag("job", "api")
+        .build()
+        .unwrap();
+    client
+        .send(
+            vec![
+                Envelope::log("plain").into(),
+                Envelope::log("own")
+                    .source("own-app", "2")
+                    .tag("job", "worker")
+                    .into(),
+            ],
+            WAIT,
+        )
+        .unwrap();
+    client.emit(Envelope::log("emitted"));
+    client.close(WAIT).unwrap();
+    let received = setup.agent.proto_envelopes();
+    let seen: Vec<(&str, &str, &str, &str)> = received
+        .iter()
+        .map(|e| {
+            (
+                e.source_id.as_str(),
+                e.instance_id.as_str(),
+                e.tags["deployment"].as_str(),
+                e.tags["job"].as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("default-app", "7", "cf", "api"),
+            ("own-app", "2", "cf", "worker"),
+            ("default-app", "7", "cf", "api"),
+        ]
+    );
+    // Sent as emit sends them: byte for byte the same envelope but for
+    // the text and timestamp.
+    let mut sent = received[0].clone();
+    let mut emitted = received[2].clone();
+    (sent.timestamp, emitted.timestamp) = (0, 0);
+    emitted.mut_log().payload = sent.log().payload.clone();
+    assert_eq!(sent, emitted);
+}
+
+#[test]
+fn send_refuses_a_counter_that_would_reset_the_agent_s_total() {
+    let setup = setup();
+    let client = setup.builder().build().unwrap();
+    let result = client.send(
+        vec![
+            Envelope::log("fine").into(),
+            Envelope::counter("c").delta(0).into(),
+        ],
+        WAIT,
+    );
+    assert!(matches!(result, Err(Error::Rejected(_))), "{result:?}");
+    client.close(WAIT).unwrap();
+    assert!(
+        setup.agent.proto_envelopes().is_empty(),
+        "nothing of the call"
+    );
+}

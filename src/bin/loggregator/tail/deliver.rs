@@ -5,20 +5,24 @@
 //! send is tried again, with a growing pause, until it is confirmed or we
 //! are told to stop, so the state file never passes what the agent has.
 //!
-//! The sends and the state file's writes happen on a thread of their
-//! own, in the order the reading thread asked for them, so that reading
-//! the next batch overlaps the agent's answer and the fsync; at most one
-//! batch waits behind the one being sent.
+//! Reading overlaps sending: the reading thread hands batches over and
+//! goes on; sending threads (one batch of a file at a time, several files
+//! at once) wait for the agent, and the delivering thread records the
+//! positions in order and writes the state file (`order.rs`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
-use loggregator::{Envelope, IngressClient, SourceInfo};
+use loggregator::{Envelope, Error, IngressClient, SourceInfo};
+use protobuf::Message;
 
 use super::PROGRAM;
+use super::order::{IN_FLIGHT, Numbered, Worker};
 use super::records::Record;
 use super::state::{Position, StateFile};
 
@@ -37,7 +41,15 @@ pub struct Marking {
     pub source: SourceInfo,
     /// The tag naming the file a log came from, if any.
     pub file_tag: Option<String>,
+    /// What the client's own tags (`--tag`) add to each log, at most.
+    pub client_tag_bytes: usize,
 }
+
+/// What a payload's length can add to its log's encoding beyond an empty
+/// payload's, at most: the length of the payload, of the log message and
+/// of the envelope in its batch, each a varint of up to 3 more bytes for
+/// anything under 2 MiB, and the batch's field key.
+const LENGTHS_BYTES: usize = 16;
 
 /// What was delivered, for the exit line.
 #[derive(Debug, Default)]
@@ -46,6 +58,8 @@ pub struct Delivered {
     pub confirmed: u64,
     /// Sends that failed and were tried again.
     pub failed_sends: u64,
+    /// Logs the client refused (larger than a batch may be), not sent.
+    pub refused: u64,
 }
 
 /// The stop signal: the channel is closed (disconnected) on SIGTERM or
@@ -62,7 +76,7 @@ fn wait_for_stop(stop: &Stop, timeout: Duration) -> bool {
 }
 
 /// What the delivering thread does, in order.
-enum Job {
+pub enum Job {
     /// Send, then record the position past the batch.
     Batch {
         envelopes: Vec<Envelope>,
@@ -95,20 +109,49 @@ impl Delivery {
         close_timeout: Duration,
     ) -> std::io::Result<Delivery> {
         let (jobs, queued) = crossbeam_channel::bounded(1);
-        let mut worker = Worker {
+        let sending = Arc::new(Sending {
             client,
             stop: stop.clone(),
-            state,
-            positions: positions.clone(),
-            state_failing: false,
-            delivered: Delivered::default(),
-        };
+            confirmed: AtomicU64::new(0),
+            failed_sends: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            failing: AtomicBool::new(false),
+        });
+        let (batches, to_send) = crossbeam_channel::bounded::<Numbered>(IN_FLIGHT);
+        let (answer, answers) = crossbeam_channel::unbounded();
+        let mut senders = Vec::with_capacity(IN_FLIGHT);
+        for n in 0..IN_FLIGHT {
+            let (sending, to_send, answer) = (sending.clone(), to_send.clone(), answer.clone());
+            senders.push(
+                std::thread::Builder::new()
+                    .name(format!("send-{n}"))
+                    .spawn(move || {
+                        for (number, envelopes) in to_send {
+                            let answered = sending.send(envelopes);
+                            let stopped = answered.is_err();
+                            if answer.send((number, answered)).is_err() || stopped {
+                                return;
+                            }
+                        }
+                    })?,
+            );
+        }
+        let mut worker = Worker::new(state, positions.clone());
         let worker = std::thread::Builder::new()
             .name("deliver".into())
             .spawn(move || {
-                worker.run(&queued);
-                let _ = worker.client.close(close_timeout);
-                (worker.delivered, worker.client.stats())
+                let finished = worker.run(&queued, &batches, &answers);
+                drop(batches);
+                // Done: the sending threads end with the batches' channel.
+                // Stopped: one may still be waiting for the agent; closing
+                // the client ends its send, and nobody waits for it.
+                if finished.is_ok() {
+                    for sender in senders {
+                        let _ = sender.join();
+                    }
+                }
+                let _ = sending.client.close(close_timeout);
+                (sending.delivered(), sending.client.stats())
             })?;
         Ok(Delivery {
             marking,
@@ -153,9 +196,10 @@ impl Delivery {
         records: &[Record],
         then: Position,
     ) -> Result<(), Stopped> {
+        let file = path.to_string_lossy();
         let envelopes = records
             .iter()
-            .map(|(payload, _)| self.envelope(path, stderr, payload))
+            .map(|(payload, _)| self.envelope(&file, stderr, payload))
             .collect();
         self.ask(Job::Batch {
             envelopes,
@@ -164,7 +208,14 @@ impl Delivery {
         })
     }
 
-    fn envelope(&self, path: &Path, stderr: bool, payload: &[u8]) -> Envelope {
+    /// What a log of the file at `path` takes in a batch beyond its
+    /// payload, at most: an empty log of it as the client sends it.
+    pub fn overhead(&self, path: &Path, stderr: bool) -> usize {
+        let empty = self.envelope(&path.to_string_lossy(), stderr, b"");
+        empty.as_proto().compute_size() as usize + LENGTHS_BYTES + self.marking.client_tag_bytes
+    }
+
+    fn envelope(&self, file: &str, stderr: bool, payload: &[u8]) -> Envelope {
         let log = Envelope::log(payload);
         let log = if stderr { log } else { log.stdout() };
         let mut log = log.source(
@@ -172,7 +223,7 @@ impl Delivery {
             self.marking.source.instance_id(),
         );
         if let Some(tag) = &self.marking.file_tag {
-            log = log.tag(tag, path.to_string_lossy());
+            log = log.tag(tag, file);
         }
         log.into()
     }
@@ -198,66 +249,54 @@ impl Delivery {
     }
 }
 
-/// The delivering thread: the client, the state file and its positions.
-struct Worker {
+/// What the sending threads share with the delivering thread.
+struct Sending {
     client: IngressClient,
     stop: Stop,
-    state: StateFile,
-    positions: BTreeMap<PathBuf, Position>,
-    state_failing: bool,
-    delivered: Delivered,
+    /// Envelopes the agent confirmed.
+    confirmed: AtomicU64,
+    /// Sends that failed and were tried again.
+    failed_sends: AtomicU64,
+    /// Logs the client refused alone.
+    refused: AtomicU64,
+    /// Whether the agent is failing us: told once when it starts, once
+    /// when it ends, whichever thread sees it.
+    failing: AtomicBool,
 }
 
-impl Worker {
-    fn run(&mut self, jobs: &Receiver<Job>) {
-        while let Ok(job) = jobs.recv() {
-            let sent = matches!(job, Job::Batch { .. });
-            match job {
-                Job::Batch {
-                    envelopes,
-                    path,
-                    then,
-                } => {
-                    if self.send(envelopes).is_err() {
-                        return;
-                    }
-                    self.positions.insert(path, then);
-                }
-                Job::Position(path, position) => {
-                    self.positions.insert(path, position);
-                }
-                Job::Save => {}
-            }
-            // Positions asked one after another (files opened at start)
-            // make one write.
-            if sent || jobs.is_empty() {
-                self.save();
-            }
-        }
-    }
-
-    /// Sends `envelopes` until the agent confirms them.
-    fn send(&mut self, envelopes: Vec<Envelope>) -> Result<(), Stopped> {
+impl Sending {
+    /// Sends `envelopes` until the agent confirms them. A batch the
+    /// client refuses (it would never take it, however often tried) goes
+    /// in halves; a log refused alone is told and counted, not retried.
+    fn send(&self, mut envelopes: Vec<Envelope>) -> Result<(), Stopped> {
         let mut pause = RETRY_FIRST;
-        let mut warned = false;
         let count = envelopes.len() as u64;
         loop {
             match self.client.send(envelopes.clone(), SEND_TIMEOUT) {
                 Ok(()) => {
-                    if warned {
+                    if self.failing.swap(false, Ordering::Relaxed) {
                         eprintln!("{PROGRAM}: the agent confirmed again");
                     }
-                    self.delivered.confirmed += count;
+                    self.confirmed.fetch_add(count, Ordering::Relaxed);
+                    return Ok(());
+                }
+                Err(Error::Rejected(_)) if envelopes.len() > 1 => {
+                    let second = envelopes.split_off(envelopes.len() / 2);
+                    self.send(envelopes)?;
+                    return self.send(second);
+                }
+                Err(Error::Rejected(reason)) => {
+                    eprintln!("{PROGRAM}: a log was refused and is not sent: {reason}");
+                    self.refused.fetch_add(1, Ordering::Relaxed);
                     return Ok(());
                 }
                 Err(error) => {
-                    self.delivered.failed_sends += 1;
-                    if !warned {
+                    self.failed_sends.fetch_add(1, Ordering::Relaxed);
+                    if !self.failing.swap(true, Ordering::Relaxed) {
                         eprintln!(
                             "{PROGRAM}: sending to the agent: {error}; trying again, \
                              the state file stays at what the agent confirmed"
                         );
-                        warned = true;
                     }
                     if wait_for_stop(&self.stop, pause) {
                         return Err(Stopped);
@@ -268,27 +307,11 @@ impl Worker {
         }
     }
 
-    /// Writes the state file; a failure is told once, then once more when
-    /// it works again (the positions stay in memory meanwhile).
-    fn save(&mut self) {
-        match self.state.save(&self.positions) {
-            Ok(()) if self.state_failing => {
-                eprintln!(
-                    "{PROGRAM}: state file {} written again",
-                    self.state.path().display()
-                );
-                self.state_failing = false;
-            }
-            Ok(()) => {}
-            Err(error) if !self.state_failing => {
-                eprintln!(
-                    "{PROGRAM}: cannot write state file {}: {error}; lines confirmed \
-                     since may be sent again after a restart",
-                    self.state.path().display()
-                );
-                self.state_failing = true;
-            }
-            Err(_) => {}
+    fn delivered(&self) -> Delivered {
+        Delivered {
+            confirmed: self.confirmed.load(Ordering::Relaxed),
+            failed_sends: self.failed_sends.load(Ordering::Relaxed),
+            refused: self.refused.load(Ordering::Relaxed),
         }
     }
 }

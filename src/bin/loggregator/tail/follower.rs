@@ -22,15 +22,12 @@ use super::state::{HEAD_BYTES, Identity, Position};
 
 /// Bytes read at a time.
 const READ_BYTES: usize = 256 * 1024;
-/// A batch is sent once it holds this many records, or about this many
+/// A batch is sent once it holds this many records, or this many
 /// encoded bytes: large batches mean fewer round trips and state file
 /// writes, and the client refuses a batch over its 1 MiB. A line is at
 /// most 1,000,000 bytes (`--multiline-max-bytes`), so one alone fits.
 const BATCH_RECORDS: usize = 10_000;
 const BATCH_BYTES: usize = 768 * 1024;
-/// What an envelope adds to its payload and file tag, about: the
-/// timestamp, source, instance id and the protobuf framing.
-const ENVELOPE_OVERHEAD_BYTES: usize = 96;
 
 /// How records are made, the same for every file.
 pub struct Reading<'a> {
@@ -113,7 +110,10 @@ pub struct Follower {
     /// Why the path could not be opened, told once until it opens.
     told: Option<ErrorKind>,
     batch: Vec<Record>,
+    /// What `batch` encodes to, about (see `overhead`).
     batch_bytes: usize,
+    /// What a record adds to a batch beyond its bytes, at most.
+    overhead: usize,
     pub counted: Counted,
 }
 
@@ -127,7 +127,8 @@ impl Follower {
         reading: &Reading<'_>,
         delivery: &mut Delivery,
     ) -> Follower {
-        let mut follower = Follower::new(path, stderr);
+        let overhead = delivery.overhead(&path, stderr);
+        let mut follower = Follower::new(path, stderr, overhead);
         let known = delivery.position(&follower.path).cloned();
         let Some(file) = follower.open() else {
             // Renamed away while we were down, its successor not there
@@ -152,10 +153,11 @@ impl Follower {
         follower
     }
 
-    fn new(path: PathBuf, stderr: bool) -> Follower {
+    fn new(path: PathBuf, stderr: bool, overhead: usize) -> Follower {
         Follower {
             path,
             stderr,
+            overhead,
             current: None,
             draining: None,
             told: None,
@@ -351,7 +353,6 @@ impl Follower {
     /// Reads `open` to its current end, sending full batches.
     fn read(&mut self, open: &mut Open, delivery: &mut Delivery) -> Result<bool, Stopped> {
         let mut buffer = vec![0; READ_BYTES];
-        let tag_bytes = self.path.as_os_str().len() + 16;
         let mut progress = false;
         loop {
             let count = match open.file.read_at(&mut buffer, open.read) {
@@ -380,10 +381,11 @@ impl Follower {
             open.records.push(bytes, Instant::now(), &mut self.batch);
             self.batch_bytes += self.batch[before..]
                 .iter()
-                .map(|(payload, _)| payload.len() + tag_bytes + ENVELOPE_OVERHEAD_BYTES)
+                .map(|(payload, _)| payload.len() + self.overhead)
                 .sum::<usize>();
+            // One read can hold many batches of short lines.
             if self.batch.len() >= BATCH_RECORDS || self.batch_bytes >= BATCH_BYTES {
-                self.send(open, delivery)?;
+                self.send_batches(open, delivery, true)?;
             }
         }
     }
@@ -400,13 +402,37 @@ impl Follower {
     /// Sends the batch; once the agent confirms it, the state file moves
     /// past it.
     fn send(&mut self, open: &mut Open, delivery: &mut Delivery) -> Result<(), Stopped> {
-        let Some(&(_, end)) = self.batch.last() else {
-            return Ok(());
-        };
-        open.confirmed = end;
+        self.send_batches(open, delivery, false)
+    }
+
+    /// Sends the records read in batches within the caps: all of them, or
+    /// with `only_full` the full batches, the rest waiting for more.
+    fn send_batches(
+        &mut self,
+        open: &mut Open,
+        delivery: &mut Delivery,
+        only_full: bool,
+    ) -> Result<(), Stopped> {
+        while !self.batch.is_empty() {
+            let (mut bytes, mut fit) = (0, 0);
+            for (payload, _) in &self.batch {
+                let size = payload.len() + self.overhead;
+                if fit == BATCH_RECORDS || (fit > 0 && bytes + size > BATCH_BYTES) {
+                    break;
+                }
+                bytes += size;
+                fit += 1;
+            }
+            let full = fit < self.batch.len() || fit == BATCH_RECORDS || bytes >= BATCH_BYTES;
+            if only_full && !full {
+                self.batch_bytes = bytes;
+                return Ok(());
+            }
+            open.confirmed = self.batch[fit - 1].1;
+            delivery.send(&self.path, self.stderr, &self.batch[..fit], open.position())?;
+            self.batch.drain(..fit);
+        }
         self.batch_bytes = 0;
-        delivery.send(&self.path, self.stderr, &self.batch, open.position())?;
-        self.batch.clear();
         Ok(())
     }
 

@@ -13,6 +13,7 @@
 
 mod deliver;
 mod follower;
+mod order;
 mod records;
 mod state;
 
@@ -77,11 +78,13 @@ fn parse_poll_interval(text: &str) -> Result<Duration, String> {
     }
 }
 
-/// Follows until SIGTERM or SIGINT, then exits 0; 2 when the flags, the
-/// certificates or the state file are wrong.
+/// Follows until SIGTERM or SIGINT, then exits 0, or 1 if the client
+/// refused a log; 2 when the flags, the certificates or the state file
+/// are wrong.
 pub fn tail(args: &TailArgs) -> ExitCode {
     match follow(args) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(0) => ExitCode::SUCCESS,
+        Ok(_refused) => ExitCode::FAILURE,
         Err(error) => {
             eprintln!("{PROGRAM}: {error}");
             ExitCode::from(2)
@@ -89,7 +92,8 @@ pub fn tail(args: &TailArgs) -> ExitCode {
     }
 }
 
-fn follow(args: &TailArgs) -> Result<(), Box<dyn std::error::Error>> {
+/// Returns how many logs the client refused.
+fn follow(args: &TailArgs) -> Result<u64, Box<dyn std::error::Error>> {
     for pattern in args
         .files
         .iter()
@@ -113,6 +117,13 @@ fn follow(args: &TailArgs) -> Result<(), Box<dyn std::error::Error>> {
     let marking = Marking {
         source: args.connection.source()?,
         file_tag: (!args.no_file_tag).then(|| args.file_tag.clone()),
+        // A map entry: its key, its length, and each string's key and length.
+        client_tag_bytes: args
+            .connection
+            .all_tags()?
+            .iter()
+            .map(|(key, value)| key.len() + value.len() + 12)
+            .sum(),
     };
     let client = args.connection.client(false)?;
     let mut delivery =
@@ -190,10 +201,10 @@ fn follow(args: &TailArgs) -> Result<(), Box<dyn std::error::Error>> {
     // The batches asked for are confirmed (or given up on a stop) first.
     let (delivered, stats) = delivery.finish();
     eprintln!(
-        "{PROGRAM}: files {} lines {lines} split {split} confirmed {} failed sends {} (errors {})",
-        files, delivered.confirmed, delivered.failed_sends, stats.errors
+        "{PROGRAM}: files {} lines {lines} split {split} confirmed {} refused {} failed sends {} (errors {})",
+        files, delivered.confirmed, delivered.refused, delivered.failed_sends, stats.errors
     );
-    Ok(())
+    Ok(delivered.refused)
 }
 
 /// The paths named: a pattern with `*`, `?` or `[` is expanded (files
