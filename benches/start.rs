@@ -12,9 +12,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Agent, Figures, Flags, client, measure};
+use common::{Agent, Figures, Flags, children_cpu, client, measure};
 use loggregator::Envelope;
-use nix::sys::resource::{UsageWho, getrusage};
 
 /// Runs of each scenario; the median is shown.
 const RUNS: usize = 9;
@@ -45,13 +44,6 @@ fn scenario(name: &str, flags: &Flags) -> Figures {
         }
         _ => common::unknown(name),
     }
-}
-
-/// User + system CPU time of the children this process has waited for.
-fn children_cpu() -> Duration {
-    let usage = getrusage(UsageWho::RUSAGE_CHILDREN).expect("getrusage");
-    let micros = |t: nix::sys::time::TimeVal| t.tv_sec() as u64 * 1_000_000 + t.tv_usec() as u64;
-    Duration::from_micros(micros(usage.user_time()) + micros(usage.system_time()))
 }
 
 /// The median CPU time of `RUNS` processes running `name`, in milliseconds.

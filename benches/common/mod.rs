@@ -28,7 +28,8 @@ pub use client::{
     certs_dir, client, emit_for, log_envelope, mixed_envelope, throughput, tls, warm_up,
 };
 pub use probes::{
-    Resident, cpu_time, current_rss_bytes, histogram, peak_rss_bytes, percentiles, time_each,
+    Resident, children_cpu, cpu_time, current_rss_bytes, histogram, peak_rss_bytes, percentiles,
+    time_each,
 };
 
 /// Samples per latency histogram.
@@ -83,6 +84,12 @@ pub struct Flags {
     /// `BatchSender` streams: the client's `streams`, or the ceiling's.
     #[arg(long, default_value_t = 1)]
     pub streams: usize,
+    /// The file `tail` and `pipe` read, in MiB (legacy).
+    #[arg(long, default_value_t = 1024)]
+    pub file_mib: u64,
+    /// Lines a second the wrapped child writes to each stream (legacy).
+    #[arg(long, default_value_t = 100_000)]
+    pub stream_rate: u64,
     /// What the caller does while the agent is away (`--scenario outage`).
     #[arg(long, value_enum, default_value_t = Outage::LargeLogs)]
     pub outage: Outage,

@@ -18,6 +18,14 @@ pub fn cpu_time() -> Duration {
     Duration::from_micros(micros(usage.user_time()) + micros(usage.system_time()))
 }
 
+/// User + system CPU time of the children this process has waited for
+/// (and of their children they waited for).
+pub fn children_cpu() -> Duration {
+    let usage = getrusage(UsageWho::RUSAGE_CHILDREN).expect("getrusage");
+    let micros = |t: nix::sys::time::TimeVal| t.tv_sec() as u64 * 1_000_000 + t.tv_usec() as u64;
+    Duration::from_micros(micros(usage.user_time()) + micros(usage.system_time()))
+}
+
 pub fn peak_rss_bytes() -> f64 {
     getrusage(UsageWho::RUSAGE_SELF)
         .expect("getrusage")

@@ -60,7 +60,10 @@ fn a_counting_spy_counts_unary_sends_as_it_counts_streams_decoded_or_not() {
     };
     // Counted when the call returns: the agent answers after it counts.
     client.send(batch(0), WAIT).unwrap();
-    assert_eq!((agent.counts().envelopes, agent.counts().messages), (300, 1));
+    assert_eq!(
+        (agent.counts().envelopes, agent.counts().messages),
+        (300, 1)
+    );
     agent.set_decoding(true);
     client.send(batch(300), WAIT).unwrap();
     let counts = agent.counts();
