@@ -219,6 +219,16 @@ impl BatchBuilder {
         self.started.get_or_insert_with(Instant::now);
     }
 
+    /// The encoded batch, for a unary send: no spare room beyond an
+    /// eighth, as `seal` keeps.
+    pub(crate) fn into_bytes(self) -> Vec<u8> {
+        let mut bytes = self.bytes;
+        if bytes.capacity() - bytes.len() > bytes.len() / 8 {
+            bytes.shrink_to_fit();
+        }
+        bytes
+    }
+
     /// Takes the batch, leaving this empty; `last_seq` numbers its last envelope.
     pub(crate) fn seal(&mut self, last_seq: u64) -> Batch {
         self.started = None;

@@ -103,7 +103,8 @@ impl Inner {
     /// sender thread frames emitted envelopes: nothing is decoded or
     /// encoded again.
     fn prepare_batch(&self, envelopes: Vec<Envelope>) -> Result<(Vec<u8>, usize)> {
-        let mut builder = BatchBuilder::default();
+        // Grown by doubling up to the cap, no further.
+        let mut builder = BatchBuilder::new(self.batch_max_bytes);
         for envelope in envelopes {
             let encoded = envelope.into_encoded();
             if encoded.accidental_reset {
@@ -126,7 +127,7 @@ impl Inner {
                 self.batch_max_bytes
             )));
         }
-        Ok((builder.seal(0).bytes, size))
+        Ok((builder.into_bytes(), size))
     }
 
     /// The bytes `envelope` takes in a unary send's batch once the client's

@@ -11,9 +11,10 @@
 //! positions in order and writes the state file (`order.rs`).
 
 use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -115,7 +116,7 @@ impl Delivery {
             confirmed: AtomicU64::new(0),
             failed_sends: AtomicU64::new(0),
             refused: AtomicU64::new(0),
-            failing: AtomicBool::new(false),
+            failing: Mutex::new(Failing::default()),
         });
         let (batches, to_send) = crossbeam_channel::bounded::<Numbered>(IN_FLIGHT);
         let (answer, answers) = crossbeam_channel::unbounded();
@@ -127,7 +128,13 @@ impl Delivery {
                     .name(format!("send-{n}"))
                     .spawn(move || {
                         for (number, envelopes) in to_send {
-                            let answered = sending.send(envelopes);
+                            // A thread that died unanswered would leave
+                            // the delivering thread waiting for ever: a
+                            // panic answers as a stop.
+                            let answered = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                                sending.send(envelopes)
+                            }))
+                            .unwrap_or(Err(Stopped));
                             let stopped = answered.is_err();
                             if answer.send((number, answered)).is_err() || stopped {
                                 return;
@@ -261,7 +268,16 @@ struct Sending {
     refused: AtomicU64,
     /// Whether the agent is failing us: told once when it starts, once
     /// when it ends, whichever thread sees it.
-    failing: AtomicBool,
+    failing: Mutex<Failing>,
+}
+
+/// The agent's failures as the sending threads saw them.
+#[derive(Default)]
+struct Failing {
+    now: bool,
+    /// Failures told so far: a send that began before the last one was
+    /// told may still succeed, which says nothing of the agent now.
+    told: u64,
 }
 
 impl Sending {
@@ -272,9 +288,16 @@ impl Sending {
         let mut pause = RETRY_FIRST;
         let count = envelopes.len() as u64;
         loop {
+            let began = self
+                .failing
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .told;
             match self.client.send(envelopes.clone(), SEND_TIMEOUT) {
                 Ok(()) => {
-                    if self.failing.swap(false, Ordering::Relaxed) {
+                    let mut failing = self.failing.lock().unwrap_or_else(PoisonError::into_inner);
+                    if failing.now && failing.told == began {
+                        failing.now = false;
                         eprintln!("{PROGRAM}: the agent confirmed again");
                     }
                     self.confirmed.fetch_add(count, Ordering::Relaxed);
@@ -292,12 +315,16 @@ impl Sending {
                 }
                 Err(error) => {
                     self.failed_sends.fetch_add(1, Ordering::Relaxed);
-                    if !self.failing.swap(true, Ordering::Relaxed) {
+                    let mut failing = self.failing.lock().unwrap_or_else(PoisonError::into_inner);
+                    if !failing.now {
+                        failing.now = true;
+                        failing.told += 1;
                         eprintln!(
                             "{PROGRAM}: sending to the agent: {error}; trying again, \
                              the state file stays at what the agent confirmed"
                         );
                     }
+                    drop(failing);
                     if wait_for_stop(&self.stop, pause) {
                         return Err(Stopped);
                     }
