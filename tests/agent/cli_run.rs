@@ -264,14 +264,52 @@ fn by_default_an_agent_that_does_not_read_never_holds_the_child() {
 }
 
 #[test]
-fn with_block_a_slow_agent_slows_the_child_and_nothing_is_dropped() {
+fn with_block_an_agent_that_reads_nothing_holds_the_child_and_nothing_is_dropped() {
     let setup = setup();
-    // 30 MB in 30,000 lines, faster than the agent reads: more than the
-    // queue holds (10,000 envelopes, 16 MiB), so without --block most
-    // would be dropped.
-    setup.agent.set_read_rate(Some(10_000));
-    let script = "line=$(printf '%01000d' 0); i=0; while [ $i -lt 30000 ]; do echo $line; i=$((i+1)); done; exit 6";
-    let output = wait_within_wait(start(&setup, &["--block"], script));
+    let folder = tempfile::tempdir().unwrap();
+    let (progress, done) = (folder.path().join("progress"), folder.path().join("done"));
+    setup.agent.pause_reading();
+    // 30 MB in 30,000 lines, telling how far it got every 100: more than
+    // the queue holds (10,000 envelopes, 16 MiB), so without --block most
+    // would be dropped and the child would finish while nothing is read.
+    let script = format!(
+        "line=$(printf '%01000d' 0); i=0; while [ $i -lt 30000 ]; do echo $line; i=$((i+1)); \
+         [ $((i % 100)) -eq 0 ] && echo $i > {progress}; done; touch {done}; exit 6",
+        progress = progress.display(),
+        done = done.display()
+    );
+    let child = start(&setup, &["--block"], &script);
+    let shell = child_of(child.id());
+    let written = || {
+        std::fs::read_to_string(&progress)
+            .ok()
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // Held: stuck in a write to its stdout, its count unchanged, look
+    // after look. A wrapper that drops would read on, and the child go on.
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut held = 0;
+    let mut last = written();
+    while held < 20 {
+        assert!(
+            !done.exists(),
+            "the child finished while the agent read nothing: --block did not hold it"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the child was never held"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        let now = written();
+        let writing = std::fs::read_to_string(format!("/proc/{shell}/wchan"))
+            .is_ok_and(|wchan| wchan.contains("pipe_write"));
+        held = if writing && now == last { held + 1 } else { 0 };
+        last = now;
+    }
+    assert!(last < 30_000, "held with {last} lines written");
+    setup.agent.resume_reading();
+    let output = wait_within_wait(child);
     let stderr = text(&output.stderr);
     assert_eq!(output.status.code(), Some(6), "{stderr}");
     assert!(
@@ -279,4 +317,27 @@ fn with_block_a_slow_agent_slows_the_child_and_nothing_is_dropped() {
         "{stderr}"
     );
     assert_eq!(setup.agent.counts().envelopes, 30_000);
+}
+
+/// The one child of process `pid` (found by its parent in /proc).
+fn child_of(pid: u32) -> u32 {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let found = std::fs::read_dir("/proc").unwrap().find_map(|entry| {
+            let child: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).ok()?;
+            // The parent is the second field after the parenthesised name.
+            let after_name = &stat[stat.rfind(')')? + 2..];
+            let parent: u32 = after_name.split(' ').nth(1)?.parse().ok()?;
+            (parent == pid).then_some(child)
+        });
+        if let Some(child) = found {
+            return child;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{pid} started no child"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }
