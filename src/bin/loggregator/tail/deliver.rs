@@ -23,7 +23,8 @@ use loggregator::{Envelope, Error, IngressClient, SourceInfo};
 use protobuf::Message;
 
 use super::PROGRAM;
-use super::order::{IN_FLIGHT, Numbered, Worker};
+pub use super::order::Stopped;
+use super::order::{IN_FLIGHT, Job, Numbered, Worker};
 use super::records::Record;
 use super::state::{Position, StateFile};
 
@@ -32,10 +33,6 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// The first pause after a failed send; it doubles up to [`RETRY_MAX`].
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
-
-/// We were told to stop while a batch was not confirmed.
-#[derive(Debug)]
-pub struct Stopped;
 
 /// How each log is marked.
 pub struct Marking {
@@ -74,20 +71,6 @@ fn stopped(stop: &Stop) -> bool {
 /// Waits at most `timeout` for a stop; returns whether one came.
 fn wait_for_stop(stop: &Stop, timeout: Duration) -> bool {
     !matches!(stop.recv_timeout(timeout), Err(RecvTimeoutError::Timeout))
-}
-
-/// What the delivering thread does, in order.
-pub enum Job {
-    /// Send, then record the position past the batch.
-    Batch {
-        envelopes: Vec<Envelope>,
-        path: PathBuf,
-        then: Position,
-    },
-    /// Record a position that needs no send (a file opened, one ended).
-    Position(PathBuf, Position),
-    /// Write the state file.
-    Save,
 }
 
 /// The reading thread's end: asks for sends and positions, in order.

@@ -17,8 +17,9 @@ use std::time::Instant;
 
 use super::PROGRAM;
 use super::deliver::{Delivery, Stopped};
-use super::records::{Record, Records};
-use super::state::{HEAD_BYTES, Identity, Position};
+use super::open::{Open, Reading};
+use super::records::Record;
+use super::state::{HEAD_BYTES, Position};
 
 /// Bytes read at a time.
 const READ_BYTES: usize = 256 * 1024;
@@ -28,71 +29,6 @@ const READ_BYTES: usize = 256 * 1024;
 /// most 1,000,000 bytes (`--multiline-max-bytes`), so one alone fits.
 const BATCH_RECORDS: usize = 10_000;
 const BATCH_BYTES: usize = 768 * 1024;
-
-/// How records are made, the same for every file.
-pub struct Reading<'a> {
-    /// Longer lines are cut (`--multiline-max-bytes`).
-    pub max_line_bytes: usize,
-    pub multiline: &'a crate::forward::MultilineArgs,
-}
-
-/// A file open for reading.
-struct Open {
-    file: File,
-    device: u64,
-    inode: u64,
-    /// Its first bytes as read (up to [`HEAD_BYTES`]).
-    head: Vec<u8>,
-    /// Where the next read starts.
-    read: u64,
-    /// Up to where the agent confirmed, or will have once it answers for
-    /// the batches asked for: the position recorded after them.
-    confirmed: u64,
-    records: Records,
-}
-
-impl Open {
-    /// `file`, to be read from `offset`.
-    fn at(file: File, offset: u64, reading: &Reading<'_>) -> std::io::Result<Open> {
-        let metadata = file.metadata()?;
-        let mut head = vec![0; offset.min(HEAD_BYTES as u64) as usize];
-        file.read_exact_at(&mut head, 0)?;
-        Ok(Open {
-            file,
-            device: metadata.dev(),
-            inode: metadata.ino(),
-            head,
-            read: offset,
-            confirmed: offset,
-            records: Records::new(reading.max_line_bytes, reading.multiline.joiner(), offset),
-        })
-    }
-
-    fn position(&self) -> Position {
-        let head_len = self.head.len().min(self.confirmed as usize);
-        Position {
-            identity: Identity {
-                device: self.device,
-                inode: self.inode,
-                head_len,
-                head_sha256: openssl::sha::sha256(&self.head[..head_len]),
-            },
-            confirmed: self.confirmed,
-        }
-    }
-
-    /// Whether the file was cut since it was read: shorter than what was
-    /// read, or its first bytes are not those read.
-    fn was_cut(&self) -> bool {
-        let Ok(metadata) = self.file.metadata() else {
-            return false;
-        };
-        let mut head = vec![0; self.head.len()];
-        metadata.len() < self.read
-            || self.file.read_exact_at(&mut head, 0).is_err()
-            || head != self.head
-    }
-}
 
 /// The counts of a finished file, kept for the exit line.
 #[derive(Debug, Default)]

@@ -13,6 +13,7 @@
 
 mod deliver;
 mod follower;
+mod open;
 mod order;
 mod records;
 mod state;
@@ -27,7 +28,8 @@ use glob::Pattern;
 use crate::connection::ConnectionArgs;
 use crate::forward::MultilineArgs;
 use deliver::{Delivery, Marking};
-use follower::{Follower, Reading};
+use follower::Follower;
+use open::Reading;
 use state::StateFile;
 
 const PROGRAM: &str = "loggregator tail";

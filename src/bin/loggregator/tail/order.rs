@@ -12,12 +12,29 @@ use crossbeam_channel::{Receiver, Sender, never};
 use loggregator::Envelope;
 
 use super::PROGRAM;
-use super::deliver::{Job, Stopped};
 use super::state::{Position, StateFile};
 
 /// Batches sent at once, each by a thread of its own, each of another
 /// file: the agent's answer to one overlaps the sending of the others.
 pub const IN_FLIGHT: usize = 4;
+
+/// We were told to stop while a batch was not confirmed.
+#[derive(Debug)]
+pub struct Stopped;
+
+/// What the delivering thread does, in order.
+pub enum Job {
+    /// Send, then record the position past the batch.
+    Batch {
+        envelopes: Vec<Envelope>,
+        path: PathBuf,
+        then: Position,
+    },
+    /// Record a position that needs no send (a file opened, one ended).
+    Position(PathBuf, Position),
+    /// Write the state file.
+    Save,
+}
 
 /// A batch for a sending thread, numbered in the order it was asked for.
 pub type Numbered = (u64, Vec<Envelope>);
