@@ -118,7 +118,9 @@ impl SourceInfo {
         &self.instance_id
     }
 
-    /// Fills in the source and instance ids an envelope left empty.
+    /// Fills in the source and instance ids an envelope left empty: the
+    /// reference the client's encoded stamp is tested against.
+    #[cfg(feature = "testing")]
     pub(crate) fn stamp(&self, envelope: &mut crate::proto::envelope::Envelope) {
         if envelope.source_id.is_empty() {
             envelope.source_id.clone_from(&self.source_id);

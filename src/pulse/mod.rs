@@ -5,17 +5,21 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, Ordering::Relaxed, fence};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use crossbeam_channel::{Receiver, Sender, at, select, unbounded};
 use parking_lot::Mutex;
 
 use crate::envelope::Envelope;
 use crate::policy::Overflow;
-use crate::process::ProcessMeter;
 use crate::queue::Queue;
 use crate::self_metrics::SelfMetrics;
 use crate::series::{Carried, CounterSeries};
+
+#[cfg(test)]
+mod tests;
+mod thread;
+
+pub(crate) use thread::{PulseCommand, start_thread};
 
 /// A counter: `add` and `inc` are one atomic add on the caller's thread;
 /// once per pulse interval the client sends what was added in the interval
@@ -442,252 +446,5 @@ impl Pulses {
         #[cfg(not(feature = "metrics"))]
         let _ = last;
         envelopes
-    }
-}
-
-/// Requests to the pulse thread.
-pub(crate) enum PulseCommand {
-    /// Also send process metrics, this often.
-    ProcessMetrics(Duration),
-    /// Also let the sources do their upkeep, this often.
-    #[cfg(feature = "metrics")]
-    Upkeep(Duration),
-}
-
-/// Starts the pulse thread: it sends a pulse every `interval` and, once
-/// asked, process metrics, until `closing` disconnects. It holds the queue,
-/// never a client handle, so the last handle is always dropped (and the
-/// client closed) on the caller's thread.
-pub(crate) fn start_thread(
-    pulses: Arc<Pulses>,
-    closing: Receiver<()>,
-    interval: Duration,
-) -> std::io::Result<Sender<PulseCommand>> {
-    let (commands, received) = unbounded();
-    std::thread::Builder::new()
-        .name(format!("{}pulse", crate::THREAD_PREFIX))
-        .spawn(move || {
-            crate::mark_own_thread();
-            run(&pulses, &received, &closing, interval)
-        })?;
-    Ok(commands)
-}
-
-/// Something the pulse thread does every `every`, next at `at`.
-struct Every {
-    every: Duration,
-    at: Instant,
-}
-
-impl Every {
-    fn new(every: Duration) -> Every {
-        Every {
-            every,
-            at: Instant::now() + every,
-        }
-    }
-
-    /// True if due at `now`, and then schedules the next time (skipping
-    /// the times missed while the thread was busy).
-    fn due(&mut self, now: Instant) -> bool {
-        if now < self.at {
-            return false;
-        }
-        self.at += self.every;
-        if self.at <= now {
-            self.at = now + self.every;
-        }
-        true
-    }
-}
-
-fn run(
-    pulses: &Pulses,
-    commands: &Receiver<PulseCommand>,
-    closing: &Receiver<()>,
-    interval: Duration,
-) {
-    let mut pulse = Every::new(interval);
-    let mut process: Option<(Every, ProcessMeter)> = None;
-    // Only the metrics recorder asks for upkeep.
-    #[cfg_attr(not(feature = "metrics"), allow(unused_mut))]
-    let mut upkeep: Option<Every> = None;
-    loop {
-        let next = [
-            Some(pulse.at),
-            upkeep.as_ref().map(|u| u.at),
-            process.as_ref().map(|(p, _)| p.at),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
-        .unwrap_or(pulse.at);
-        if pulses.is_waiting() {
-            pulses.queue_waiting(next);
-        }
-        select! {
-            recv(closing) -> _ => return,
-            recv(commands) -> command => match command {
-                Ok(PulseCommand::ProcessMetrics(interval)) => {
-                    process = Some((Every::new(interval), ProcessMeter::new()));
-                }
-                #[cfg(feature = "metrics")]
-                Ok(PulseCommand::Upkeep(interval)) => upkeep = Some(Every::new(interval)),
-                Err(_) => return,
-            },
-            recv(at(next)) -> _ => {
-                let now = Instant::now();
-                if pulse.due(now) {
-                    pulses.send(None);
-                }
-                if upkeep.as_mut().is_some_and(|u| u.due(now)) {
-                    pulses.upkeep();
-                }
-                if let Some((due, meter)) = &mut process {
-                    if due.due(now) {
-                        if let Some(envelope) = meter.read() {
-                            pulses.queue.push(envelope, Overflow::DropNewest);
-                        }
-                    }
-                }
-            },
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    use crate::series::all_taken as sent;
-
-    fn counters(envelopes: &[Envelope]) -> Vec<(String, u64, u64)> {
-        envelopes
-            .iter()
-            .filter_map(|e| {
-                let p = e.as_proto();
-                p.has_counter().then(|| {
-                    (
-                        p.counter().name.clone(),
-                        p.counter().delta,
-                        p.counter().total,
-                    )
-                })
-            })
-            .collect()
-    }
-
-    #[test]
-    fn a_counter_sends_its_interval_delta_with_total_0_and_nothing_when_idle() {
-        let registry = Registry::default();
-        let requests = registry.counter("requests", &[]);
-        requests.add(3);
-        requests.inc();
-        assert_eq!(
-            counters(&sent(registry.pulse())),
-            vec![("requests".into(), 4, 0)]
-        );
-        assert!(
-            sent(registry.pulse()).is_empty(),
-            "an idle interval sends nothing"
-        );
-        requests.add(2);
-        assert_eq!(
-            counters(&sent(registry.pulse())),
-            vec![("requests".into(), 2, 0)]
-        );
-    }
-
-    #[test]
-    fn handles_with_the_same_name_and_tags_share_a_series() {
-        let registry = Registry::default();
-        let a = registry.counter("hits", &[("route", "/a"), ("az", "z1")]);
-        let b = registry.counter("hits", &[("az", "z1"), ("route", "/a")]);
-        let other = registry.counter("hits", &[("route", "/b")]);
-        a.inc();
-        b.inc();
-        other.inc();
-        let mut pulsed = counters(&sent(registry.pulse()));
-        pulsed.sort();
-        assert_eq!(pulsed, vec![("hits".into(), 1, 0), ("hits".into(), 2, 0)]);
-    }
-
-    #[test]
-    fn a_series_is_sent_a_last_time_then_forgotten_when_its_handles_are_gone() {
-        let registry = Registry::default();
-        let requests = registry.counter("requests", &[]);
-        requests.add(7);
-        drop(requests);
-        assert_eq!(
-            counters(&sent(registry.pulse())),
-            vec![("requests".into(), 7, 0)]
-        );
-        assert!(sent(registry.pulse()).is_empty());
-        assert!(registry.is_empty());
-    }
-
-    #[test]
-    fn a_delta_the_queue_drops_goes_out_with_the_next_pulse() {
-        let registry = Registry::default();
-        let requests = registry.counter("requests", &[]);
-        requests.add(3);
-        drop(registry.pulse());
-        requests.add(2);
-        assert_eq!(
-            counters(&sent(registry.pulse())),
-            vec![("requests".into(), 5, 0)]
-        );
-    }
-
-    #[test]
-    fn a_series_is_kept_while_a_delta_of_it_may_come_back() {
-        let registry = Registry::default();
-        let requests = registry.counter("requests", &[]);
-        requests.add(4);
-        drop(requests);
-        let queued = registry.pulse();
-        assert!(sent(registry.pulse()).is_empty());
-        assert!(!registry.is_empty(), "its delta is still in the queue");
-        drop(queued);
-        assert_eq!(
-            counters(&sent(registry.pulse())),
-            vec![("requests".into(), 4, 0)]
-        );
-        assert!(sent(registry.pulse()).is_empty());
-        assert!(registry.is_empty());
-    }
-
-    #[test]
-    fn a_counter_made_anew_each_time_sends_each_delta() {
-        let registry = Registry::default();
-        registry.counter("requests", &[]).add(4);
-        assert_eq!(
-            counters(&sent(registry.pulse())),
-            vec![("requests".into(), 4, 0)]
-        );
-        registry.counter("requests", &[]).add(2);
-        assert_eq!(
-            counters(&sent(registry.pulse())),
-            vec![("requests".into(), 2, 0)]
-        );
-    }
-
-    #[test]
-    fn gauges_of_a_pulse_share_one_envelope_and_keep_exact_values() {
-        let registry = Registry::default();
-        let memory = registry.gauge("memory", "bytes");
-        let temperature = registry.gauge("temperature", "celsius");
-        let _unset = registry.gauge("unset", "things");
-        memory.set(1.5e8);
-        temperature.set(-3.25);
-        let gauges = sent(registry.pulse());
-        assert_eq!(gauges.len(), 1);
-        let metrics = &gauges[0].as_proto().gauge().metrics;
-        assert_eq!(metrics.len(), 2);
-        assert_eq!(
-            (metrics["memory"].value, metrics["memory"].unit.as_str()),
-            (1.5e8, "bytes")
-        );
-        assert_eq!(metrics["temperature"].value, -3.25);
     }
 }
