@@ -4,12 +4,13 @@
 
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::bounded;
+
 use crate::batch::BatchBuilder;
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::sender::{Control, deadline_after};
 use crate::stats::DropReason;
-use crossbeam_channel::bounded;
 
 use super::CLOSE_MARGIN;
 use super::handle::IngressClient;
