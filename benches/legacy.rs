@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Agent, Figures, Flags, children_cpu, parse_counts};
+use common::{Agent, Figures, Flags, children_cpu, parse_counts, parse_figures};
 
 /// Runs of each measurement; the median is shown.
 const RUNS: usize = 3;
@@ -231,13 +231,14 @@ fn write_lines(spec: &str) {
     .unwrap();
 }
 
-fn read_figures(path: &Path) -> Figures {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .split_whitespace()
-        .filter_map(|pair| pair.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.parse().unwrap()))
-        .collect()
+/// The count after `word` in `loggregator run`'s exit line
+/// (`...; sent N dropped N queued N; ...`).
+fn exit_count(exit: &str, word: &str) -> u64 {
+    exit.split([';', ' '])
+        .skip_while(|w| *w != word)
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no `{word} N` in {exit:?}"))
 }
 
 /// One run of the writing child: alone, or wrapped with `wrapper_flags`.
@@ -275,7 +276,7 @@ fn writer_run(agent: &mut Agent, flags: &Flags, wrapped: Option<&[&str]>) -> Fig
     let cpu = children_cpu() - cpu;
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
-    let mut figures = read_figures(result.path());
+    let mut figures = parse_figures(&std::fs::read_to_string(result.path()).unwrap());
     figures.insert("cpu_s".into(), cpu.as_secs_f64());
     if wrapped.is_some() {
         // The exit line: `loggregator run: ... sent N dropped N ...`.
@@ -285,21 +286,9 @@ fn writer_run(agent: &mut Agent, flags: &Flags, wrapped: Option<&[&str]>) -> Fig
             .last()
             .unwrap_or_default();
         // What the client sent arrives; what it dropped is counted there.
-        let sent: u64 = exit
-            .split("; ")
-            .find_map(|part| part.strip_prefix("sent "))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("no `sent N` in {exit:?}"));
-        wait_for(agent, before + sent);
+        wait_for(agent, before + exit_count(&exit, "sent"));
         figures.insert("arrived".into(), (agent.envelopes() - before) as f64);
-        let dropped = exit
-            .split("; ")
-            .find_map(|part| part.split(" dropped ").nth(1))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("no `dropped N` in {exit:?}"));
-        figures.insert("dropped".into(), dropped);
+        figures.insert("dropped".into(), exit_count(&exit, "dropped") as f64);
     }
     figures
 }

@@ -85,6 +85,14 @@ pub fn parse_counts(line: &str) -> u64 {
         .unwrap_or_else(|| panic!("agent printed {line:?}"))
 }
 
+/// Figures written as `key=value` pairs, separated by spaces.
+pub fn parse_figures(line: &str) -> Figures {
+    line.split_whitespace()
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.parse().expect("a number")))
+        .collect()
+}
+
 /// Runs one scenario in a child process; checks the agent read what the
 /// client says it delivered.
 pub fn measure(agent: &mut Agent, scenario: &str, extra: &[&str]) -> Figures {
@@ -101,11 +109,7 @@ pub fn measure(agent: &mut Agent, scenario: &str, extra: &[&str]) -> Figures {
     let Some(line) = stdout.lines().find_map(|l| l.strip_prefix("result ")) else {
         panic!("scenario {scenario:?} {extra:?} failed: {stdout}");
     };
-    let mut figures: Figures = line
-        .split_whitespace()
-        .filter_map(|pair| pair.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.parse().expect("a number")))
-        .collect();
+    let mut figures = parse_figures(line);
     if let Some(&delivered) = figures.get("delivered") {
         let read = parse_counts(&agent.command(&format!("wait {} 30", before + delivered as u64)))
             - before;

@@ -23,7 +23,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use loggregator::Overflow;
 
-pub use agent::{Agent, measure, parse_counts};
+pub use agent::{Agent, measure, parse_counts, parse_figures};
 pub use client::{
     certs_dir, client, emit_for, log_envelope, mixed_envelope, throughput, tls, warm_up,
 };
